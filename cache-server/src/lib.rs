@@ -1,0 +1,1 @@
+//! layercache cache server (stub).

@@ -1,0 +1,1 @@
+//! Dockerfile parsing. (Stub: to be written.)

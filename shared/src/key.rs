@@ -1,0 +1,1 @@
+//! Cache keys. (Stub: to be written.)
