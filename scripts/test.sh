@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the whole layercache test suite on a fresh Debian machine, as root.
+#
+# Installs what the tests need (Docker Engine from Debian's docker.io, busybox-static for images built
+# FROM scratch), checks that a private Docker engine starts here, then runs every test of the workspace.
+# The end-to-end tests start their own private engines (own data root, exec root and socket), so tests
+# that wipe an engine never disturb one another, and nothing touches a system-wide Docker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+[ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 | grep -c "not a dynamic") || file_is_static=0
+[ "$file_is_static" = 1 ] || need_pkgs+=(busybox-static)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# A private engine, started and stopped here, proves dockerd runs on this machine before any test
+# depends on it (a broken engine shows up as one clear message, not fifty failed tests).
+state=$(mktemp -d /tmp/layercache-test-engine.XXXXXX)
+log "starting a private Docker engine in $state"
+dockerd --data-root "$state/data" --exec-root "$state/exec" --pidfile "$state/pid" \
+  -H "unix://$state/sock" --bridge=none --iptables=false >"$state/log" 2>&1 &
+engine_pid=$!
+stop_engine() {
+  kill "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null || true
+  rm -rf "$state" 2>/dev/null || true
+}
+trap stop_engine EXIT
+for _ in $(seq 1 60); do
+  DOCKER_HOST="unix://$state/sock" /usr/bin/docker version >/dev/null 2>&1 && break
+  sleep 0.5
+done
+if ! DOCKER_HOST="unix://$state/sock" /usr/bin/docker version >/dev/null 2>&1; then
+  echo "error: dockerd did not start; its log follows" >&2
+  cat "$state/log" >&2
+  exit 1
+fi
+export LAYERCACHE_TEST_DOCKER_HOST="unix://$state/sock"
+
+log "building the workspace"
+cargo build --workspace --bins --locked
+
+log "running the tests"
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
