@@ -2,7 +2,9 @@
 //! Docker engines (Engine 20.10 from Debian's docker.io). Run through `scripts/test.sh`, which installs
 //! the engine and builds the binaries first.
 //!
+//! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
 
+mod runner;
 mod server;
 mod util;
