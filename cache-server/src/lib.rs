@@ -1,1 +1,51 @@
-//! layercache cache server (stub).
+//! layercache cache server: stores `docker save` tarballs as deduplicated, content-addressed layer
+//! blobs and serves them back as docker-loadable tarballs.
+//!
+//! - [`settings`]: data dir and limits.
+//! - [`routes`]: the router and the state handlers share.
+//! - [`handlers`]: one module per resource (images, blobs, lookup, stats).
+//! - [`ingest`]: tarball and blob uploads, commits from uploaded blobs.
+//! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
+//! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
+//! - [`error`]: [`ServerError`], mapped once to status + JSON body.
+
+pub mod error;
+pub mod handlers;
+pub mod ingest;
+pub mod routes;
+pub mod settings;
+pub mod store;
+pub mod tarball;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use error::ServerError;
+pub use settings::Settings;
+
+use routes::{AppState, router};
+use store::Store;
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for in-flight requests (including streaming downloads) to finish.
+///
+/// Fails when the data dir cannot be opened (permissions, a corrupt database) or the listener
+/// breaks.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let data_dir = settings.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let state = AppState {
+        store: Arc::new(store),
+        settings: Arc::new(settings),
+    };
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e))
+}

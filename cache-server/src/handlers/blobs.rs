@@ -1,0 +1,205 @@
+//! `/v1/blobs/...`: which blobs are missing, uploads verified by digest, downloads with `Range`.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use layercache_shared::Digest;
+use layercache_shared::api::{MissingRequest, MissingResponse};
+
+use super::{check_content_length, json_body};
+use crate::error::ServerError;
+use crate::ingest;
+use crate::routes::AppState;
+use crate::tarball::{Segment, stream_segments};
+
+fn blob_digest(path: Result<Path<String>, PathRejection>) -> Result<Digest, ServerError> {
+    let Path(text) = path.map_err(|e| ServerError::bad_request(e.body_text()))?;
+    text.parse().map_err(|source| ServerError::InvalidDigest {
+        what: "blob digest in the URL".into(),
+        source,
+    })
+}
+
+/// `POST /v1/blobs/missing`.
+pub async fn missing(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<MissingResponse>, ServerError> {
+    let req: MissingRequest = json_body(&body, "missing blobs request")?;
+    let missing = state
+        .store
+        .blocking(move |s| {
+            let have = s.db.blob_sizes(&req.digests)?;
+            let mut seen = std::collections::HashSet::new();
+            Ok(req
+                .digests
+                .into_iter()
+                .filter(|d| !have.contains_key(d) && seen.insert(*d))
+                .collect())
+        })
+        .await?;
+    Ok(Json(MissingResponse { missing }))
+}
+
+/// `PUT /v1/blobs/{digest}`: 201 when stored, 200 when already there.
+pub async fn put_blob(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ServerError> {
+    let digest = blob_digest(path)?;
+    let limit = state.settings.max_upload_bytes;
+    check_content_length(&headers, limit)?;
+    let new = ingest::upload_blob(state.store.clone(), digest, body, limit).await?;
+    Ok(if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
+}
+
+/// Why a `Range` header cannot be served.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRange;
+
+/// The inclusive byte range a `Range` header asks of a `len`-byte blob. `Ok(None)` means serve
+/// the whole blob (no header, another unit, or several ranges, which the server does not split).
+pub fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, BadRange> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.trim().split_once('-').ok_or(BadRange)?;
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| BadRange);
+    let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, false) => (num(a)?, num(b)?.min(len.saturating_sub(1))),
+        (false, true) => (num(a)?, len.saturating_sub(1)),
+        (true, false) => {
+            let n = num(b)?;
+            if n == 0 {
+                return Err(BadRange);
+            }
+            (len.saturating_sub(n), len.saturating_sub(1))
+        }
+        (true, true) => return Err(BadRange),
+    };
+    if len == 0 || start >= len || start > end {
+        return Err(BadRange);
+    }
+    Ok(Some((start, end)))
+}
+
+/// Status, headers and the byte range to send for a blob request.
+async fn blob_response(
+    state: &AppState,
+    digest: Digest,
+    headers: &HeaderMap,
+) -> Result<(Response, Option<(u64, u64)>), ServerError> {
+    let len = state
+        .store
+        .blocking(move |s| {
+            s.blobs
+                .len(&digest)
+                .map_err(|e| ServerError::io("reading blob", digest.to_string(), e))
+        })
+        .await?
+        .ok_or_else(|| ServerError::not_found(format!("blob {digest}")))?;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = parse_range(range_header, len)
+        .map_err(|BadRange| ServerError::RangeNotSatisfiable { len })?;
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (start, end) = match range {
+        Some((start, end)) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let v = format!("bytes {start}-{end}/{len}");
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            (start, end)
+        }
+        None if len == 0 => {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+            return Ok((resp, None));
+        }
+        None => (0, len - 1),
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+    Ok((resp, Some((start, end))))
+}
+
+/// `GET /v1/blobs/{digest}`, with a single `Range` honoured.
+pub async fn get_blob(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let digest = blob_digest(path)?;
+    let (mut resp, range) = blob_response(&state, digest, &headers).await?;
+    if let Some((start, end)) = range {
+        *resp.body_mut() = stream_segments(
+            state.store.clone(),
+            vec![Segment::Blob {
+                digest,
+                offset: start,
+                len: end - start + 1,
+            }],
+        );
+    }
+    Ok(resp)
+}
+
+/// `HEAD /v1/blobs/{digest}`: the GET headers without the body.
+pub async fn head_blob(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let digest = blob_digest(path)?;
+    Ok(blob_response(&state, digest, &headers).await?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range(None, 10), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Ok(Some((0, 4))));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some((5, 9))));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some((7, 9))));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Ok(Some((0, 9))));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some((8, 9))));
+        assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Ok(None));
+        assert_eq!(parse_range(Some("items=0-1"), 10), Ok(None));
+    }
+
+    #[test]
+    fn unsatisfiable_or_garbled_ranges_are_refused() {
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=x-1",
+            "bytes=-",
+            "bytes=3",
+        ] {
+            assert_eq!(parse_range(Some(bad), 10), Err(BadRange), "{bad}");
+        }
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Err(BadRange));
+    }
+}

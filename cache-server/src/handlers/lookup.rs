@@ -1,0 +1,64 @@
+//! `POST /v1/lookup`: the best entry for a key: exact, then fallback namespaces, then the longest
+//! shared instruction prefix.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use layercache_shared::api::{LookupRequest, LookupResponse, MatchKind};
+
+use super::json_body;
+use crate::error::ServerError;
+use crate::routes::AppState;
+use crate::store::Store;
+use crate::store::sqlite::counter;
+
+/// `POST /v1/lookup`; a miss is a 404 `not_found` and counts in `misses`.
+pub async fn lookup(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<LookupResponse>, ServerError> {
+    let req: LookupRequest = json_body(&body, "lookup request")?;
+    if req.namespaces.is_empty() {
+        return Err(ServerError::bad_request(
+            "the lookup request names no namespace: list at least one",
+        ));
+    }
+    let resp = state
+        .store
+        .blocking(move |s| lookup_blocking(s, &req))
+        .await?;
+    Ok(Json(resp))
+}
+
+fn lookup_blocking(store: &Store, req: &LookupRequest) -> Result<LookupResponse, ServerError> {
+    let mut found = None;
+    for (i, ns) in req.namespaces.iter().enumerate() {
+        if let Some(id) = store.db.find_entry(ns, &req.key)? {
+            let kind = if i == 0 {
+                MatchKind::Exact
+            } else {
+                MatchKind::Fallback
+            };
+            found = Some((id, kind, None));
+            break;
+        }
+    }
+    if found.is_none()
+        && let Some((id, depth)) = store.db.find_prefix(&req.namespaces, &req.prefixes)?
+    {
+        found = Some((id, MatchKind::Prefix, Some(depth)));
+    }
+    let Some((id, matched, shared_instructions)) = found else {
+        store.db.add_counter(counter::MISSES, 1)?;
+        return Err(ServerError::not_found(format!(
+            "an entry for key `{}` or a shared instruction prefix in the namespaces asked",
+            req.key
+        )));
+    };
+    store.db.record_hit(id, Some(matched))?;
+    Ok(LookupResponse {
+        matched,
+        shared_instructions,
+        manifest: store.db.manifest(id)?,
+    })
+}

@@ -1,0 +1,93 @@
+//! Request handlers, one module per resource, and the small parsing helpers they share.
+//!
+//! - [`images`]: entries (`/v1/images/...`): tarball PUT/GET, manifest GET/PUT, DELETE.
+//! - [`blobs`]: `/v1/blobs/...`: missing check, upload, download with ranges.
+//! - [`lookup`]: `POST /v1/lookup`.
+//! - [`stats`]: `/v1/stats`, `/v1/entries`, `/healthz`.
+
+pub mod blobs;
+pub mod images;
+pub mod lookup;
+pub mod stats;
+
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
+use axum::http::{HeaderMap, header};
+use layercache_shared::{CacheKey, Digest, Namespace};
+use percent_encoding::percent_decode_str;
+use serde::de::DeserializeOwned;
+
+use crate::error::ServerError;
+
+/// The entry name in a `/v1/images/{ns}/{key}` path, validated.
+pub fn entry_name(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(Namespace, CacheKey), ServerError> {
+    let Path((ns, key)) = path.map_err(|e| ServerError::bad_request(e.body_text()))?;
+    Ok((ns.parse()?, key.parse()?))
+}
+
+/// A JSON request body, with the parse error said in the error body.
+pub fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ServerError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServerError::bad_request(format!("the {what} body is not valid JSON: {e}")))
+}
+
+/// The percent-decoded value of query parameter `name`.
+pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
+    raw?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+/// Comma-separated digests, empty items skipped.
+pub fn digest_list(text: &str, what: &str) -> Result<Vec<Digest>, ServerError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|source| ServerError::InvalidDigest {
+                what: what.to_string(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Refuses a body announced larger than the upload limit before reading any of it.
+pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), ServerError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit => Err(ServerError::TooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let q = Some("a=1&namespace=acme%2Fweb&skip=sha256%3Aab");
+        assert_eq!(query_param(q, "namespace").as_deref(), Some("acme/web"));
+        assert_eq!(query_param(q, "skip").as_deref(), Some("sha256:ab"));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param(None, "a"), None);
+    }
+
+    #[test]
+    fn digest_lists_skip_blanks_and_refuse_garbage() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            digest_list(&format!(" {d},,{d} "), "t").unwrap(),
+            vec![d, d]
+        );
+        assert!(digest_list("", "t").unwrap().is_empty());
+        assert!(digest_list("sha256:zz", "t").is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! `/v1/stats`, `/v1/entries` and `/healthz`.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use layercache_shared::Namespace;
+use layercache_shared::api::{EntryList, Stats};
+
+use super::query_param;
+use crate::error::ServerError;
+use crate::routes::AppState;
+
+/// `GET /v1/stats`.
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ServerError> {
+    Ok(Json(state.store.blocking(|s| Ok(s.db.stats()?)).await?))
+}
+
+/// `GET /v1/entries[?namespace=NS]`.
+pub async fn entries(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EntryList>, ServerError> {
+    let namespace: Option<Namespace> = query_param(query.as_deref(), "namespace")
+        .map(|n| n.parse())
+        .transpose()?;
+    let entries = state
+        .store
+        .blocking(move |s| Ok(s.db.list_entries(namespace.as_ref())?))
+        .await?;
+    Ok(Json(EntryList { entries }))
+}
+
+/// `GET /healthz`: the server accepts and answers requests.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}

@@ -1,0 +1,513 @@
+//! Taking uploads in: the size-limited request body reader shared by all PUTs, the tarball ingest
+//! of `PUT /v1/images/{ns}/{key}`, and the commit of an entry from already uploaded blobs.
+//!
+//! Ingest streams the body through `archive::read_archive` on a blocking thread; each layer goes
+//! to a temp file as it streams by. Only once the whole archive verified are configs written, layer
+//! files renamed into place (or dropped when already stored), and the entry committed in one
+//! transaction. Any failure before that drops every temp file and commits nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use futures::StreamExt;
+use layercache_shared::api::{CommitImage, CommitRequest, PutReport};
+use layercache_shared::archive::{self, ArchiveError, BlobSink, Limits};
+use layercache_shared::{CacheKey, Digest, Namespace};
+use tokio::io::AsyncBufRead;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::error::{ServerError, is_storage_full};
+use crate::store::Store;
+use crate::store::blobs::{BlobStore, BlobWriter};
+use crate::store::sqlite::{NewEntry, NewImage, counter};
+
+/// Largest image config the server reads when committing from a manifest: real ones are a few KiB.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Copy buffer for ingest and blob uploads: big reads keep syscalls and hashing calls few.
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Counts a request body's bytes as they are read, against the upload limit.
+#[derive(Debug)]
+pub struct UploadMeter {
+    /// Body bytes read so far.
+    received: AtomicU64,
+    /// `max_upload_bytes`.
+    limit: u64,
+}
+
+impl UploadMeter {
+    /// Body bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+    /// Whether the body went over the limit (the read was then failed).
+    pub fn exceeded(&self) -> bool {
+        self.received() > self.limit
+    }
+}
+
+/// A request body as an async reader that fails once more than `limit` bytes arrived.
+pub fn upload_reader(
+    body: Body,
+    limit: u64,
+) -> (impl AsyncBufRead + Send + Unpin + 'static, Arc<UploadMeter>) {
+    let meter = Arc::new(UploadMeter {
+        received: AtomicU64::new(0),
+        limit,
+    });
+    let m = Arc::clone(&meter);
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(io::Error::other)?;
+        let total =
+            m.received.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if total > m.limit {
+            return Err(io::Error::other(format!(
+                "upload exceeds the server's limit of {} bytes",
+                m.limit
+            )));
+        }
+        Ok(chunk)
+    });
+    (StreamReader::new(stream), meter)
+}
+
+/// Turns the outcome of an upload into the error to answer: a body over the limit is a 413
+/// whatever the reading code made of it.
+fn upload_error(e: ServerError, meter: &UploadMeter) -> ServerError {
+    if meter.exceeded() {
+        ServerError::TooLarge { limit: meter.limit }
+    } else {
+        e
+    }
+}
+
+/// Writes `reader` to `writer` with a large buffer, returning the bytes copied.
+pub fn copy_large(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// Writes each layer of a streaming archive to an uncommitted temp blob.
+struct TempSink {
+    /// Where the temp files go.
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl BlobSink for TempSink {
+    type Handle = Box<dyn BlobWriter>;
+
+    fn store(&mut self, content: &mut dyn Read) -> io::Result<Self::Handle> {
+        let mut w = self.blobs.begin_write()?;
+        copy_large(content, &mut w)?;
+        Ok(w)
+    }
+}
+
+/// What an ingest or commit changed, beyond the report the client gets.
+struct Outcome {
+    report: PutReport,
+    /// Bytes of blobs the request carried that were already stored.
+    deduplicated: u64,
+}
+
+/// `PUT /v1/images/{ns}/{key}`: ingests a `docker save` tarball body and commits it as the entry.
+pub async fn ingest_tarball(
+    store: Arc<Store>,
+    namespace: Namespace,
+    key: CacheKey,
+    prefixes: Vec<Digest>,
+    body: Body,
+    limit: u64,
+) -> Result<PutReport, ServerError> {
+    let (reader, meter) = upload_reader(body, limit);
+    let bridge = SyncIoBridge::new(reader);
+    let result = store
+        .blocking(move |s| ingest_blocking(s, bridge, namespace, key, prefixes))
+        .await;
+    let received = meter.received();
+    let result = result.map_err(|e| upload_error(e, &meter));
+    let (dedup, failed) = match &result {
+        Ok(o) => (o.deduplicated, 0),
+        Err(_) => (0, 1),
+    };
+    store
+        .blocking(move |s| {
+            Ok(s.db.add_counters(&[
+                (counter::BYTES_RECEIVED, received),
+                (counter::BYTES_DEDUPLICATED, dedup),
+                (counter::UPLOADS_FAILED, failed),
+            ])?)
+        })
+        .await?;
+    let mut report = result?.report;
+    report.bytes_received = received;
+    Ok(report)
+}
+
+/// An archive error, as 507 when the disk filled up under it.
+fn archive_error(e: ArchiveError) -> ServerError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && is_storage_full(io)
+        {
+            return ServerError::StorageFull {
+                action: "storing an uploaded layer".into(),
+                source: io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        cur = err.source();
+    }
+    ServerError::BadArchive {
+        source: Box::new(e),
+    }
+}
+
+fn ingest_blocking(
+    store: &Store,
+    reader: impl Read,
+    namespace: Namespace,
+    key: CacheKey,
+    prefixes: Vec<Digest>,
+) -> Result<Outcome, ServerError> {
+    let mut sink = TempSink {
+        blobs: Arc::clone(&store.blobs),
+    };
+    let parsed =
+        archive::read_archive(reader, &mut sink, &Limits::default()).map_err(archive_error)?;
+
+    let layer_sizes: HashMap<Digest, u64> =
+        parsed.layers.iter().map(|(d, b)| (*d, b.size)).collect();
+    let mut images = Vec::with_capacity(parsed.images.len());
+    for img in &parsed.images {
+        let config = parsed.configs.get(&img.id).ok_or_else(|| {
+            ServerError::Internal(format!(
+                "the archive reader returned no config for image {}",
+                img.id
+            ))
+        })?;
+        let mut layers = Vec::with_capacity(img.diff_ids.len());
+        for d in &img.diff_ids {
+            let size = layer_sizes.get(d).copied().ok_or_else(|| {
+                ServerError::Internal(format!(
+                    "the archive reader returned no layer {d} of image {}",
+                    img.id
+                ))
+            })?;
+            layers.push((*d, size));
+        }
+        images.push(NewImage {
+            id: img.id,
+            parent: img.parent,
+            tags: img.tags.clone(),
+            config_size: config.len() as u64,
+            layers,
+        });
+    }
+
+    let mut layers_new = 0;
+    let mut bytes_new = 0;
+    let mut deduplicated = 0;
+    for (id, config) in &parsed.configs {
+        let mut w = store
+            .blobs
+            .begin_write()
+            .map_err(|e| ServerError::io("creating temp file in", &store.tmp_dir, e))?;
+        w.write_all(config)
+            .map_err(|e| ServerError::io("writing config to", &store.tmp_dir, e))?;
+        let c = w.commit(id)?;
+        if c.newly_stored {
+            bytes_new += c.size;
+        } else {
+            deduplicated += c.size;
+        }
+    }
+    let layers_total = parsed.layers.len() as u64;
+    for (diff_id, blob) in parsed.layers {
+        let c = blob.handle.commit(&diff_id)?;
+        if c.newly_stored {
+            layers_new += 1;
+            bytes_new += c.size;
+        } else {
+            deduplicated += c.size;
+        }
+    }
+
+    let entry = NewEntry {
+        namespace,
+        key,
+        images,
+        prefixes,
+    };
+    store.db.commit_entry(&entry)?;
+    tracing::info!(
+        namespace = %entry.namespace, key = %entry.key, images = entry.images.len(),
+        layers_total, layers_new, bytes_new, "entry committed from tarball"
+    );
+    Ok(Outcome {
+        report: PutReport {
+            layers_total,
+            layers_new,
+            bytes_received: 0,
+            bytes_new,
+        },
+        deduplicated,
+    })
+}
+
+/// `PUT /v1/blobs/{digest}`: stores the body as `digest`. Returns whether it was newly stored.
+pub async fn upload_blob(
+    store: Arc<Store>,
+    digest: Digest,
+    body: Body,
+    limit: u64,
+) -> Result<bool, ServerError> {
+    let (reader, meter) = upload_reader(body, limit);
+    let mut bridge = SyncIoBridge::new(reader);
+    let result = store
+        .blocking(move |s| {
+            let mut w = s
+                .blobs
+                .begin_write()
+                .map_err(|e| ServerError::io("creating temp file in", &s.tmp_dir, e))?;
+            loop {
+                let buf = bridge
+                    .fill_buf()
+                    .map_err(|e| ServerError::io("receiving upload into", &s.tmp_dir, e))?;
+                if buf.is_empty() {
+                    break;
+                }
+                let n = buf.len();
+                w.write_all(buf)
+                    .map_err(|e| ServerError::io("writing upload to", &s.tmp_dir, e))?;
+                bridge.consume(n);
+            }
+            let c = w.commit(&digest)?;
+            let row_new = s.db.insert_blob(&digest, c.size)?;
+            Ok((c.newly_stored || row_new, c.size))
+        })
+        .await;
+    let received = meter.received();
+    let result = result.map_err(|e| upload_error(e, &meter));
+    let (dedup, failed) = match &result {
+        Ok((false, size)) => (*size, 0),
+        Ok(_) => (0, 0),
+        Err(_) => (0, 1),
+    };
+    store
+        .blocking(move |s| {
+            Ok(s.db.add_counters(&[
+                (counter::BYTES_RECEIVED, received),
+                (counter::BYTES_DEDUPLICATED, dedup),
+                (counter::UPLOADS_FAILED, failed),
+            ])?)
+        })
+        .await?;
+    result.map(|(new, _)| new)
+}
+
+/// The part of an image config the server reads.
+#[derive(serde::Deserialize)]
+struct ConfigRootfs {
+    rootfs: Rootfs,
+}
+
+#[derive(serde::Deserialize)]
+struct Rootfs {
+    diff_ids: Vec<Digest>,
+}
+
+/// Reads config blob `id` and returns its `rootfs.diff_ids`.
+fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError> {
+    let bad = |reason: String| ServerError::BadConfig {
+        digest: *id,
+        reason,
+    };
+    let file = store
+        .blobs
+        .open(id)
+        .map_err(|e| ServerError::io("opening config blob", id.to_string(), e))?
+        .ok_or_else(|| ServerError::MissingBlobs { missing: vec![*id] })?;
+    let mut json = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| ServerError::io("reading config blob", id.to_string(), e))?;
+    if json.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(bad(format!("it is larger than {MAX_CONFIG_BYTES} bytes")));
+    }
+    let cfg: ConfigRootfs = serde_json::from_slice(&json)
+        .map_err(|e| bad(format!("no valid `rootfs.diff_ids` in it: {e}")))?;
+    Ok(cfg.rootfs.diff_ids)
+}
+
+/// Orders images so that each comes after its parent when the parent is among them.
+pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, ServerError> {
+    let ids: HashSet<Digest> = images.iter().map(|i| i.id).collect();
+    if ids.len() != images.len() {
+        return Err(ServerError::bad_request(
+            "an image is listed twice in the commit request: list each image once",
+        ));
+    }
+    let mut placed: HashSet<Digest> = HashSet::new();
+    let mut pending = images;
+    let mut out = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let before = pending.len();
+        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|i| match i.parent {
+            Some(p) if ids.contains(&p) => placed.contains(&p),
+            _ => true,
+        });
+        placed.extend(ready.iter().map(|i| i.id));
+        out.extend(ready);
+        pending = rest;
+        if pending.len() == before {
+            return Err(ServerError::bad_request(
+                "the images' parent links form a cycle: fix the `parent` fields",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `PUT /v1/images/{ns}/{key}/manifest`: commits an entry from blobs already on the server.
+pub fn commit_blocking(
+    store: &Store,
+    namespace: Namespace,
+    key: CacheKey,
+    request: CommitRequest,
+) -> Result<PutReport, ServerError> {
+    if request.images.is_empty() {
+        return Err(ServerError::bad_request(
+            "the commit request lists no images: name at least one",
+        ));
+    }
+    let images = parents_first(request.images)?;
+    let config_ids: Vec<Digest> = images.iter().map(|i| i.id).collect();
+    let config_sizes = store.db.blob_sizes(&config_ids)?;
+    let mut missing: Vec<Digest> = config_ids
+        .iter()
+        .filter(|d| !config_sizes.contains_key(d))
+        .copied()
+        .collect();
+    let mut diff_ids_of = HashMap::new();
+    for img in &images {
+        if config_sizes.contains_key(&img.id) {
+            diff_ids_of.insert(img.id, config_layers(store, &img.id)?);
+        }
+    }
+    let mut all_layers: Vec<Digest> = Vec::new();
+    let mut seen = HashSet::new();
+    for d in diff_ids_of.values().flatten() {
+        if seen.insert(*d) {
+            all_layers.push(*d);
+        }
+    }
+    let layer_sizes = store.db.blob_sizes(&all_layers)?;
+    missing.extend(all_layers.iter().filter(|d| !layer_sizes.contains_key(d)));
+    if !missing.is_empty() {
+        return Err(ServerError::MissingBlobs { missing });
+    }
+    let ids: HashSet<Digest> = config_ids.iter().copied().collect();
+    for img in &images {
+        if let Some(p) = img.parent
+            && !ids.contains(&p)
+            && !store.db.image_known(&p)?
+        {
+            return Err(ServerError::bad_request(format!(
+                "image {} names parent {p}, which is neither in the request nor stored: \
+                 include the parent image",
+                img.id
+            )));
+        }
+    }
+    let new_images = images
+        .into_iter()
+        .map(|img| {
+            let layers = diff_ids_of
+                .remove(&img.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| (d, layer_sizes.get(&d).copied().unwrap_or(0)))
+                .collect();
+            NewImage {
+                id: img.id,
+                parent: img.parent,
+                tags: img.tags,
+                config_size: config_sizes.get(&img.id).copied().unwrap_or(0),
+                layers,
+            }
+        })
+        .collect();
+    let entry = NewEntry {
+        namespace,
+        key,
+        images: new_images,
+        prefixes: request.prefixes,
+    };
+    store.db.commit_entry(&entry)?;
+    Ok(PutReport {
+        layers_total: all_layers.len() as u64,
+        layers_new: 0,
+        bytes_received: 0,
+        bytes_new: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, parent: Option<&str>) -> CommitImage {
+        CommitImage {
+            id: Digest::of(id.as_bytes()),
+            parent: parent.map(|p| Digest::of(p.as_bytes())),
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn parents_come_first_and_outside_parents_are_ignored() {
+        let out = parents_first(vec![
+            img("c", Some("b")),
+            img("b", Some("a")),
+            img("a", Some("elsewhere")),
+        ])
+        .unwrap();
+        let order: Vec<Digest> = out.iter().map(|i| i.id).collect();
+        assert_eq!(
+            order,
+            vec![Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c")]
+        );
+    }
+
+    #[test]
+    fn parent_cycles_and_duplicates_are_refused() {
+        assert!(parents_first(vec![img("a", Some("b")), img("b", Some("a"))]).is_err());
+        assert!(parents_first(vec![img("a", None), img("a", None)]).is_err());
+    }
+
+    #[test]
+    fn copy_large_copies_everything() {
+        let data = vec![7u8; COPY_BUFFER * 2 + 3];
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_large(&mut &data[..], &mut out).unwrap(),
+            data.len() as u64
+        );
+        assert_eq!(out, data);
+    }
+}

@@ -1,0 +1,50 @@
+//! The router: every v1 route, its handler, and the state they share.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use tower_http::trace::TraceLayer;
+
+use crate::handlers::{blobs, images, lookup, stats};
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Blobs and index.
+    pub store: Arc<Store>,
+    /// Limits such as the upload size.
+    pub settings: Arc<Settings>,
+}
+
+/// The v1 API. Unknown routes and methods answer JSON errors like every other failure.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(stats::healthz))
+        .route(
+            "/v1/images/{ns}/{key}",
+            put(images::put_image)
+                .get(images::get_image)
+                .delete(images::delete_image),
+        )
+        .route(
+            "/v1/images/{ns}/{key}/manifest",
+            get(images::get_manifest).put(images::put_manifest),
+        )
+        .route("/v1/blobs/missing", post(blobs::missing))
+        .route(
+            "/v1/blobs/{digest}",
+            put(blobs::put_blob)
+                .get(blobs::get_blob)
+                .head(blobs::head_blob),
+        )
+        .route("/v1/lookup", post(lookup::lookup))
+        .route("/v1/stats", get(stats::stats))
+        .route("/v1/entries", get(stats::entries))
+        .fallback(images::not_found)
+        .method_not_allowed_fallback(images::method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

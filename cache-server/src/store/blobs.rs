@@ -1,0 +1,293 @@
+//! Content-addressed blob storage behind the small [`BlobStore`] trait, and its filesystem
+//! implementation [`FsBlobStore`] (`blobs/sha256/<2 hex>/<64 hex>`, uploads staged in `tmp/`).
+//!
+//! Writes go to an `O_EXCL` temp file, are hashed while written, fsynced, and renamed into place
+//! only when the digest matches; any failure (or dropping the writer) deletes the temp file. Two
+//! concurrent uploads of one blob both succeed and leave one copy: the rename is atomic and the
+//! content identical.
+//!
+//! The API is blocking: callers run it on `spawn_blocking` threads.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use layercache_shared::Digest;
+use layercache_shared::digest::HashingWriter;
+use tempfile::NamedTempFile;
+
+/// Buffer between the hashing writer and the temp file: tar readers hand out small slices, and
+/// one write syscall per MiB keeps ingest disk-bound rather than syscall-bound.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Why storing a blob failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob content has digest {found} ({size} bytes), expected {expected}")]
+    Mismatch {
+        expected: Digest,
+        found: Digest,
+        /// Bytes received.
+        size: u64,
+    },
+    #[error("{action} `{}` failed: {source}", path.display())]
+    Io {
+        /// What the store was doing, e.g. "renaming blob into".
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A readable, seekable stored blob.
+pub trait BlobRead: Read + Seek + Send {}
+impl<T: Read + Seek + Send> BlobRead for T {}
+
+/// The outcome of a successful [`BlobWriter::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Bytes of the blob.
+    pub size: u64,
+    /// False when the blob was already stored, so this copy was discarded (deduplicated).
+    pub newly_stored: bool,
+}
+
+/// An upload in progress: bytes written are hashed on the way to a temp file.
+pub trait BlobWriter: Write + Send {
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Stores the content as `expected` if its digest matches; otherwise discards it with
+    /// [`BlobError::Mismatch`]. Dropping a writer without committing discards the content.
+    fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError>;
+}
+
+/// Where blobs live. Implemented by [`FsBlobStore`]; an object-store backend can follow.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Opens a blob for reading, `None` when absent.
+    fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>>;
+    /// The blob's length, `None` when absent.
+    fn len(&self, digest: &Digest) -> io::Result<Option<u64>>;
+    /// Whether the blob is stored.
+    fn contains(&self, digest: &Digest) -> io::Result<bool> {
+        Ok(self.len(digest)?.is_some())
+    }
+    /// Starts an upload whose digest is checked at [`BlobWriter::commit`].
+    fn begin_write(&self) -> io::Result<Box<dyn BlobWriter>>;
+    /// Removes a blob; false when it was absent.
+    fn delete(&self, digest: &Digest) -> io::Result<bool>;
+}
+
+/// Blobs as files under a data dir.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    /// `<data>/blobs/sha256`.
+    root: PathBuf,
+    /// `<data>/tmp`: same filesystem as `root`, so the final rename is atomic.
+    tmp: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Uses `blobs_dir` for blobs and `tmp_dir` for uploads in progress; creates both.
+    pub fn new(blobs_dir: &Path, tmp_dir: &Path) -> Result<Self, BlobError> {
+        let root = blobs_dir.join("sha256");
+        for dir in [root.as_path(), tmp_dir] {
+            fs::create_dir_all(dir).map_err(|source| BlobError::Io {
+                action: "creating directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(FsBlobStore {
+            root,
+            tmp: tmp_dir.to_path_buf(),
+        })
+    }
+
+    /// Where the blob's file is (whether or not it exists).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+}
+
+impl BlobStore for FsBlobStore {
+    fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>> {
+        match File::open(self.path(digest)) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn begin_write(&self) -> io::Result<Box<dyn BlobWriter>> {
+        let temp = NamedTempFile::new_in(&self.tmp)?;
+        Ok(Box::new(FsBlobWriter {
+            inner: HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, temp)),
+            store: self.clone(),
+        }))
+    }
+
+    fn delete(&self, digest: &Digest) -> io::Result<bool> {
+        match fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An upload into an [`FsBlobStore`]; the temp file is deleted on drop unless committed.
+struct FsBlobWriter {
+    /// Hashes then buffers into the temp file.
+    inner: HashingWriter<BufWriter<NamedTempFile>>,
+    /// Where the blob goes on commit.
+    store: FsBlobStore,
+}
+
+impl Write for FsBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter for FsBlobWriter {
+    fn written(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
+        let FsBlobWriter { inner, store } = *self;
+        let (found, size, buffered) = inner.finish();
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let temp = buffered
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io_err("writing upload to", &store.tmp))?;
+        if found != *expected {
+            return Err(BlobError::Mismatch {
+                expected: *expected,
+                found,
+                size,
+            });
+        }
+        let dest = store.path(expected);
+        if dest.exists() {
+            // Already stored: the temp file goes when `temp` drops.
+            return Ok(Committed {
+                size,
+                newly_stored: false,
+            });
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(io_err("syncing upload", temp.path()))?;
+        let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+        temp.persist(&dest)
+            .map_err(|e| e.error)
+            .map_err(io_err("renaming upload into", &dest))?;
+        // The rename is durable only once the directory entry is: a crash must not lose a blob
+        // the database is about to reference.
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", &dir))?;
+        Ok(Committed {
+            size,
+            newly_stored: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, FsBlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsBlobStore::new(&dir.path().join("blobs"), &dir.path().join("tmp")).unwrap();
+        (dir, s)
+    }
+
+    fn count_files(dir: &Path) -> usize {
+        fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn commit_stores_once_and_dedups_the_second_copy() {
+        let (dir, s) = store();
+        let d = Digest::of(b"hello");
+        for expect_new in [true, false] {
+            let mut w = s.begin_write().unwrap();
+            w.write_all(b"hello").unwrap();
+            let c = w.commit(&d).unwrap();
+            assert_eq!(c.size, 5);
+            assert_eq!(c.newly_stored, expect_new);
+        }
+        assert_eq!(s.len(&d).unwrap(), Some(5));
+        let mut content = String::new();
+        s.open(&d)
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut content)
+            .unwrap();
+        assert_eq!(content, "hello");
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn mismatch_leaves_no_file_anywhere() {
+        let (dir, s) = store();
+        let d = Digest::of(b"other");
+        let mut w = s.begin_write().unwrap();
+        w.write_all(b"hello").unwrap();
+        let err = w.commit(&d).unwrap_err();
+        assert!(matches!(err, BlobError::Mismatch { size: 5, .. }), "{err}");
+        assert!(!s.contains(&d).unwrap());
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+        assert_eq!(count_files(&dir.path().join("blobs/sha256")), 0);
+    }
+
+    #[test]
+    fn dropped_writer_removes_its_temp_file() {
+        let (dir, s) = store();
+        let mut w = s.begin_write().unwrap();
+        w.write_all(&[0u8; 3 << 20]).unwrap();
+        assert_eq!(count_files(&dir.path().join("tmp")), 1);
+        drop(w);
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn delete_reports_absence() {
+        let (_dir, s) = store();
+        let d = Digest::of(b"x");
+        assert!(!s.delete(&d).unwrap());
+        let mut w = s.begin_write().unwrap();
+        w.write_all(b"x").unwrap();
+        w.commit(&d).unwrap();
+        assert!(s.delete(&d).unwrap());
+        assert!(s.open(&d).unwrap().is_none());
+    }
+}

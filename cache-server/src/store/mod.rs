@@ -1,0 +1,59 @@
+//! Storage of a data dir: [`blobs`] (content-addressed files behind the `BlobStore` trait) and
+//! [`sqlite`] (the index of blobs, images, entries and counters).
+//!
+//! Files on disk:
+//! - `layercache.db` (+ `-wal`, `-shm`): the SQLite index.
+//! - `blobs/sha256/<2 hex>/<64 hex>`: layer (uncompressed tar) and image config blobs.
+//! - `tmp/`: uploads in progress; wiped at start, since nothing there was committed.
+//!
+//! Crash safety comes from ordering: a blob file is renamed into place before any row names it,
+//! and an entry row is committed only after all its blobs exist.
+
+pub mod blobs;
+pub mod sqlite;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::ServerError;
+use blobs::{BlobStore, FsBlobStore};
+use sqlite::Db;
+
+/// The blob store and the index, shared by all requests.
+pub struct Store {
+    /// The SQLite index.
+    pub db: Db,
+    /// Blob content.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Where uploads are staged (checked by tests, wiped at start).
+    pub tmp_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating as needed) the data dir and wipes leftover temp files.
+    pub fn open(data_dir: &Path) -> Result<Store, ServerError> {
+        let tmp_dir = data_dir.join("tmp");
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)
+                .map_err(|e| ServerError::io("wiping temp dir", &tmp_dir, e))?;
+        }
+        let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
+        let db = Db::open(&data_dir.join("layercache.db"))?;
+        Ok(Store {
+            db,
+            blobs: Arc::new(blobs),
+            tmp_dir,
+        })
+    }
+
+    /// Runs blocking storage work off the async runtime.
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+}

@@ -1,0 +1,711 @@
+//! The SQLite index: which blobs exist, which images and entries reference them, hit counters.
+//!
+//! One connection behind a std `Mutex`: every call runs on a `spawn_blocking` thread, holds the
+//! lock for one short statement or transaction, and SQLite serialises writers anyway, so a pool
+//! would add contention without adding throughput. WAL mode keeps readers of the file (backups,
+//! `sqlite3` for debugging) from blocking the server.
+//!
+//! Migrations are append-only: [`MIGRATIONS`]`[i]` moves `user_version` from `i` to `i + 1`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use layercache_shared::api::{EntryManifest, EntrySummary, ImageInfo, LayerInfo, MatchKind, Stats};
+use layercache_shared::{CacheKey, Digest, Namespace};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+/// Schema steps; never edit one that shipped, append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refcount INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL
+);
+CREATE TABLE entries (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    last_used INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    total_size INTEGER NOT NULL,
+    UNIQUE (namespace, key)
+);
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    parent TEXT,
+    config_size INTEGER NOT NULL
+);
+CREATE TABLE image_layers (
+    image_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    diff_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, idx)
+);
+CREATE TABLE entry_images (
+    entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+    image_id TEXT NOT NULL REFERENCES images(id),
+    position INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    parent TEXT,
+    PRIMARY KEY (entry_id, position)
+);
+CREATE TABLE entry_prefixes (
+    entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+    depth INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (entry_id, depth)
+);
+CREATE INDEX entry_prefixes_by_hash ON entry_prefixes (hash, depth);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#];
+
+/// Counter names in the `counters` table.
+pub mod counter {
+    pub const HITS: &str = "hits";
+    pub const MISSES: &str = "misses";
+    pub const HITS_EXACT: &str = "hits_exact";
+    pub const HITS_FALLBACK: &str = "hits_fallback";
+    pub const HITS_PREFIX: &str = "hits_prefix";
+    pub const BYTES_SERVED: &str = "bytes_served";
+    pub const BYTES_RECEIVED: &str = "bytes_received";
+    pub const BYTES_DEDUPLICATED: &str = "bytes_deduplicated";
+    pub const UPLOADS_FAILED: &str = "uploads_failed";
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One image of an entry to commit.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    /// Config digest.
+    pub id: Digest,
+    /// The image it was built on, as the upload said.
+    pub parent: Option<Digest>,
+    /// `repo:tag` names to restore with it.
+    pub tags: Vec<String>,
+    /// Bytes of the config blob.
+    pub config_size: u64,
+    /// `(diff_id, size)` bottom-up.
+    pub layers: Vec<(Digest, u64)>,
+}
+
+/// An entry to commit: every blob it names must already be stored (files renamed into place).
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub namespace: Namespace,
+    pub key: CacheKey,
+    /// Parents before children.
+    pub images: Vec<NewImage>,
+    /// Instruction-prefix hashes, instruction 1 first.
+    pub prefixes: Vec<Digest>,
+}
+
+impl NewEntry {
+    /// Every distinct blob (configs and layers) with its size.
+    pub fn blobs(&self) -> BTreeMap<Digest, u64> {
+        let mut out = BTreeMap::new();
+        for img in &self.images {
+            out.insert(img.id, img.config_size);
+            out.extend(img.layers.iter().copied());
+        }
+        out
+    }
+}
+
+/// The SQLite index of a data dir.
+pub struct Db {
+    /// The one connection; see the module docs for why a plain `Mutex`.
+    conn: Mutex<Connection>,
+}
+
+fn conv_err(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
+}
+
+fn digest_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Digest> {
+    row.get::<_, String>(idx)?
+        .parse()
+        .map_err(|e| conv_err(idx, e))
+}
+
+fn opt_digest_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Digest>> {
+    row.get::<_, Option<String>>(idx)?
+        .map(|s| s.parse().map_err(|e| conv_err(idx, e)))
+        .transpose()
+}
+
+fn u64_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(idx)?.max(0) as u64)
+}
+
+/// SQLite stores integers as i64; sizes above 2^63 do not occur.
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Db {
+    /// Opens (creating if needed) `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> rusqlite::Result<Db> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit the client was told about survives power loss, not just a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock rolled back its transaction on unwind; the connection is
+        // still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a stored blob; true when the row is new.
+    pub fn insert_blob(&self, digest: &Digest, size: u64) -> rusqlite::Result<bool> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO blobs (digest, size, refcount, created) VALUES (?1, ?2, 0, ?3)",
+            params![digest.to_string(), sql_u64(size), sql_u64(now())],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Sizes of the given blobs that are recorded (absent ones are left out).
+    pub fn blob_sizes(&self, digests: &[Digest]) -> rusqlite::Result<HashMap<Digest, u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?;
+        let mut out = HashMap::new();
+        for d in digests {
+            if let Some(size) = stmt
+                .query_row([d.to_string()], |r| u64_at(r, 0))
+                .optional()?
+            {
+                out.insert(*d, size);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an image (by config digest) is recorded.
+    pub fn image_known(&self, id: &Digest) -> rusqlite::Result<bool> {
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM images WHERE id = ?1",
+                [id.to_string()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+    }
+
+    /// Commits `entry` in one transaction, replacing an entry of the same name. Blob rows are
+    /// added for any blob not yet recorded; refcounts follow.
+    pub fn commit_entry(&self, entry: &NewEntry) -> rusqlite::Result<i64> {
+        let blobs = entry.blobs();
+        let total: u64 = blobs.values().sum();
+        let now = sql_u64(now());
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut ins_blob = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blobs (digest, size, refcount, created) VALUES (?1, ?2, 0, ?3)",
+            )?;
+            for (d, size) in &blobs {
+                ins_blob.execute(params![d.to_string(), sql_u64(*size), now])?;
+            }
+        }
+        if let Some(old) = find_entry_tx(&tx, &entry.namespace, &entry.key)? {
+            release_entry(&tx, old)?;
+        }
+        tx.execute(
+            "INSERT INTO entries (namespace, key, created, last_used, hits, total_size)
+             VALUES (?1, ?2, ?3, ?3, 0, ?4)",
+            params![
+                entry.namespace.as_str(),
+                entry.key.as_str(),
+                now,
+                sql_u64(total)
+            ],
+        )?;
+        let entry_id = tx.last_insert_rowid();
+        {
+            let mut ins_image = tx.prepare_cached(
+                "INSERT INTO images (id, parent, config_size) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET parent = COALESCE(images.parent, excluded.parent)",
+            )?;
+            let mut ins_layer = tx.prepare_cached(
+                "INSERT OR IGNORE INTO image_layers (image_id, idx, diff_id) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut ins_entry_image = tx.prepare_cached(
+                "INSERT INTO entry_images (entry_id, image_id, position, tags, parent)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (pos, img) in entry.images.iter().enumerate() {
+                let id = img.id.to_string();
+                let parent = img.parent.map(|p| p.to_string());
+                ins_image.execute(params![id, parent, sql_u64(img.config_size)])?;
+                for (idx, (diff_id, _)) in img.layers.iter().enumerate() {
+                    ins_layer.execute(params![id, idx as i64, diff_id.to_string()])?;
+                }
+                let tags = serde_json::to_string(&img.tags).map_err(|e| conv_err(3, e))?;
+                ins_entry_image.execute(params![entry_id, id, pos as i64, tags, parent])?;
+            }
+            let mut ins_prefix = tx.prepare_cached(
+                "INSERT INTO entry_prefixes (entry_id, depth, hash) VALUES (?1, ?2, ?3)",
+            )?;
+            for (i, h) in entry.prefixes.iter().enumerate() {
+                ins_prefix.execute(params![entry_id, (i + 1) as i64, h.to_string()])?;
+            }
+            let mut inc =
+                tx.prepare_cached("UPDATE blobs SET refcount = refcount + 1 WHERE digest = ?1")?;
+            for d in blobs.keys() {
+                inc.execute([d.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(entry_id)
+    }
+
+    /// The id of the entry `namespace`/`key`, if stored.
+    pub fn find_entry(
+        &self,
+        namespace: &Namespace,
+        key: &CacheKey,
+    ) -> rusqlite::Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        find_entry_tx(&tx, namespace, key)
+    }
+
+    /// Deletes an entry (refcounts drop with it); false when absent.
+    pub fn delete_entry(&self, namespace: &Namespace, key: &CacheKey) -> rusqlite::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(id) = find_entry_tx(&tx, namespace, key)? else {
+            return Ok(false);
+        };
+        release_entry(&tx, id)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The manifest of entry `id`.
+    pub fn manifest(&self, id: i64) -> rusqlite::Result<EntryManifest> {
+        let conn = self.conn();
+        let (namespace, key, created, last_used, hits, total_size) = conn.query_row(
+            "SELECT namespace, key, created, last_used, hits, total_size FROM entries WHERE id = ?1",
+            [id],
+            |r| {
+                let ns: Namespace = r.get::<_, String>(0)?.parse().map_err(|e| conv_err(0, e))?;
+                let key: CacheKey = r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?;
+                Ok((ns, key, u64_at(r, 2)?, u64_at(r, 3)?, u64_at(r, 4)?, u64_at(r, 5)?))
+            },
+        )?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT ei.image_id, ei.parent, ei.tags, i.config_size
+             FROM entry_images ei JOIN images i ON i.id = ei.image_id
+             WHERE ei.entry_id = ?1 ORDER BY ei.position",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            let tags: Vec<String> =
+                serde_json::from_str(&r.get::<_, String>(2)?).map_err(|e| conv_err(2, e))?;
+            Ok((digest_at(r, 0)?, opt_digest_at(r, 1)?, tags, u64_at(r, 3)?))
+        })?;
+        let mut images = Vec::new();
+        for row in rows {
+            let (id, parent, tags, config_size) = row?;
+            images.push(ImageInfo {
+                id,
+                parent,
+                tags,
+                config_size,
+                layers: Vec::new(),
+            });
+        }
+        let mut layer_stmt = conn.prepare_cached(
+            "SELECT il.diff_id, b.size FROM image_layers il JOIN blobs b ON b.digest = il.diff_id
+             WHERE il.image_id = ?1 ORDER BY il.idx",
+        )?;
+        for img in &mut images {
+            img.layers = layer_stmt
+                .query_map([img.id.to_string()], |r| {
+                    Ok(LayerInfo {
+                        diff_id: digest_at(r, 0)?,
+                        size: u64_at(r, 1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        // A parent outside the entry cannot be restored with it: `docker load` would refuse it.
+        let ids: std::collections::HashSet<Digest> = images.iter().map(|i| i.id).collect();
+        for img in &mut images {
+            if img.parent.is_some_and(|p| !ids.contains(&p)) {
+                img.parent = None;
+            }
+        }
+        let prefixes = conn
+            .prepare_cached("SELECT hash FROM entry_prefixes WHERE entry_id = ?1 ORDER BY depth")?
+            .query_map([id], |r| digest_at(r, 0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(EntryManifest {
+            namespace,
+            key,
+            images,
+            total_size,
+            created,
+            last_used,
+            hits,
+            prefixes,
+        })
+    }
+
+    /// The entry in `namespaces` sharing the longest instruction prefix with `prefixes`; at equal
+    /// depth the earlier namespace wins, then the most recently used entry. Returns the entry id
+    /// and the shared depth.
+    pub fn find_prefix(
+        &self,
+        namespaces: &[Namespace],
+        prefixes: &[Digest],
+    ) -> rusqlite::Result<Option<(i64, u32)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.id, e.namespace, e.last_used FROM entry_prefixes p
+             JOIN entries e ON e.id = p.entry_id WHERE p.hash = ?1 AND p.depth = ?2",
+        )?;
+        for depth in (1..=prefixes.len()).rev() {
+            let hash = prefixes[depth - 1].to_string();
+            let mut best: Option<(usize, i64, i64)> = None; // (namespace rank, -last_used, id)
+            let rows = stmt.query_map(params![hash, depth as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, ns, last_used) = row?;
+                let Some(rank) = namespaces.iter().position(|n| n.as_str() == ns) else {
+                    continue;
+                };
+                let cand = (rank, -last_used, id);
+                if best.is_none_or(|b| cand < b) {
+                    best = Some(cand);
+                }
+            }
+            if let Some((_, _, id)) = best {
+                return Ok(Some((id, depth as u32)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Counts a hit on entry `id` (by match kind for lookups) and marks it used now.
+    pub fn record_hit(&self, id: i64, kind: Option<MatchKind>) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE entries SET hits = hits + 1, last_used = ?2 WHERE id = ?1",
+            params![id, sql_u64(now())],
+        )?;
+        add_counter_tx(&tx, counter::HITS, 1)?;
+        if let Some(kind) = kind {
+            let name = match kind {
+                MatchKind::Exact => counter::HITS_EXACT,
+                MatchKind::Fallback => counter::HITS_FALLBACK,
+                MatchKind::Prefix => counter::HITS_PREFIX,
+            };
+            add_counter_tx(&tx, name, 1)?;
+        }
+        tx.commit()
+    }
+
+    /// Adds `by` to counter `name`.
+    pub fn add_counter(&self, name: &str, by: u64) -> rusqlite::Result<()> {
+        if by == 0 {
+            return Ok(());
+        }
+        add_counter_tx(&self.conn(), name, by)
+    }
+
+    /// Adds several counters in one transaction.
+    pub fn add_counters(&self, changes: &[(&str, u64)]) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (name, by) in changes {
+            if *by > 0 {
+                add_counter_tx(&tx, name, *by)?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Server-wide statistics.
+    pub fn stats(&self) -> rusqlite::Result<Stats> {
+        let conn = self.conn();
+        let mut counters: HashMap<String, u64> = HashMap::new();
+        let mut stmt = conn.prepare_cached("SELECT name, value FROM counters")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, u64_at(r, 1)?)))? {
+            let (k, v) = row?;
+            counters.insert(k, v);
+        }
+        let c = |name: &str| counters.get(name).copied().unwrap_or(0);
+        let entries = conn.query_row("SELECT COUNT(*) FROM entries", [], |r| u64_at(r, 0))?;
+        let (blobs, stored_bytes) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
+            [],
+            |r| Ok((u64_at(r, 0)?, u64_at(r, 1)?)),
+        )?;
+        Ok(Stats {
+            hits: c(counter::HITS),
+            misses: c(counter::MISSES),
+            hits_exact: c(counter::HITS_EXACT),
+            hits_fallback: c(counter::HITS_FALLBACK),
+            hits_prefix: c(counter::HITS_PREFIX),
+            entries,
+            blobs,
+            stored_bytes,
+            bytes_served: c(counter::BYTES_SERVED),
+            bytes_received: c(counter::BYTES_RECEIVED),
+            bytes_deduplicated: c(counter::BYTES_DEDUPLICATED),
+            uploads_failed: c(counter::UPLOADS_FAILED),
+        })
+    }
+
+    /// Entries, all or of one namespace, sorted by name.
+    pub fn list_entries(
+        &self,
+        namespace: Option<&Namespace>,
+    ) -> rusqlite::Result<Vec<EntrySummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.namespace, e.key, e.total_size, e.created, e.last_used, e.hits,
+                (SELECT COUNT(*) FROM entry_images WHERE entry_id = e.id),
+                (SELECT COUNT(DISTINCT il.diff_id) FROM entry_images ei
+                   JOIN image_layers il ON il.image_id = ei.image_id WHERE ei.entry_id = e.id)
+             FROM entries e WHERE ?1 IS NULL OR e.namespace = ?1
+             ORDER BY e.namespace, e.key",
+        )?;
+        stmt.query_map([namespace.map(|n| n.as_str())], |r| {
+            Ok(EntrySummary {
+                namespace: r.get::<_, String>(0)?.parse().map_err(|e| conv_err(0, e))?,
+                key: r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?,
+                total_size: u64_at(r, 2)?,
+                created: u64_at(r, 3)?,
+                last_used: u64_at(r, 4)?,
+                hits: u64_at(r, 5)?,
+                images: u64_at(r, 6)?,
+                layers: u64_at(r, 7)?,
+            })
+        })?
+        .collect()
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn find_entry_tx(
+    tx: &Transaction<'_>,
+    namespace: &Namespace,
+    key: &CacheKey,
+) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT id FROM entries WHERE namespace = ?1 AND key = ?2",
+        [namespace.as_str(), key.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Drops entry `id` and its references: each blob it used loses one refcount.
+fn release_entry(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE blobs SET refcount = refcount - 1 WHERE refcount > 0 AND digest IN (
+            SELECT image_id FROM entry_images WHERE entry_id = ?1
+            UNION
+            SELECT il.diff_id FROM entry_images ei JOIN image_layers il ON il.image_id = ei.image_id
+            WHERE ei.entry_id = ?1)",
+        [id],
+    )?;
+    tx.execute("DELETE FROM entry_images WHERE entry_id = ?1", [id])?;
+    tx.execute("DELETE FROM entry_prefixes WHERE entry_id = ?1", [id])?;
+    tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+fn add_counter_tx(conn: &Connection, name: &str, by: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        params![name, sql_u64(by)],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    fn entry(ns: &str, key: &str, layers: &[&str], prefixes: &[&str]) -> NewEntry {
+        NewEntry {
+            namespace: ns.parse().unwrap(),
+            key: key.parse().unwrap(),
+            images: vec![NewImage {
+                id: d(&format!("config-{}", layers.join("+"))),
+                parent: None,
+                tags: vec!["a:1".into()],
+                config_size: 10,
+                layers: layers.iter().map(|l| (d(l), 100)).collect(),
+            }],
+            prefixes: prefixes.iter().map(|p| d(p)).collect(),
+        }
+    }
+
+    fn refcount(db: &Db, digest: &Digest) -> i64 {
+        db.conn()
+            .query_row(
+                "SELECT refcount FROM blobs WHERE digest = ?1",
+                [digest.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_are_idempotent_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Db::open(&path)
+            .unwrap()
+            .commit_entry(&entry("a", "k", &["l1"], &[]))
+            .unwrap();
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.stats().unwrap().entries, 1);
+    }
+
+    #[test]
+    fn refcounts_follow_commit_replace_and_delete() {
+        let (_dir, db) = db();
+        db.commit_entry(&entry("a", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        db.commit_entry(&entry("b", "k", &["l1"], &[])).unwrap();
+        assert_eq!(refcount(&db, &d("l1")), 2);
+        assert_eq!(refcount(&db, &d("l2")), 1);
+        // Replacing a/k drops its reference to l2 and keeps one to l1.
+        db.commit_entry(&entry("a", "k", &["l1", "l3"], &[]))
+            .unwrap();
+        assert_eq!(refcount(&db, &d("l1")), 2);
+        assert_eq!(refcount(&db, &d("l2")), 0);
+        assert!(
+            db.delete_entry(&"b".parse().unwrap(), &"k".parse().unwrap())
+                .unwrap()
+        );
+        assert_eq!(refcount(&db, &d("l1")), 1);
+        assert!(
+            !db.delete_entry(&"b".parse().unwrap(), &"k".parse().unwrap())
+                .unwrap()
+        );
+        assert_eq!(db.stats().unwrap().entries, 1);
+    }
+
+    #[test]
+    fn manifest_lists_layers_sizes_and_prefixes() {
+        let (_dir, db) = db();
+        let id = db
+            .commit_entry(&entry("a/b", "k", &["l1", "l2"], &["p1", "p2"]))
+            .unwrap();
+        let m = db.manifest(id).unwrap();
+        assert_eq!(m.namespace.as_str(), "a/b");
+        assert_eq!(m.images.len(), 1);
+        assert_eq!(m.images[0].layers.len(), 2);
+        assert_eq!(m.images[0].tags, vec!["a:1".to_string()]);
+        assert_eq!(m.total_size, 210);
+        assert_eq!(m.prefixes, vec![d("p1"), d("p2")]);
+    }
+
+    #[test]
+    fn prefix_match_prefers_depth_then_namespace_order() {
+        let (_dir, db) = db();
+        let shallow = db
+            .commit_entry(&entry("main", "k1", &["l1"], &["p1", "x2"]))
+            .unwrap();
+        let deep_late = db
+            .commit_entry(&entry("main", "k2", &["l2"], &["p1", "p2", "y3"]))
+            .unwrap();
+        let deep_early = db
+            .commit_entry(&entry("br", "k3", &["l3"], &["p1", "p2"]))
+            .unwrap();
+        let other_ns = db
+            .commit_entry(&entry("zzz", "k4", &["l4"], &["p1", "p2", "p3"]))
+            .unwrap();
+        let ns: Vec<Namespace> = vec!["br".parse().unwrap(), "main".parse().unwrap()];
+        let asked = [d("p1"), d("p2"), d("p3")];
+        assert_eq!(db.find_prefix(&ns, &asked).unwrap(), Some((deep_early, 2)));
+        let ns_main: Vec<Namespace> = vec!["main".parse().unwrap()];
+        assert_eq!(
+            db.find_prefix(&ns_main, &asked).unwrap(),
+            Some((deep_late, 2))
+        );
+        assert_eq!(
+            db.find_prefix(&ns_main, &[d("p1"), d("q")]).unwrap(),
+            Some((shallow, 1))
+        );
+        assert_eq!(db.find_prefix(&ns_main, &[d("q")]).unwrap(), None);
+        let _ = other_ns;
+    }
+
+    #[test]
+    fn hits_and_counters_show_in_stats() {
+        let (_dir, db) = db();
+        let id = db.commit_entry(&entry("a", "k", &["l1"], &[])).unwrap();
+        db.record_hit(id, Some(MatchKind::Fallback)).unwrap();
+        db.record_hit(id, None).unwrap();
+        db.add_counter(counter::MISSES, 1).unwrap();
+        let s = db.stats().unwrap();
+        assert_eq!((s.hits, s.hits_fallback, s.misses, s.blobs), (2, 1, 1, 2));
+        assert_eq!(s.stored_bytes, 110);
+        assert_eq!(db.manifest(id).unwrap().hits, 2);
+        let list = db.list_entries(Some(&"a".parse().unwrap())).unwrap();
+        assert_eq!((list.len(), list[0].layers, list[0].images), (1, 1, 1));
+        assert!(
+            db.list_entries(Some(&"b".parse().unwrap()))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
