@@ -6,16 +6,21 @@
 //! - [`write`]: plans a docker-loadable legacy tarball (with `Parent` links) as a list of
 //!   [`write::Piece`]s: inline header/metadata bytes and references to stored blobs, so a server or
 //!   runner can stream it from its blob store without building it anywhere.
+//! - [`format`]: serde types of `manifest.json`, `index.json`, OCI manifests and image configs.
+//! - `error`: [`ArchiveError`], why a tarball was refused, with a stable [`ArchiveError::code`].
 
+mod error;
+pub mod format;
 pub mod read;
 pub mod write;
 
 use crate::Digest;
 
+pub use format::config_diff_ids;
 pub use read::{
     ArchiveError, BlobSink, Limits, ParsedArchive, ParsedImage, StoredBlob, read_archive,
 };
-pub use write::{Piece, PlanImage, TarPlan, plan_legacy};
+pub use write::{Piece, PlanImage, TarPlan, plan_legacy, write_plan};
 
 /// A `repo:tag` reference as found in `RepoTags`.
 pub type RepoTag = String;
