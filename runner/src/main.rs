@@ -1,1 +1,3 @@
+mod steps;
+
 fn main() {}

@@ -1,0 +1,155 @@
+//! `layercache steps`: the Jet workflow from the design talk. A compose-style services file and a
+//! steps file of serial and parallel groups; every step runs in its own fresh environment.
+//!
+//! - [`config`]: the two YAML files, parsed and validated (every error with file, line, column).
+//! - [`plan`]: pure logic: tag matching, service start order, the serial/parallel executor.
+//! - [`exec`]: the engine side through bollard: builds, networks, containers, push, cleanup.
+//! - [`output`]: prefixed log lines, the summary table and `--json`.
+//!
+//! Order of a run: parse both files (nothing runs on an error) → build services → make sure the
+//! other images exist → execute the plan (Ctrl-C stops it) → remove everything labelled with the
+//! run id → print the summary. Exit code 0 only when every step that ran passed.
+
+pub mod config;
+pub mod exec;
+pub mod output;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use self::exec::{CiEnv, Engine};
+use self::output::{Printer, Summary, SummaryStep};
+use self::plan::{PlanNode, StepFuture};
+
+/// Flags of `layercache steps`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StepsArgs {
+    /// Branch or tag the steps' `tag` regexes are matched against (default: `CI_BRANCH`, else the
+    /// current git branch of the project).
+    #[arg(long, env = "CI_BRANCH")]
+    pub branch: Option<String>,
+    /// The services file (docker-compose syntax).
+    #[arg(long, default_value = "layercache-services.yml")]
+    pub services: PathBuf,
+    /// The steps file.
+    #[arg(long, default_value = "layercache-steps.yml")]
+    pub steps: PathBuf,
+    /// How many steps may run at the same time (default: number of CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Commit id given to steps as `CI_COMMIT_ID` (default: `git rev-parse HEAD` of the project).
+    #[arg(long, env = "CI_COMMIT_ID")]
+    pub ci_commit_id: Option<String>,
+    /// Print the summary as JSON on stdout (logs go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Build service images without reusing any cached layer.
+    #[arg(long)]
+    pub no_cache_build: bool,
+}
+
+/// Runs `layercache steps`. Configuration errors are returned before anything starts; once the
+/// engine is involved, containers and networks of this run are removed whatever happens.
+pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
+    let services = Arc::new(config::load_services(&args.services)?);
+    let nodes = config::load_steps(&args.steps, &services)?;
+    let branch = match &args.branch {
+        Some(b) => b.clone(),
+        None => git(&services.dir, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default(),
+    };
+    let commit_id = match &args.ci_commit_id {
+        Some(c) => c.clone(),
+        None => git(&services.dir, &["rev-parse", "HEAD"]).unwrap_or_default(),
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(1);
+    let plan = plan::build_plan(&nodes, &branch);
+    let printer = Printer::new(args.json);
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let ci = CiEnv {
+        commit_id,
+        branch: branch.clone(),
+    };
+    let engine = Arc::new(Engine::connect(run_id.clone(), services.clone(), ci, printer).await?);
+
+    let outcome = run_with_engine(&engine, &plan, jobs, args.no_cache_build).await;
+    // Cleanup runs whatever happened above: failure, error or Ctrl-C.
+    let cleaned = engine.cleanup_twice().await;
+    let outcome = outcome?;
+    if let Err(e) = &cleaned {
+        printer.line("cleanup", 0, &format!("{e:#}"));
+    }
+
+    let passed = plan::all_passed(&outcome.results) && !outcome.interrupted && cleaned.is_ok();
+    let summary = Summary {
+        run_id,
+        branch,
+        passed,
+        interrupted: outcome.interrupted,
+        steps: outcome.results.iter().map(SummaryStep::from).collect(),
+    };
+    printer.summary(&summary);
+    Ok(match (outcome.interrupted, passed) {
+        (true, _) => ExitCode::from(130),
+        (false, true) => ExitCode::SUCCESS,
+        (false, false) => ExitCode::FAILURE,
+    })
+}
+
+/// Builds, checks images, executes; Ctrl-C during any of it ends the run as interrupted.
+async fn run_with_engine(
+    engine: &Arc<Engine>,
+    plan: &PlanNode,
+    jobs: usize,
+    no_cache: bool,
+) -> anyhow::Result<plan::Outcome> {
+    let interrupted = || async {
+        // If the signal handler cannot be installed, run without Ctrl-C handling rather than abort.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let steps = plan::leaves(plan);
+    let prepare = async {
+        engine
+            .build_services(jobs, no_cache)
+            .await
+            .context("building the services failed")?;
+        engine.ensure_images(&plan::runnable(plan)).await
+    };
+    tokio::select! {
+        r = prepare => r?,
+        () = interrupted() => {
+            anyhow::bail!("interrupted while building services; containers and networks were removed")
+        }
+    }
+    let slots: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+    let run_step = |step: &config::Step| -> StepFuture {
+        let slot = slots.iter().position(|n| n == &step.name).unwrap_or(0);
+        Box::pin(engine.clone().run_step(step.clone(), slot))
+    };
+    Ok(plan::execute(plan, jobs, run_step, interrupted()).await)
+}
+
+/// Output of a git command in `dir`, trimmed; `None` when git is missing or fails (not a repo).
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
