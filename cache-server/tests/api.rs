@@ -1,0 +1,854 @@
+//! The server in-process on `127.0.0.1:0` with a temp data dir, driven over HTTP with reqwest,
+//! using small legacy `docker save` tarballs built here with the `tar` crate.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use layercache_server::{Settings, serve};
+use layercache_shared::Digest;
+use layercache_shared::archive::{BlobSink, Limits, ParsedArchive, read_archive};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// A server on a free port with its own data dir; stopped (gracefully) on drop.
+struct TestServer {
+    url: String,
+    data_dir: PathBuf,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        Self::start_with_limit(layercache_server::settings::DEFAULT_MAX_UPLOAD_BYTES).await
+    }
+
+    async fn start_with_limit(max_upload_bytes: u64) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let settings = Settings {
+            data_dir: data_dir.clone(),
+            max_upload_bytes,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = serve(listener, settings, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                panic!("server failed: {e}");
+            }
+        });
+        let server = TestServer {
+            url,
+            data_dir,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            _tmp: tmp,
+        };
+        for _ in 0..200 {
+            if let Ok(r) = server.client.get(server.at("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server did not become healthy");
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    async fn put_tar(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        prefixes: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.put(self.at(path)).body(body);
+        if let Some(p) = prefixes {
+            req = req.header("layercache-prefixes", p);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let r = self.client.get(self.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.at(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn stats(&self) -> Value {
+        self.get_json("/v1/stats").await
+    }
+
+    fn files_under(&self, dir: &str) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        walk(&e.path(), out);
+                    } else {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir.join(dir), &mut out);
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A layer: an uncompressed tar of the given files.
+fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, *content).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Pseudo-random bytes (so layers do not compress or collide).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An image to save: its layers (content), build steps and tags.
+struct Img {
+    layers: Vec<Vec<u8>>,
+    steps: Vec<&'static str>,
+    tags: Vec<&'static str>,
+    parent: Option<Digest>,
+}
+
+impl Img {
+    fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| Digest::of(l)).collect()
+    }
+    fn config(&self) -> Vec<u8> {
+        let history: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| json!({ "created_by": s }))
+            .collect();
+        serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": self.diff_ids() },
+            "history": history,
+        }))
+        .unwrap()
+    }
+    fn id(&self) -> Digest {
+        Digest::of(&self.config())
+    }
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, path, content).unwrap();
+}
+
+/// A legacy-layout `docker save` tarball of `images`.
+fn save(images: &[&Img]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut written = std::collections::HashSet::new();
+    let mut manifest = Vec::new();
+    for img in images {
+        let mut layer_paths = Vec::new();
+        for l in &img.layers {
+            let hex = Digest::of(l).hex();
+            let path = format!("{hex}/layer.tar");
+            if written.insert(hex.clone()) {
+                add_file(&mut b, &format!("{hex}/VERSION"), b"1.0");
+                add_file(&mut b, &path, l);
+            }
+            layer_paths.push(path);
+        }
+        let config_name = format!("{}.json", img.id().hex());
+        add_file(&mut b, &config_name, &img.config());
+        let mut item =
+            json!({ "Config": config_name, "RepoTags": img.tags, "Layers": layer_paths });
+        if let Some(p) = img.parent {
+            item["Parent"] = json!(p.to_string());
+        }
+        manifest.push(item);
+    }
+    add_file(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    b.into_inner().unwrap()
+}
+
+/// Base image A (one layer) and child B (A's layer + a 3 MiB layer), B's parent is A.
+fn chain() -> (Img, Img) {
+    let base = layer(&[("etc/base", b"base layer")]);
+    let a = Img {
+        layers: vec![base.clone()],
+        steps: vec!["ADD base"],
+        tags: vec!["app:base"],
+        parent: None,
+    };
+    let b = Img {
+        layers: vec![base, layer(&[("app/big.bin", &noise(1, 3 << 20))])],
+        steps: vec!["ADD base", "COPY big"],
+        tags: vec!["app:1"],
+        parent: Some(a.id()),
+    };
+    (a, b)
+}
+
+/// Keeps layer contents in memory, to compare what the server served.
+struct MemSink;
+impl BlobSink for MemSink {
+    type Handle = Vec<u8>;
+    fn store(&mut self, content: &mut dyn Read) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        content.read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+fn parse(tarball: &[u8]) -> ParsedArchive<Vec<u8>> {
+    read_archive(tarball, &mut MemSink, &Limits::default()).expect("served tarball parses")
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+fn prefixes(steps: &[&str]) -> Vec<Digest> {
+    steps.iter().map(|s| Digest::of(s.as_bytes())).collect()
+}
+
+fn prefix_header(p: &[Digest]) -> String {
+    p.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_then_get_round_trips_images_parents_and_layers() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let tarball = save(&[&a, &b]);
+    let r = s
+        .put_tar("/v1/images/acme%2Fweb/key1", tarball.clone(), None)
+        .await;
+    assert_eq!(r.status(), 201);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["layers_total"], 2, "{report}");
+    assert_eq!(report["layers_new"], 2, "{report}");
+    assert_eq!(report["bytes_received"], tarball.len() as u64, "{report}");
+
+    let r = s
+        .client
+        .get(s.at("/v1/images/acme%2Fweb/key1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let len = r.content_length();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(
+        len,
+        Some(body.len() as u64),
+        "Content-Length matches the body"
+    );
+    let parsed = parse(&body);
+    let ids: Vec<Digest> = parsed.images.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![a.id(), b.id()], "parents first");
+    assert_eq!(parsed.images[1].parent, Some(a.id()), "Parent link intact");
+    assert_eq!(parsed.images[1].tags, vec!["app:1".to_string()]);
+    assert_eq!(parsed.images[1].diff_ids, b.diff_ids());
+    for (l, d) in b.layers.iter().zip(b.diff_ids()) {
+        assert_eq!(&parsed.layers[&d].handle, l, "layer {d} content");
+    }
+    let stats = s.stats().await;
+    assert_eq!(stats["hits"], 1, "{stats}");
+    assert_eq!(stats["bytes_served"], body.len() as u64, "{stats}");
+    assert!(s.files_under("tmp").is_empty(), "no temp files left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_tarball_in_two_namespaces_stores_layers_once() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let tarball = save(&[&a, &b]);
+    let first: Value = s
+        .put_tar("/v1/images/team-a/k", tarball.clone(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored = s.stats().await["stored_bytes"].as_u64().unwrap();
+    let r = s.put_tar("/v1/images/team-b%2Fmain/k", tarball, None).await;
+    assert_eq!(r.status(), 201);
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(second["layers_new"], 0, "{second}");
+    assert_eq!(second["bytes_new"], 0, "{second}");
+    assert_eq!(second["layers_total"], first["layers_total"]);
+    let stats = s.stats().await;
+    assert_eq!(stats["stored_bytes"].as_u64().unwrap(), stored, "{stats}");
+    assert!(
+        stats["bytes_deduplicated"].as_u64().unwrap() > 3 << 20,
+        "{stats}"
+    );
+    assert_eq!(stats["entries"], 2, "{stats}");
+    assert_eq!(stats["blobs"], 4, "2 layers + 2 configs: {stats}");
+    let listed = s.get_json("/v1/entries?namespace=team-b%2Fmain").await;
+    assert_eq!(listed["entries"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["entries"][0]["layers"], 2, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_describes_images_layers_and_prefixes() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let p = prefixes(&["FROM scratch", "ADD base"]);
+    let r = s
+        .put_tar(
+            "/v1/images/acme/k",
+            save(&[&a, &b]),
+            Some(&prefix_header(&p)),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let m = s.get_json("/v1/images/acme/k/manifest").await;
+    assert_eq!(m["namespace"], "acme");
+    assert_eq!(m["key"], "k");
+    let images = m["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{m}");
+    assert_eq!(images[0]["id"], a.id().to_string());
+    assert!(images[0].get("parent").is_none(), "{m}");
+    assert_eq!(images[1]["parent"], a.id().to_string());
+    assert_eq!(images[1]["tags"], json!(["app:1"]));
+    assert_eq!(images[1]["config_size"], b.config().len() as u64);
+    let layer_sizes: Vec<u64> = images[1]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        layer_sizes,
+        b.layers.iter().map(|l| l.len() as u64).collect::<Vec<_>>()
+    );
+    let total: u64 = b.layers.iter().map(|l| l.len() as u64).sum::<u64>()
+        + (a.config().len() + b.config().len()) as u64;
+    assert_eq!(m["total_size"], total);
+    assert_eq!(m["prefixes"], json!(p));
+    let r = s
+        .client
+        .get(s.at("/v1/images/acme/other/manifest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookup_finds_exact_then_fallback_then_prefix_and_counts_misses() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let tarball = save(&[&a, &b]);
+    let deep = prefixes(&["FROM scratch", "ADD base", "COPY big"]);
+    let shallow = prefixes(&["FROM scratch", "ADD other"]);
+    s.put_tar(
+        "/v1/images/main/k1",
+        tarball.clone(),
+        Some(&prefix_header(&deep)),
+    )
+    .await;
+    s.put_tar(
+        "/v1/images/feature/k2",
+        tarball.clone(),
+        Some(&prefix_header(&shallow)),
+    )
+    .await;
+
+    let ask = |ns: &[&str], key: &str, p: &[Digest]| json!({ "namespaces": ns, "key": key, "prefixes": p });
+    let (st, r) = s.post_json("/v1/lookup", &ask(&["main"], "k1", &[])).await;
+    assert_eq!(
+        (st.as_u16(), r["match"].as_str()),
+        (200, Some("exact")),
+        "{r}"
+    );
+    assert_eq!(r["manifest"]["key"], "k1");
+    let (st, r) = s
+        .post_json("/v1/lookup", &ask(&["feature", "main"], "k1", &[]))
+        .await;
+    assert_eq!(
+        (st.as_u16(), r["match"].as_str()),
+        (200, Some("fallback")),
+        "{r}"
+    );
+    // Asked prefix shares 2 instructions with main/k1 and 1 with feature/k2: the longer wins.
+    let asked = prefixes(&["FROM scratch", "ADD base", "RUN new"]);
+    let (st, r) = s
+        .post_json("/v1/lookup", &ask(&["feature", "main"], "k9", &asked))
+        .await;
+    assert_eq!(
+        (st.as_u16(), r["match"].as_str()),
+        (200, Some("prefix")),
+        "{r}"
+    );
+    assert_eq!(r["shared_instructions"], 2, "{r}");
+    assert_eq!(r["manifest"]["key"], "k1", "{r}");
+    let (st, r) = s
+        .post_json("/v1/lookup", &ask(&["elsewhere"], "k1", &asked))
+        .await;
+    assert_eq!(st, 404, "{r}");
+    assert_eq!(error_code(&r), "not_found");
+    let (st, r) = s
+        .post_json(
+            "/v1/lookup",
+            &json!({ "namespaces": ["bad ns"], "key": "k" }),
+        )
+        .await;
+    assert_eq!(st, 400, "{r}");
+
+    let stats = s.stats().await;
+    assert_eq!(
+        (
+            &stats["hits"],
+            &stats["hits_exact"],
+            &stats["hits_fallback"],
+            &stats["hits_prefix"],
+            &stats["misses"]
+        ),
+        (&json!(3), &json!(1), &json!(1), &json!(1), &json!(1)),
+        "{stats}"
+    );
+    assert_eq!(
+        s.get_json("/v1/images/main/k1/manifest").await["hits"],
+        3,
+        "exact + fallback + prefix"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_upload_with_wrong_digest_is_refused_and_leaves_no_file() {
+    let s = TestServer::start().await;
+    let content = noise(7, 2 << 20);
+    let wrong = Digest::of(b"something else");
+    let r = s
+        .client
+        .put(s.at(&format!("/v1/blobs/{wrong}")))
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "digest_mismatch", "{body}");
+    assert!(
+        s.files_under("tmp").is_empty(),
+        "{:?}",
+        s.files_under("tmp")
+    );
+    assert!(
+        s.files_under("blobs").is_empty(),
+        "{:?}",
+        s.files_under("blobs")
+    );
+    assert_eq!(s.stats().await["uploads_failed"], 1);
+
+    let r = s
+        .client
+        .put(s.at("/v1/blobs/sha256:nothex"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_upload_once_and_serve_ranges_and_heads() {
+    let s = TestServer::start().await;
+    let content = noise(9, (1 << 20) + 4321);
+    let d = Digest::of(&content);
+    let url = s.at(&format!("/v1/blobs/{d}"));
+    let r = s
+        .client
+        .put(&url)
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .client
+        .put(&url)
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "second upload of the same blob");
+
+    let r = s.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &content[..]);
+
+    let r = s
+        .client
+        .get(&url)
+        .header("range", "bytes=1048570-1048579")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1048570-1048579/{}", content.len())
+    );
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &content[1048570..1048580]
+    );
+    let r = s
+        .client
+        .get(&url)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &content[content.len() - 5..]
+    );
+    let r = s
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", content.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", content.len())
+    );
+
+    let r = s.client.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"],
+        content.len().to_string().as_str()
+    );
+    let absent = s.at(&format!("/v1/blobs/{}", Digest::of(b"absent")));
+    assert_eq!(s.client.get(&absent).send().await.unwrap().status(), 404);
+    assert_eq!(s.client.head(&absent).send().await.unwrap().status(), 404);
+
+    let (st, r) = s
+        .post_json(
+            "/v1/blobs/missing",
+            &json!({ "digests": [d, Digest::of(b"absent")] }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(r, json!({ "missing": [Digest::of(b"absent")] }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_from_blobs_lists_missing_ones_then_succeeds() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let put_blob = |content: Vec<u8>| {
+        let url = s.at(&format!("/v1/blobs/{}", Digest::of(&content)));
+        let client = s.client.clone();
+        async move {
+            let st = client.put(url).body(content).send().await.unwrap().status();
+            assert!(st.is_success(), "{st}");
+        }
+    };
+    put_blob(a.config()).await;
+    put_blob(b.config()).await;
+    put_blob(b.layers[0].clone()).await;
+    let commit = json!({
+        "images": [
+            { "id": b.id(), "parent": a.id(), "tags": ["app:1"] },
+            { "id": a.id(), "tags": ["app:base"] },
+        ],
+        "prefixes": prefixes(&["FROM scratch"]),
+    });
+    let url = s.at("/v1/images/acme/committed/manifest");
+    let r = s.client.put(&url).json(&commit).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "missing_blobs", "{body}");
+    assert_eq!(body["error"]["missing"], json!([b.diff_ids()[1]]), "{body}");
+
+    put_blob(b.layers[1].clone()).await;
+    let r = s.client.put(&url).json(&commit).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["layers_total"], 2, "{report}");
+
+    let body = s
+        .client
+        .get(s.at("/v1/images/acme/committed"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let parsed = parse(&body);
+    assert_eq!(
+        parsed.images.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![a.id(), b.id()]
+    );
+    assert_eq!(parsed.images[1].parent, Some(a.id()));
+
+    let orphan = json!({ "images": [{ "id": a.id(), "parent": Digest::of(b"nowhere") }] });
+    let r = s
+        .client
+        .put(s.at("/v1/images/acme/orphan/manifest"))
+        .json(&orphan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "a parent the server does not know is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_reput_is_refused_and_previous_entry_still_served() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    let good = save(&[&a, &b]);
+    assert_eq!(
+        s.put_tar("/v1/images/ns/k", good.clone(), None)
+            .await
+            .status(),
+        201
+    );
+    let other = Img {
+        layers: vec![layer(&[("x", &noise(3, 2 << 20))])],
+        steps: vec!["ADD x"],
+        tags: vec!["other:1"],
+        parent: None,
+    };
+    let replacement = save(&[&other]);
+    for cut in [replacement.len() / 2, replacement.len() - 1024] {
+        let r = s
+            .put_tar("/v1/images/ns/k", replacement[..cut].to_vec(), None)
+            .await;
+        assert_eq!(r.status(), 400, "cut at {cut}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    let r = s
+        .put_tar("/v1/images/ns/k", b"not a tarball".repeat(100), None)
+        .await;
+    assert_eq!(r.status(), 400);
+
+    let body = s
+        .client
+        .get(s.at("/v1/images/ns/k"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let parsed = parse(&body);
+    assert_eq!(
+        parsed.images.last().unwrap().id,
+        b.id(),
+        "the first entry is still served"
+    );
+    assert!(
+        s.files_under("tmp").is_empty(),
+        "{:?}",
+        s.files_under("tmp")
+    );
+    assert!(
+        !s.files_under("blobs")
+            .iter()
+            .any(|p| p.ends_with(other.diff_ids()[0].hex())),
+        "no blob of the refused upload was kept"
+    );
+    assert_eq!(s.stats().await["uploads_failed"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_names_are_refused_with_json_errors() {
+    let s = TestServer::start().await;
+    for path in [
+        "/v1/images/a%20b/k",
+        "/v1/images/..%2Fx/k",
+        "/v1/images/ns/bad%2Fkey/manifest",
+        "/v1/images/ns/a%20b",
+    ] {
+        let r = s.client.get(s.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "invalid_name", "{path}: {body}");
+    }
+    let r = s.client.get(s.at("/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.json().await.unwrap()), "not_found");
+    let r = s.client.post(s.at("/v1/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_over_the_limit_get_413() {
+    let s = TestServer::start_with_limit(64 << 10).await;
+    let (a, b) = chain();
+    let big = save(&[&a, &b]);
+    let r = s.put_tar("/v1/images/ns/k", big.clone(), None).await;
+    assert_eq!(r.status(), 413, "announced length over the limit");
+    // Without Content-Length (chunked), the limit is enforced while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(16 << 10).map(|c| Ok(c.to_vec())).collect();
+    let r = s
+        .client
+        .put(s.at("/v1/images/ns/k"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "streamed body over the limit");
+    let content = noise(5, 100 << 10);
+    let r = s
+        .client
+        .put(s.at(&format!("/v1/blobs/{}", Digest::of(&content))))
+        .body(content)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "blob over the limit");
+    assert!(s.files_under("tmp").is_empty());
+    let r = s.client.get(s.at("/v1/images/ns/k")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_removes_entry_and_get_counts_a_miss() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    s.put_tar("/v1/images/ns/k", save(&[&a, &b]), None).await;
+    let url = s.at("/v1/images/ns/k");
+    assert_eq!(s.client.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(s.client.delete(&url).send().await.unwrap().status(), 404);
+    let r = s.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.json().await.unwrap()), "not_found");
+    let stats = s.stats().await;
+    assert_eq!(
+        (&stats["entries"], &stats["misses"]),
+        (&json!(0), &json!(1)),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skip_leaves_out_layer_files_but_manifest_names_them() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    s.put_tar("/v1/images/ns/k", save(&[&a, &b]), None).await;
+    let big = b.diff_ids()[1];
+    let full = s
+        .client
+        .get(s.at("/v1/images/ns/k"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let r = s
+        .client
+        .get(s.at(&format!("/v1/images/ns/k?skip={big}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert!(
+        full.len() - body.len() >= b.layers[1].len(),
+        "{} vs {}",
+        full.len(),
+        body.len()
+    );
+    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut ar = tar::Archive::new(&body[..]);
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        names.insert(e.path().unwrap().to_string_lossy().into_owned(), e.size());
+    }
+    assert!(
+        !names
+            .keys()
+            .any(|n| n.contains(&big.hex()) && n.ends_with("layer.tar")),
+        "{names:?}"
+    );
+    assert!(names.contains_key("manifest.json"));
+}
