@@ -81,7 +81,9 @@ pub enum ArchiveError {
     },
 
     /// A member type `docker save` never writes (device, fifo, sparse file, …).
-    #[error("member `{path}` has unsupported type `{kind}`: `docker save` writes only files, directories and links")]
+    #[error(
+        "member `{path}` has unsupported type `{kind}`: `docker save` writes only files, directories and links"
+    )]
     UnsupportedMember {
         /// The member.
         path: String,
@@ -170,7 +172,7 @@ pub enum ArchiveError {
 
     /// A layer's uncompressed content does not hash to the config's diff_id.
     #[error(
-        "layer {index} of image {image} (`{path}`) has uncompressed digest {found}, but the \
+        "layer {index} (0 = bottom) of image {image} has uncompressed digest {found}, but the \
          config says {expected}"
     )]
     LayerDigestMismatch {
@@ -178,8 +180,6 @@ pub enum ArchiveError {
         image: Digest,
         /// Position of the layer, 0 = bottom.
         index: usize,
-        /// The layer member.
-        path: String,
         /// The diff_id in the config.
         expected: Digest,
         /// The sha256 of the uncompressed layer.

@@ -2,7 +2,8 @@
 //!
 //! The tarball streams through [`read_archive`] once:
 //! 1. Each member's path is checked (relative, no `..`) and its type (files, directories, links).
-//!    Small files (≤ [`Limits::inline_threshold`]: manifests, configs, tiny layers) are kept in memory;
+//!    Small files (≤ [`Limits::inline_threshold`]: manifests, configs, tiny layers) and files named
+//!    like metadata (`*.json`, `repositories`) are kept in memory;
 //!    larger ones go straight to the [`BlobSink`], gunzipped on the way when they start with the gzip
 //!    magic, and hashed both as stored (OCI blob digest) and uncompressed (diff_id).
 //! 2. At the end, links are resolved, `manifest.json` (or, without it, `index.json` → image manifests)
@@ -251,14 +252,14 @@ struct Members<H> {
 fn tar_error(e: io::Error, state: &InputState, member: Option<&str>, seen: usize) -> ArchiveError {
     if state.failed.get() {
         ArchiveError::Io(e)
+    } else if seen == 0 {
+        ArchiveError::NotDockerSave {
+            reason: format!("it is not a tar archive ({e})"),
+        }
     } else if state.eof.get() {
         ArchiveError::Truncated {
             offset: state.pos.get(),
             member: member.map(str::to_string),
-        }
-    } else if seen == 0 {
-        ArchiveError::NotDockerSave {
-            reason: format!("it is not a tar archive ({e})"),
         }
     } else {
         ArchiveError::BadTar {
@@ -306,7 +307,9 @@ fn collect_members<R: Read, S: BlobSink>(
                         path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
                     });
                 }
-                let file = if size <= limits.inline_threshold {
+                let keep = size <= limits.inline_threshold
+                    || (is_metadata_name(&path) && size <= limits.max_inline_total);
+                let file = if keep {
                     inline_total += size;
                     if inline_total > limits.max_inline_total {
                         return Err(ArchiveError::TooLarge {
@@ -478,6 +481,13 @@ fn store_content<S: BlobSink>(
     })
 }
 
+/// Whether a member is metadata by its name (`manifest.json`, `<hex>.json` configs, `<id>/json`,
+/// `repositories`), kept in memory whatever its size so large configs can still be verified.
+fn is_metadata_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".json") || name == "json" || name == "repositories"
+}
+
 /// Normalizes a member path (`./a//b/` → `a/b`), refusing absolute paths, `..` and non-UTF-8.
 fn normalize_member_path(raw: &[u8]) -> Result<String, ArchiveError> {
     let unsafe_path = || ArchiveError::UnsafePath {
@@ -562,11 +572,10 @@ impl<H> Members<H> {
             let Some((base, target)) = link_target(&current, member) else {
                 return Ok(current);
             };
-            let next =
-                join_target(&base, &target).ok_or_else(|| ArchiveError::LinkEscapes {
-                    path: current.clone(),
-                    target: target.clone(),
-                })?;
+            let next = join_target(&base, &target).ok_or_else(|| ArchiveError::LinkEscapes {
+                path: current.clone(),
+                target: target.clone(),
+            })?;
             referrer = current;
             current = next;
         }
@@ -747,7 +756,11 @@ impl<H> Members<H> {
         out.push(ImageRef {
             config_path: blob_path(&manifest.config.digest),
             config_digest: manifest.config.digest,
-            layers: manifest.layers.iter().map(|l| blob_path(&l.digest)).collect(),
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| blob_path(&l.digest))
+                .collect(),
             tags: tags.to_vec(),
             parent: None,
             referenced_by: path,
@@ -876,7 +889,6 @@ fn assemble<S: BlobSink>(
                 return Err(ArchiveError::LayerDigestMismatch {
                     image: id,
                     index,
-                    path: resolved,
                     expected: *expected,
                     found: *digest,
                 });
@@ -926,7 +938,9 @@ fn assemble<S: BlobSink>(
 
 fn dedup(tags: Vec<String>) -> Vec<String> {
     let mut seen = HashSet::new();
-    tags.into_iter().filter(|t| seen.insert(t.clone())).collect()
+    tags.into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
 }
 
 /// Each `Parent` must be an image of the archive that `docker load` accepts as the parent: its
@@ -936,25 +950,26 @@ fn check_parents(images: &[Verified]) -> Result<(), ArchiveError> {
         let Some(parent_id) = child.image.parent else {
             continue;
         };
-        let parent = images
-            .iter()
-            .find(|v| v.image.id == parent_id)
-            .ok_or(ArchiveError::UnknownParent {
-                image: child.image.id,
-                parent: parent_id,
-            })?;
+        let parent =
+            images
+                .iter()
+                .find(|v| v.image.id == parent_id)
+                .ok_or(ArchiveError::UnknownParent {
+                    image: child.image.id,
+                    parent: parent_id,
+                })?;
         let invalid = |reason: &str| ArchiveError::InvalidParent {
             image: child.image.id,
             parent: parent_id,
             reason: reason.to_string(),
         };
         if !child.image.diff_ids.starts_with(&parent.image.diff_ids) {
-            return Err(invalid("the parent's layers are not the first layers of the child"));
+            return Err(invalid(
+                "the parent's layers are not the first layers of the child",
+            ));
         }
         let (ch, ph) = (&child.history, &parent.history);
-        if !(ch.is_empty() && ph.is_empty())
-            && (ch.len() != ph.len() + 1 || !ch.starts_with(ph))
-        {
+        if !(ch.is_empty() && ph.is_empty()) && (ch.len() != ph.len() + 1 || !ch.starts_with(ph)) {
             return Err(invalid(
                 "the child's history is not the parent's plus one step (docker load would refuse it)",
             ));
