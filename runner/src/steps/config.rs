@@ -23,12 +23,15 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("failed to read `{}`: {source}; create it or point to it with --services / --steps", path.display())]
+    #[error(
+        "failed to read `{}` ({error}); create it or point to it with --services / --steps",
+        path.display()
+    )]
     Read {
         /// The file we tried to read.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source`: one line says it all).
+        error: std::io::Error,
     },
     /// The file is not valid YAML, or a value is wrong; `line` and `column` are 1-based.
     #[error("{}:{line}:{column}: {message}", path.display())]
@@ -324,19 +327,20 @@ where
 fn check_service_ref(name: &str) -> Result<(), String> {
     CHECKS.with(|c| {
         let c = c.borrow();
-        if let Some(known) = &c.known_services {
-            if !known.contains(name) {
-                let list: Vec<&str> = known.iter().map(String::as_str).collect();
-                return Err(format!(
-                    "unknown service `{name}`; the services file defines: {}",
-                    list.join(", ")
-                ));
-            }
+        if let Some(known) = &c.known_services
+            && !known.contains(name)
+        {
+            let list: Vec<&str> = known.iter().map(String::as_str).collect();
+            return Err(format!(
+                "unknown service `{name}`; the services file defines: {}",
+                list.join(", ")
+            ));
         }
-        if let (Some((owner, dep, msg)), Some(current)) = (&c.bad_edge, &c.current_service) {
-            if owner == current && dep == name {
-                return Err(msg.clone());
-            }
+        if let (Some((owner, dep, msg)), Some(current)) = (&c.bad_edge, &c.current_service)
+            && owner == current
+            && dep == name
+        {
+            return Err(msg.clone());
         }
         Ok(())
     })
@@ -593,9 +597,9 @@ fn parse_services_raw(path: &Path, text: &str) -> Result<RawServices, ConfigErro
 /// [`ConfigError::Invalid`] for YAML syntax, unknown keys, a bad volume, a `depends_on`/`links`
 /// entry naming no service, or a dependency cycle.
 pub fn load_services(path: &Path) -> Result<ServicesFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
@@ -690,10 +694,10 @@ pub fn parse_services(path: &Path, dir: &Path, text: &str) -> Result<ServicesFil
         return Err(relocate(path, text, &names, Some(edge), message));
     }
     for (target, alias) in aliases {
-        if let Some(svc) = services.get_mut(&target) {
-            if !svc.link_aliases.contains(&alias) {
-                svc.link_aliases.push(alias);
-            }
+        if let Some(svc) = services.get_mut(&target)
+            && !svc.link_aliases.contains(&alias)
+        {
+            svc.link_aliases.push(alias);
         }
     }
     Ok(ServicesFile {
@@ -811,9 +815,16 @@ impl<'de> Deserialize<'de> for StepServiceRef {
 impl<'de> Deserialize<'de> for TagPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_str(d, |pattern| {
-            Regex::new(&pattern)
-                .map(TagPattern)
-                .map_err(|e| format!("`tag` is not a valid regex ({e}); fix the pattern"))
+            Regex::new(&pattern).map(TagPattern).map_err(|e| {
+                // regex's syntax errors span several lines (pattern, caret, reason): keep the reason.
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                format!("`tag` `{pattern}` is not a valid regex: {reason}; fix the pattern")
+            })
         })
     }
 }
@@ -934,9 +945,9 @@ fn node_from_raw(raw: RawNode) -> Result<StepNode, String> {
 /// [`ConfigError::Invalid`] for YAML syntax, unknown keys, an unknown service, a bad `tag` regex,
 /// a malformed step or group, or a duplicate step name.
 pub fn load_steps(path: &Path, services: &ServicesFile) -> Result<Vec<StepNode>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_steps(path, &text, services)
 }
@@ -1125,7 +1136,10 @@ app:
         let (line, col, msg) =
             located(steps("- name: a\n  service: app\n  tag: '^(main'\n").unwrap_err());
         assert_eq!((line, col), (3, 8), "{msg}");
-        assert!(msg.contains("not a valid regex"), "{msg}");
+        assert!(
+            msg.ends_with("`tag` `^(main` is not a valid regex: unclosed group; fix the pattern"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -47,10 +47,10 @@ pub fn find_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
             .map(|s| s.depends_on.as_slice())
             .unwrap_or_default()
         {
-            if services.contains_key(dep) {
-                if let Some(c) = visit(dep, services, marks, stack) {
-                    return Some(c);
-                }
+            if services.contains_key(dep)
+                && let Some(c) = visit(dep, services, marks, stack)
+            {
+                return Some(c);
             }
         }
         stack.pop();
@@ -352,10 +352,10 @@ fn skipped(step: &Step, reason: SkipReason) -> StepResult {
 
 fn record<F>(exec: &Exec<F>, index: usize, result: StepResult) {
     // A poisoned lock means a step runner panicked; the summary is best effort then.
-    if let Ok(mut r) = exec.results.lock() {
-        if let Some(slot) = r.get_mut(index) {
-            *slot = Some(result);
-        }
+    if let Ok(mut r) = exec.results.lock()
+        && let Some(slot) = r.get_mut(index)
+    {
+        *slot = Some(result);
     }
 }
 
