@@ -1262,6 +1262,28 @@ mod tests {
         assert!(msg.contains("--from"), "{msg}");
     }
 
+    /// Regression guard: no input makes the parser panic (slicing, escapes at end of text).
+    #[test]
+    fn garbage_never_panics() {
+        let alphabet: Vec<char> =
+            "FROM RUN COPY ARG AS --from= <<-EOF \"'`\\ $ { } [ ] # = \n\t\r é"
+                .chars()
+                .collect();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(state % 80) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse(&text);
+            let _ = parse(&format!("# escape=`\nFROM x AS b\n{text}"));
+            let _ = crate::key::compute(&format!("FROM b\n{text}"), &Default::default(), None);
+        }
+    }
+
     #[test]
     fn crlf_and_bom_are_ignored() {
         let a = parse("\u{feff}FROM scratch\r\nRUN a \\\r\n  b\r\n").unwrap();
