@@ -21,6 +21,8 @@ struct TestServer {
     data_dir: PathBuf,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The serve task, to wait for a graceful stop.
+    done: Option<tokio::task::JoinHandle<()>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -32,6 +34,15 @@ impl TestServer {
     async fn start_with_limit(max_upload_bytes: u64) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
+        Self::start_in(tmp, data_dir, max_upload_bytes).await
+    }
+
+    /// Starts a server on `data_dir` (inside `tmp`, which the server keeps alive).
+    async fn start_in(
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        max_upload_bytes: u64,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -39,7 +50,7 @@ impl TestServer {
             data_dir: data_dir.clone(),
             max_upload_bytes,
         };
-        tokio::spawn(async move {
+        let done = tokio::spawn(async move {
             if let Err(e) = serve(listener, settings, async {
                 let _ = rx.await;
             })
@@ -53,6 +64,7 @@ impl TestServer {
             data_dir,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
+            done: Some(done),
             _tmp: tmp,
         };
         for _ in 0..200 {
@@ -64,6 +76,19 @@ impl TestServer {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("server did not become healthy");
+    }
+
+    /// Asks the server to stop and waits until it has (in-flight requests finish first); returns
+    /// the temp dir holding its data.
+    async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.expect("server task");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._tmp, tmp)
     }
 
     fn at(&self, path: &str) -> String {
@@ -851,4 +876,56 @@ async fn skip_leaves_out_layer_files_but_manifest_names_them() {
         "{names:?}"
     );
     assert!(names.contains_key("manifest.json"));
+}
+
+/// Graceful shutdown drains in-flight requests: a download that started before the stop
+/// completes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_an_inflight_download_finish() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    s.put_tar("/v1/images/ns/k", save(&[&a, &b]), None).await;
+    let r = s.client.get(s.at("/v1/images/ns/k")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let expected = r.content_length().unwrap();
+    let stopping = tokio::spawn(s.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let body = r.bytes().await.expect("body completes during shutdown");
+    assert_eq!(body.len() as u64, expected);
+    parse(&body);
+    stopping.await.unwrap();
+}
+
+/// A restarted server on the same data dir serves what was committed, and wipes `tmp/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_serves_committed_entries_and_wipes_tmp() {
+    let s = TestServer::start().await;
+    let (a, b) = chain();
+    s.put_tar("/v1/images/ns/k", save(&[&a, &b]), None).await;
+    let data_dir = s.data_dir.clone();
+    let tmp = s.stop().await;
+    std::fs::write(data_dir.join("tmp/.tmpLEFTOVER"), b"half an upload").unwrap();
+
+    let s = TestServer::start_in(tmp, data_dir, 1 << 30).await;
+    assert!(
+        s.files_under("tmp").is_empty(),
+        "{:?}",
+        s.files_under("tmp")
+    );
+    let body = s
+        .client
+        .get(s.at("/v1/images/ns/k"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(parse(&body).images.len(), 2);
+    let stats = s.stats().await;
+    assert_eq!(
+        (&stats["entries"], &stats["hits"]),
+        (&json!(1), &json!(1)),
+        "{stats}"
+    );
 }
