@@ -106,19 +106,15 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Builds, checks images, executes; Ctrl-C during any of it ends the run as interrupted.
+/// Builds, checks images, executes; Ctrl-C or SIGTERM during any of it ends the run as
+/// interrupted.
 async fn run_with_engine(
     engine: &Arc<Engine>,
     plan: &PlanNode,
     jobs: usize,
     no_cache: bool,
 ) -> anyhow::Result<plan::Outcome> {
-    let interrupted = || async {
-        // If the signal handler cannot be installed, run without Ctrl-C handling rather than abort.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let interrupted = interrupt_signal;
     let steps = plan::leaves(plan);
     let prepare = async {
         engine
@@ -139,6 +135,31 @@ async fn run_with_engine(
         Box::pin(engine.clone().run_step(step.clone(), slot))
     };
     Ok(plan::execute(plan, jobs, run_step, interrupted()).await)
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what CI systems send when a build is cancelled).
+/// A signal handler that cannot be installed never fires: the run goes on without it.
+async fn interrupt_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
 
 /// Output of a git command in `dir`, trimmed; `None` when git is missing or fails (not a repo).
