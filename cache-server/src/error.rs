@@ -74,6 +74,11 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error("reading the request body failed (did the client disconnect?): {source}")]
+    UploadBroken {
+        #[source]
+        source: io::Error,
+    },
     #[error("this method is not allowed on this route (see the v1 API in README.md)")]
     MethodNotAllowed,
     #[error("the database failed: {0}")]
@@ -108,6 +113,7 @@ impl ServerError {
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "bad_range"),
             StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
+            UploadBroken { .. } => (StatusCode::BAD_REQUEST, "upload_broken"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

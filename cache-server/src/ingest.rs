@@ -135,27 +135,27 @@ pub async fn ingest_tarball(
 ) -> Result<PutReport, ServerError> {
     let (reader, meter) = upload_reader(body, limit);
     let bridge = SyncIoBridge::new(reader);
-    let result = store
-        .blocking(move |s| ingest_blocking(s, bridge, namespace, key, prefixes))
-        .await;
-    let received = meter.received();
-    let result = result.map_err(|e| upload_error(e, &meter));
-    let (dedup, failed) = match &result {
-        Ok(o) => (o.deduplicated, 0),
-        Err(_) => (0, 1),
-    };
+    // Counters are updated on the blocking thread itself: it runs to the end even when the client
+    // disconnects and this handler's future is dropped.
     store
         .blocking(move |s| {
-            Ok(s.db.add_counters(&[
+            let result = ingest_blocking(s, bridge, namespace, key, prefixes)
+                .map_err(|e| upload_error(e, &meter));
+            let received = meter.received();
+            let (dedup, failed) = match &result {
+                Ok(o) => (o.deduplicated, 0),
+                Err(_) => (0, 1),
+            };
+            s.db.add_counters(&[
                 (counter::BYTES_RECEIVED, received),
                 (counter::BYTES_DEDUPLICATED, dedup),
                 (counter::UPLOADS_FAILED, failed),
-            ])?)
+            ])?;
+            let mut report = result?.report;
+            report.bytes_received = received;
+            Ok(report)
         })
-        .await?;
-    let mut report = result?.report;
-    report.bytes_received = received;
-    Ok(report)
+        .await
 }
 
 /// An archive error, as 507 when the disk filled up under it.
@@ -278,46 +278,50 @@ pub async fn upload_blob(
 ) -> Result<bool, ServerError> {
     let (reader, meter) = upload_reader(body, limit);
     let mut bridge = SyncIoBridge::new(reader);
-    let result = store
-        .blocking(move |s| {
-            let mut w = s
-                .blobs
-                .begin_write()
-                .map_err(|e| ServerError::io("creating temp file in", &s.tmp_dir, e))?;
-            loop {
-                let buf = bridge
-                    .fill_buf()
-                    .map_err(|e| ServerError::io("receiving upload into", &s.tmp_dir, e))?;
-                if buf.is_empty() {
-                    break;
-                }
-                let n = buf.len();
-                w.write_all(buf)
-                    .map_err(|e| ServerError::io("writing upload to", &s.tmp_dir, e))?;
-                bridge.consume(n);
-            }
-            let c = w.commit(&digest)?;
-            let row_new = s.db.insert_blob(&digest, c.size)?;
-            Ok((c.newly_stored || row_new, c.size))
-        })
-        .await;
-    let received = meter.received();
-    let result = result.map_err(|e| upload_error(e, &meter));
-    let (dedup, failed) = match &result {
-        Ok((false, size)) => (*size, 0),
-        Ok(_) => (0, 0),
-        Err(_) => (0, 1),
-    };
     store
         .blocking(move |s| {
-            Ok(s.db.add_counters(&[
-                (counter::BYTES_RECEIVED, received),
+            let result = store_blob(s, &mut bridge, &digest).map_err(|e| upload_error(e, &meter));
+            let (dedup, failed) = match &result {
+                Ok((false, size)) => (*size, 0),
+                Ok(_) => (0, 0),
+                Err(_) => (0, 1),
+            };
+            s.db.add_counters(&[
+                (counter::BYTES_RECEIVED, meter.received()),
                 (counter::BYTES_DEDUPLICATED, dedup),
                 (counter::UPLOADS_FAILED, failed),
-            ])?)
+            ])?;
+            result.map(|(new, _)| new)
         })
-        .await?;
-    result.map(|(new, _)| new)
+        .await
+}
+
+/// Streams `body` into the blob store as `digest`; returns whether it was new, and its size.
+fn store_blob(
+    store: &Store,
+    body: &mut dyn BufRead,
+    digest: &Digest,
+) -> Result<(bool, u64), ServerError> {
+    let tmp = &store.tmp_dir;
+    let mut w = store
+        .blobs
+        .begin_write()
+        .map_err(|e| ServerError::io("creating temp file in", tmp, e))?;
+    loop {
+        let buf = body
+            .fill_buf()
+            .map_err(|source| ServerError::UploadBroken { source })?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        w.write_all(buf)
+            .map_err(|e| ServerError::io("writing upload to", tmp, e))?;
+        body.consume(n);
+    }
+    let c = w.commit(digest)?;
+    let row_new = store.db.insert_blob(digest, c.size)?;
+    Ok((c.newly_stored || row_new, c.size))
 }
 
 /// The part of an image config the server reads.
