@@ -607,7 +607,7 @@ pub fn load_services(path: &Path) -> Result<ServicesFile, ConfigError> {
     } else {
         dir
     };
-    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let dir = normalize(&std::path::absolute(&dir).unwrap_or(dir));
     parse_services(path, &dir, &text)
 }
 
@@ -642,12 +642,12 @@ pub fn parse_services(path: &Path, dir: &Path, text: &str) -> Result<ServicesFil
         unknown_ref |= depends_on.iter().any(|d| !names.contains(d));
         let build = rs.build.map(|b| match b {
             RawBuild::Context(c) => BuildSpec {
-                context: dir.join(c),
+                context: normalize(&dir.join(c)),
                 dockerfile: "Dockerfile".into(),
                 args: BTreeMap::new(),
             },
             RawBuild::Full(f) => BuildSpec {
-                context: dir.join(f.context.unwrap_or_else(|| ".".into())),
+                context: normalize(&dir.join(f.context.unwrap_or_else(|| ".".into()))),
                 dockerfile: f.dockerfile.unwrap_or_else(|| "Dockerfile".into()),
                 args: f.args.map(RawEnv::resolve).unwrap_or_default(),
             },
@@ -1025,7 +1025,7 @@ app:
         let s = services(SERVICES_V1).expect("parses");
         let app = &s.services["app"];
         let build = app.build.as_ref().expect("build");
-        assert_eq!(build.context, Path::new("/proj/."));
+        assert_eq!(build.context, Path::new("/proj"));
         assert_eq!(build.dockerfile, "Dockerfile.app");
         assert_eq!(build.args["VERSION"], "3");
         assert_eq!(app.depends_on, vec!["db"]);
@@ -1050,7 +1050,7 @@ app:
         assert_eq!(s.services["app"].environment["N"], "1");
         assert_eq!(
             s.services["app"].build.as_ref().map(|b| b.context.clone()),
-            Some("/proj/./app".into())
+            Some("/proj/app".into())
         );
     }
 
@@ -1180,5 +1180,27 @@ app:
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("steps.yml:2:12: "), "{err}");
+    }
+
+    /// Guards the e2e fixture: it must stay a valid project for `layercache steps`.
+    #[test]
+    fn jet_sample_fixture_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jet-sample");
+        let svc = load_services(&dir.join("layercache-services.yml")).expect("services parse");
+        assert_eq!(svc.services["app"].depends_on, vec!["db"]);
+        assert!(
+            svc.services["app"]
+                .volumes
+                .iter()
+                .all(|v| v.host.starts_with(&svc.dir))
+        );
+        for file in [
+            "layercache-steps.yml",
+            "layercache-steps-fail.yml",
+            "layercache-steps-push.yml",
+        ] {
+            let nodes = load_steps(&dir.join(file), &svc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!nodes.is_empty(), "{file}");
+        }
     }
 }
