@@ -858,11 +858,10 @@ fn assemble<S: BlobSink>(
         }
         for (index, (path, expected)) in r.layers.iter().zip(&diff_ids).enumerate() {
             let (resolved, file) = members.file(path, &r.referenced_by)?;
-            if let Some(named) = resolved
+            let named = resolved
                 .strip_prefix("blobs/sha256/")
-                .and_then(|h| Digest::from_hex(h).ok())
-                && named != file.raw_digest
-            {
+                .and_then(|h| Digest::from_hex(h).ok());
+            if let Some(named) = named.filter(|n| *n != file.raw_digest) {
                 return Err(ArchiveError::BlobDigestMismatch {
                     path: resolved,
                     expected: named,
@@ -893,9 +892,13 @@ fn assemble<S: BlobSink>(
                     found: *digest,
                 });
             }
-            if !layers.contains_key(digest)
-                && let Some(handle) = handle.take()
-            {
+            // The first member with this diff_id keeps its handle; duplicates are dropped.
+            let unclaimed = if layers.contains_key(digest) {
+                None
+            } else {
+                handle.take()
+            };
+            if let Some(handle) = unclaimed {
                 layers.insert(
                     *digest,
                     StoredBlob {
@@ -1000,4 +1003,66 @@ fn parents_first(mut pending: Vec<Verified>) -> Result<Vec<ParsedImage>, Archive
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_paths_are_normalized_and_traversal_refused() {
+        assert_eq!(normalize_member_path(b"./a//b/").unwrap(), "a/b");
+        assert_eq!(normalize_member_path(b"./").unwrap(), "");
+        for bad in [&b"/etc/passwd"[..], b"a/../../b", b"..", b"a\xff"] {
+            assert!(
+                matches!(
+                    normalize_member_path(bad),
+                    Err(ArchiveError::UnsafePath { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn link_targets_resolve_relative_to_the_link_and_stay_inside() {
+        assert_eq!(join_target("a", "../b/layer.tar").unwrap(), "b/layer.tar");
+        assert_eq!(join_target("", "b/./c").unwrap(), "b/c");
+        assert_eq!(join_target("a", "../../x"), None);
+        assert_eq!(join_target("a", "/etc/passwd"), None);
+        assert_eq!(join_target("a", ""), None);
+    }
+
+    #[test]
+    fn config_names_encode_their_digest() {
+        let d = Digest::of(b"c");
+        assert_eq!(digest_from_name(&format!("{}.json", d.hex())), Some(d));
+        assert_eq!(
+            digest_from_name(&format!("blobs/sha256/{}", d.hex())),
+            Some(d)
+        );
+        assert_eq!(digest_from_name("config.json"), None);
+        assert_eq!(digest_from_name(&d.hex()), None);
+    }
+
+    #[test]
+    fn oci_tags_prefer_the_containerd_name_in_short_form() {
+        let ann = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let both = ann(&[
+            ("io.containerd.image.name", "docker.io/library/web:2"),
+            ("org.opencontainers.image.ref.name", "2"),
+        ]);
+        assert_eq!(oci_tag(&both).as_deref(), Some("web:2"));
+        let bare = ann(&[("org.opencontainers.image.ref.name", "latest")]);
+        assert_eq!(oci_tag(&bare), None, "a bare tag has no repository");
+        let full = ann(&[("org.opencontainers.image.ref.name", "reg:5000/acme/web:1")]);
+        assert_eq!(oci_tag(&full).as_deref(), Some("reg:5000/acme/web:1"));
+        let port_only = ann(&[("org.opencontainers.image.ref.name", "reg:5000/web")]);
+        assert_eq!(oci_tag(&port_only), None);
+    }
 }

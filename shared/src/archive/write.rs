@@ -148,6 +148,11 @@ impl Planner {
 
 /// Plans a legacy-layout tarball of `images` (parents before children). Layers in `skip_layers` are
 /// named in `manifest.json` but their files are left out (for an engine that already has them).
+///
+/// `docker load` skips a layer file only when it already has that layer's *chain* (the layer on top
+/// of the same layers below it). A diff_id used at several positions (the same `COPY` twice) must
+/// therefore only be skipped when every chain it appears in is present; otherwise the load fails
+/// with "open …/layer.tar: no such file or directory".
 pub fn plan_legacy(images: &[PlanImage], skip_layers: &HashSet<Digest>) -> TarPlan {
     let mut p = Planner::default();
     let mut written: HashSet<Digest> = HashSet::new();
@@ -262,5 +267,71 @@ impl<W: Write> Write for Exact<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: &[u8], layers: &[(&[u8], u64)], tags: &[&str]) -> PlanImage {
+        PlanImage {
+            id: Digest::of(id),
+            config_size: 100,
+            parent: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            layers: layers.iter().map(|(d, s)| (Digest::of(d), *s)).collect(),
+        }
+    }
+
+    #[test]
+    fn total_len_counts_headers_padding_blobs_and_end_blocks() {
+        let plan = plan_legacy(&[image(b"c", &[(b"l", 1000)], &[])], &HashSet::new());
+        // config: header + 100 → 512; dir header; layer header + 1000 → 1024; manifest.json
+        // (< 512 bytes) header + 512; end 1024.
+        assert_eq!(
+            plan.total_len,
+            512 + 512 + 512 + 512 + 1024 + 512 + 512 + 1024
+        );
+        assert_eq!(
+            plan.pieces.iter().map(Piece::len).sum::<u64>(),
+            plan.total_len
+        );
+        assert_eq!(plan.total_len % BLOCK, 0);
+    }
+
+    #[test]
+    fn shared_layers_are_written_once_and_skipped_ones_not_at_all() {
+        let a = image(b"a", &[(b"l1", 10), (b"l2", 20)], &["x:1"]);
+        let b = image(b"b", &[(b"l1", 10), (b"l2", 20), (b"l1", 10)], &[]);
+        let blobs = |plan: &TarPlan| -> Vec<Digest> {
+            plan.pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Blob { digest, .. } => Some(*digest),
+                    Piece::Inline(_) => None,
+                })
+                .collect()
+        };
+        let all = plan_legacy(&[a.clone(), b.clone()], &HashSet::new());
+        assert_eq!(
+            blobs(&all),
+            vec![
+                Digest::of(b"a"),
+                Digest::of(b"l1"),
+                Digest::of(b"l2"),
+                Digest::of(b"b")
+            ]
+        );
+        let skipped = plan_legacy(&[a, b], &HashSet::from([Digest::of(b"l1")]));
+        assert!(!blobs(&skipped).contains(&Digest::of(b"l1")));
+    }
+
+    #[test]
+    fn tags_split_at_the_tag_colon_not_the_registry_port() {
+        assert_eq!(split_tag("web:1"), Some(("web", "1")));
+        assert_eq!(split_tag("reg:5000/web:1"), Some(("reg:5000/web", "1")));
+        assert_eq!(split_tag("reg:5000/web"), None);
+        assert_eq!(split_tag("web"), None);
     }
 }
