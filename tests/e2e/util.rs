@@ -202,15 +202,9 @@ impl TestEngine {
         for c in containers.split_whitespace() {
             self.docker_ok(&["rm", "-f", c]);
         }
-        let images = self.docker_ok(&["images", "-aq", "--no-trunc"]);
-        let mut ids: Vec<&str> = images.split_whitespace().collect();
-        ids.sort();
-        ids.dedup();
-        if !ids.is_empty() {
-            let mut args = vec!["rmi", "-f"];
-            args.extend(ids);
-            self.docker_ok(&args);
-        }
+        // `prune -a` removes images children-first, which `rmi` of a parent chain cannot do in one go
+        // ("image has dependent child images").
+        self.docker_ok(&["image", "prune", "-a", "-f"]);
         let left = self.docker_ok(&["images", "-aq"]);
         assert!(left.trim().is_empty(), "engine still has images after wipe: {left}");
     }
