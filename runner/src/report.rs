@@ -1,0 +1,227 @@
+//! What a run reports: the final summary (text on stderr, or one JSON object on stdout with
+//! `--json`), warnings, and byte progress (bars on a terminal, plain lines in CI logs).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+/// The summary of a build, restore or save.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// `exact`, `fallback`, `prefix` or `miss`.
+    pub cache: String,
+    /// The entry key computed from the Dockerfile.
+    pub key: String,
+    /// Namespace written to (and looked up first).
+    pub namespace: String,
+    /// Namespace and key of the entry restored, when there was a hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// The built or saved image.
+    pub image_id: Option<String>,
+    /// Bytes of the cache tarball downloaded.
+    pub bytes_downloaded: u64,
+    /// Bytes of blobs uploaded.
+    pub bytes_uploaded: u64,
+    /// Layers uploaded because the server lacked them.
+    pub layers_uploaded: u64,
+    /// Layers of the pushed images the server already had.
+    pub layers_reused: u64,
+    /// Whether an entry was committed.
+    pub pushed: bool,
+    /// Total wall time.
+    pub seconds: f64,
+    /// Wall time of each phase (`key`, `restore`, `build`, `push`).
+    pub phases: BTreeMap<String, f64>,
+    /// Problems that did not fail the run (server down, restore failed).
+    pub warnings: Vec<String>,
+    /// The server problem that made this run uncached, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_error: Option<String>,
+}
+
+impl Summary {
+    /// Records a warning and prints it on stderr right away.
+    pub fn warn(&mut self, text: String) {
+        eprintln!("warning: {text}");
+        self.warnings.push(text);
+    }
+
+    /// Records a server problem: a warning that also marks the run as uncached by the server.
+    pub fn server_problem(&mut self, text: String) {
+        if self.server_error.is_none() {
+            self.server_error = Some(text.clone());
+        }
+        self.warn(text);
+    }
+
+    /// Prints the summary: JSON on stdout, or readable lines on stderr.
+    pub fn print(&self, json: bool) {
+        if json {
+            match serde_json::to_string(self) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("warning: cannot print the JSON summary: {e}"),
+            }
+            return;
+        }
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}s"))
+            .collect();
+        eprintln!("── layercache summary ──");
+        eprintln!("cache:      {}", self.cache);
+        eprintln!("key:        {} (namespace {})", self.key, self.namespace);
+        if let Some(from) = &self.restored_from {
+            eprintln!("restored:   {from}");
+        }
+        if let Some(id) = &self.image_id {
+            eprintln!("image:      {id}");
+        }
+        eprintln!(
+            "layers:     {} reused, {} uploaded",
+            self.layers_reused, self.layers_uploaded
+        );
+        eprintln!(
+            "bytes:      {} downloaded, {} uploaded",
+            human(self.bytes_downloaded),
+            human(self.bytes_uploaded)
+        );
+        eprintln!("time:       {:.1}s ({})", self.seconds, phases.join(", "));
+        for w in &self.warnings {
+            eprintln!("warning:    {w}");
+        }
+    }
+}
+
+/// Times phases into a summary.
+pub struct Phase {
+    name: &'static str,
+    start: Instant,
+}
+
+impl Phase {
+    pub fn start(name: &'static str) -> Phase {
+        Phase {
+            name,
+            start: Instant::now(),
+        }
+    }
+    pub fn end(self, summary: &mut Summary) {
+        *summary.phases.entry(self.name.to_string()).or_default() +=
+            self.start.elapsed().as_secs_f64();
+    }
+}
+
+/// `1.2 MiB`-style sizes.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Byte progress of one transfer: a bar on a terminal, a start and an end line otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    start: Instant,
+}
+
+impl Progress {
+    /// Starts reporting `label`; `total` when known.
+    pub fn new(label: &str, total: Option<u64>) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(n) => ProgressBar::new(n),
+                None => ProgressBar::no_length(),
+            };
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label.to_string());
+            bar
+        });
+        if bar.is_none() {
+            match total {
+                Some(n) => eprintln!("{label}: {} …", human(n)),
+                None => eprintln!("{label} …"),
+            }
+        }
+        Progress {
+            bar,
+            label: label.to_string(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Adds `n` transferred bytes.
+    pub fn inc(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    /// Ends the report with the amount transferred.
+    pub fn finish(self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "{}: {} in {:.1}s",
+            self.label,
+            human(bytes),
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_pick_the_largest_fitting_unit() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 20), "5.0 MiB");
+    }
+
+    #[test]
+    fn json_summary_has_the_fields_ci_reads() {
+        let s = Summary {
+            cache: "miss".into(),
+            ..Summary::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        for field in [
+            "cache",
+            "key",
+            "image_id",
+            "bytes_downloaded",
+            "bytes_uploaded",
+            "layers_uploaded",
+            "layers_reused",
+            "seconds",
+            "namespace",
+            "phases",
+            "warnings",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Restore: look the key up and `docker load` the entry, streaming the server's tarball straight
+//! into the engine (no temp file), leaving out layers the engine already has.
+//!
+//! Nothing here fails the run: a server that is down or answers garbage, or a load that breaks,
+//! becomes a warning and the build goes on uncached.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use bollard::query_parameters::ImportImageOptionsBuilder;
+use futures::StreamExt;
+use layercache_shared::api::{LookupRequest, LookupResponse};
+use layercache_shared::{CacheKey, Digest, Namespace};
+
+use crate::client::Client;
+use crate::engine::{self, Engine};
+use crate::report::{Phase, Progress, Summary};
+
+/// What to look up.
+pub struct Lookup<'a> {
+    /// Namespaces, best first.
+    pub namespaces: Vec<Namespace>,
+    pub key: &'a CacheKey,
+    pub prefixes: &'a [Digest],
+}
+
+/// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`.
+pub async fn restore(engine: &Engine, client: &Client, lookup: Lookup<'_>, summary: &mut Summary) {
+    summary.cache = "miss".into();
+    let phase = Phase::start("restore");
+    let req = LookupRequest {
+        namespaces: lookup.namespaces,
+        key: lookup.key.clone(),
+        prefixes: lookup.prefixes.to_vec(),
+    };
+    match client.lookup(&req).await {
+        Err(e) => summary.server_problem(format!("{e}; building without the cache")),
+        Ok(None) => eprintln!("cache miss for {} in {}", req.key, names(&req.namespaces)),
+        Ok(Some(hit)) => {
+            summary.cache = hit.matched.as_str().into();
+            summary.restored_from =
+                Some(format!("{}/{}", hit.manifest.namespace, hit.manifest.key));
+            eprintln!(
+                "cache {} hit: {} {}{}",
+                hit.matched.as_str(),
+                hit.manifest.namespace,
+                hit.manifest.key,
+                hit.shared_instructions
+                    .map(|n| format!(" ({n} shared instructions)"))
+                    .unwrap_or_default()
+            );
+            if let Err(e) = load(engine, client, &hit, summary).await {
+                summary.warn(format!(
+                    "restoring the cache failed: {e:#}; building without it"
+                ));
+            }
+        }
+    }
+    phase.end(summary);
+}
+
+fn names(ns: &[Namespace]) -> String {
+    ns.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Downloads the entry (minus what the engine has) into `docker load`.
+async fn load(
+    engine: &Engine,
+    client: &Client,
+    hit: &LookupResponse,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let local = engine.local_images().await?;
+    let images = &hit.manifest.images;
+    if images.iter().all(|i| local.contains_key(&i.id)) {
+        eprintln!("every image of the entry is already on this engine; nothing to download");
+        return Ok(());
+    }
+    let chains = engine.local_chains(&local).await?;
+    let mut skip: Vec<Digest> = engine::skip_set(images, &chains).into_iter().collect();
+    skip.sort();
+    let resp = client
+        .get_image(&hit.manifest.namespace, &hit.manifest.key, &skip)
+        .await?;
+    let progress = Arc::new(Progress::new(
+        "downloading and loading",
+        resp.content_length(),
+    ));
+    let counted = Arc::new(AtomicU64::new(0));
+    let (p, c) = (Arc::clone(&progress), Arc::clone(&counted));
+    let body = resp.bytes_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            c.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            p.inc(bytes.len() as u64);
+        }
+        chunk
+    });
+    let opts = ImportImageOptionsBuilder::default().quiet(true).build();
+    let mut out = engine.docker.import_image_stream(opts, body, None);
+    let mut result = Ok(());
+    while let Some(item) = out.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = info.stream {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            Err(e) => {
+                result = Err(e).context("docker load of the cache tarball failed");
+                break;
+            }
+        }
+    }
+    drop(out);
+    summary.bytes_downloaded = counted.load(Ordering::Relaxed);
+    if let Ok(progress) = Arc::try_unwrap(progress) {
+        progress.finish(summary.bytes_downloaded);
+    }
+    result
+}
