@@ -17,12 +17,12 @@ use serde::de::DeserializeOwned;
 /// Why a request to the cache server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the cache server for {what} ({url}): {source}")]
+    #[error("cannot reach the cache server for {what} ({url}): {}", chain(.cause))]
     Unreachable {
         what: &'static str,
         url: String,
-        #[source]
-        source: reqwest::Error,
+        /// Not a `#[source]`: its causes are already in the message, once.
+        cause: reqwest::Error,
     },
     #[error("the cache server refused {what} ({url}): HTTP {status} {code}: {message}")]
     Refused {
@@ -48,6 +48,21 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its causes in one line: reqwest's own message hides the useful part
+/// ("connection refused", "operation timed out") in its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = cause.source();
+    }
+    parts.join(": ")
 }
 
 /// A client for one server.
@@ -77,10 +92,10 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|cause| ClientError::Unreachable {
                 what: "setting up the HTTP client",
                 url: base.to_string(),
-                source,
+                cause,
             })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
@@ -109,14 +124,11 @@ impl Client {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                what,
-                url: url.to_string(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|cause| ClientError::Unreachable {
+            what,
+            url: url.to_string(),
+            cause,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -149,10 +161,10 @@ impl Client {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|cause| ClientError::Unreachable {
                 what,
                 url: url.to_string(),
-                source,
+                cause,
             })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Garbage {
             what,

@@ -171,8 +171,6 @@ pub struct StageTracker {
     finished: Vec<String>,
     /// The last ` ---> <id>` of the stage being built.
     current: Option<String>,
-    /// Whether a stage has started.
-    started: bool,
     /// `Successfully built <id>`.
     pub built: Option<String>,
 }
@@ -181,18 +179,8 @@ impl StageTracker {
     /// Feeds one output line.
     pub fn line(&mut self, line: &str) {
         let t = line.trim();
-        if let Some(rest) = t.strip_prefix("Step ") {
-            if let Some((_, instr)) = rest.split_once(" : ") {
-                if instr.trim_start().to_ascii_uppercase().starts_with("FROM ") {
-                    if self.started {
-                        if let Some(id) = self.current.take() {
-                            self.finished.push(id);
-                        }
-                    }
-                    self.started = true;
-                    self.current = None;
-                }
-            }
+        if is_from_step(t) {
+            self.finished.extend(self.current.take());
         } else if let Some(rest) = t.strip_prefix("---> ") {
             let rest = rest.trim();
             if rest.len() >= 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -207,6 +195,13 @@ impl StageTracker {
     pub fn earlier_stages(&self) -> &[String] {
         &self.finished
     }
+}
+
+/// Whether a build output line is `Step N/M : FROM …`, the start of a stage.
+fn is_from_step(line: &str) -> bool {
+    line.strip_prefix("Step ")
+        .and_then(|rest| rest.split_once(" : "))
+        .is_some_and(|(_, instr)| instr.trim_start().to_ascii_uppercase().starts_with("FROM "))
 }
 
 /// Fails when the engine's build output says the build failed.

@@ -1,16 +1,16 @@
 //! `layercache`: the CI runner. Restores the Docker layer cache before `docker build` and pushes
 //! only the new layers after.
 //!
-//! - [`cli`]: flags.
-//! - [`build`]: `build`, `restore`, `save`, `key`: key computation and the command flows.
-//! - [`context`]: the deterministic build-context tar (`.dockerignore`, normalised headers).
-//! - [`engine`]: the Docker engine (bollard), chain IDs, skip sets, build-output stage parsing.
-//! - [`client`]: the cache server's HTTP API.
-//! - [`restore`]: lookup + streaming `docker load`.
-//! - [`push`]: `docker save` → missing blobs → upload → commit.
-//! - [`report`]: summary, `--json`, progress.
-//! - [`server_cmds`]: `status` and `ls`.
-//! - [`steps`]: `layercache steps`, the Jet-style pipeline runner.
+//! - [`cli`] — flags.
+//! - [`build`] — `build`, `restore`, `save`, `key`: key computation and the command flows.
+//! - [`context`] — the deterministic build-context tar (`.dockerignore`, normalised headers).
+//! - [`engine`] — the Docker engine (bollard), chain IDs, skip sets, build-output stage parsing.
+//! - [`client`] — the cache server's HTTP API.
+//! - [`restore`] — lookup + streaming `docker load`.
+//! - [`push`] — `docker save` → missing blobs → upload → commit.
+//! - [`report`] — summary, `--json`, progress.
+//! - [`server_cmds`] — `status` and `ls`.
+//! - [`steps`] — `layercache steps`, the Jet-style pipeline runner.
 
 mod build;
 mod cli;
