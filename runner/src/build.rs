@@ -85,17 +85,22 @@ fn place(context_dir: &Path, opts: &CacheOpts) -> anyhow::Result<Place> {
     })
 }
 
-/// The context's git branch (`None` outside git or on a detached HEAD).
+/// The context's git branch (`None` outside git or on a detached HEAD). `rev-parse` fails in a
+/// repository without commits, where `symbolic-ref` still names the branch.
 fn git_branch(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["rev-parse", "--abbrev-ref", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let branch = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && !branch.is_empty() && branch != "HEAD").then_some(branch)
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !text.is_empty() && text != "HEAD").then_some(text)
+    };
+    git(&["rev-parse", "--abbrev-ref", "HEAD"])
+        .or_else(|| git(&["symbolic-ref", "--short", "HEAD"]))
 }
 
 fn lookup<'a>(place: &Place, keys: &'a CacheKeys) -> Lookup<'a> {
