@@ -319,4 +319,21 @@ mod tests {
         let url = c.image_url(&"acme/web".parse().unwrap(), &"sha256:ab".parse().unwrap());
         assert_eq!(url, "http://h:1/v1/images/acme%2Fweb/sha256%3Aab");
     }
+
+    #[tokio::test]
+    async fn a_dead_server_is_unreachable_and_the_message_names_the_cause() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let req = LookupRequest {
+            namespaces: vec!["main".parse().unwrap()],
+            key: "k".parse().unwrap(),
+            prefixes: vec![],
+        };
+        let err = c.lookup(&req).await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+    }
 }
