@@ -4,7 +4,9 @@
 //!
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
+//! - [`steps`]: `layercache steps` runs the sample Jet project: parallel steps, own databases, tag gating.
 
 mod runner;
 mod server;
+mod steps;
 mod util;

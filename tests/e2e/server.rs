@@ -64,7 +64,7 @@ fn saved_image_restored_through_server_makes_every_step_a_cache_hit() {
     let chain = engine.chain("e2e/app:1");
     assert!(chain.len() >= 5, "expected a parent chain, got {chain:?}");
 
-    let tar = ctx.path().join("../saved.tar");
+    let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/app:1", &tar);
     let url = format!("{}/v1/images/acme%2Fweb/key1", server.url);
     let r = put_file(&url, &tar);
@@ -105,7 +105,7 @@ fn same_image_in_two_namespaces_is_stored_once() {
     let ctx = Context::new(MULTI_STEP_DOCKERFILE);
     ctx.write("app.txt", "dedup\n");
     docker_build(&engine, &ctx, "e2e/dedup:1");
-    let tar = ctx.path().join("../saved.tar");
+    let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/dedup:1", &tar);
 
     let first: serde_json::Value = put_file(&format!("{}/v1/images/team-a/k", server.url), &tar).json().unwrap();
@@ -131,7 +131,7 @@ fn truncated_reput_keeps_the_stored_entry_loadable() {
     ctx.write("app.txt", "keep me\n");
     docker_build(&engine, &ctx, "e2e/keep:1");
     let id = engine.image_id("e2e/keep:1");
-    let tar = ctx.path().join("../saved.tar");
+    let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/keep:1", &tar);
     let url = format!("{}/v1/images/ns/k", server.url);
     assert_eq!(put_file(&url, &tar).status(), 201);
@@ -164,7 +164,7 @@ fn entry_survives_sigkill_and_restart() {
     ctx.write("app.txt", "crash\n");
     docker_build(&engine, &ctx, "e2e/crash:1");
     let id = engine.image_id("e2e/crash:1");
-    let tar = ctx.path().join("../saved.tar");
+    let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/crash:1", &tar);
     assert_eq!(put_file(&format!("{}/v1/images/ns/crash", server.url), &tar).status(), 201);
     server.kill();

@@ -243,6 +243,8 @@ impl Drop for TestEngine {
 /// A build context: a temp dir with `busybox` (static) and a Dockerfile the test writes.
 pub struct Context {
     pub dir: TempDir,
+    /// A second temp dir for files that must not be in the build context (saved tarballs).
+    scratch: TempDir,
 }
 
 impl Context {
@@ -252,11 +254,16 @@ impl Context {
         std::fs::copy("/bin/busybox", dir.path().join("busybox"))
             .expect("copy /bin/busybox (scripts/test.sh installs busybox-static)");
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-        Context { dir }
+        Context { dir, scratch: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A path for `name` in this test's own scratch dir, outside the build context.
+    pub fn scratch_file(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
     }
 
     pub fn path_str(&self) -> &str {

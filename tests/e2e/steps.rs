@@ -1,0 +1,134 @@
+//! `layercache steps` (the Jet workflow) on a real engine, with the sample project in
+//! `tests/fixtures/jet-sample/`: a parallel group of three test steps, each with its own database
+//! container, then a deploy step gated on `^main$`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::{TestEngine, bin};
+
+/// A fresh copy of the sample project with `busybox` beside it.
+fn sample_project() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("jet-sample");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jet-sample"), &dest);
+    std::fs::copy("/bin/busybox", dest.join("busybox")).unwrap();
+    (tmp, dest)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Runs `layercache steps --json ARGS` in `dir`; returns (exit code, summary JSON, stderr).
+fn steps(engine: &TestEngine, dir: &Path, args: &[&str]) -> (i32, Value, String) {
+    let mut cmd = Command::new(bin("layercache"));
+    cmd.arg("steps")
+        .args(["--jobs", "3", "--json", "--ci-commit-id", "abc"])
+        .args(args)
+        .current_dir(dir)
+        .env("DOCKER_HOST", &engine.host)
+        // No cache server in these tests: service builds warn and run uncached.
+        .env("LAYERCACHE_SERVER", "http://127.0.0.1:9");
+    let out = cmd.output().expect("run layercache steps");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("[layercache steps]\n{stderr}");
+    let summary = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), summary, stderr)
+}
+
+fn step<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("step {name} in {summary}"))
+}
+
+fn assert_nothing_left(engine: &TestEngine) {
+    let containers = engine.docker_ok(&["ps", "-aq", "--filter", "label=layercache.run"]);
+    let networks = engine.docker_ok(&["network", "ls", "-q", "--filter", "label=layercache.run"]);
+    assert!(containers.trim().is_empty(), "containers left behind: {containers}");
+    assert!(networks.trim().is_empty(), "networks left behind: {networks}");
+}
+
+/// Containers on user-defined networks need the bridge driver: keep iptables on, no docker0.
+fn networked_engine() -> TestEngine {
+    TestEngine::start_with(&["--bridge=none"])
+}
+
+#[test]
+fn parallel_steps_overlap_each_get_a_db_and_deploy_runs_on_main() {
+    let engine = networked_engine();
+    let (_tmp, dir) = sample_project();
+    let (code, summary, stderr) = steps(&engine, &dir, &["--branch", "main"]);
+    assert_eq!(code, 0, "run should pass:\n{stderr}");
+    let names = ["test-unit", "test-integration", "test-lint"];
+    for n in names {
+        assert_eq!(step(&summary, n)["status"], "passed", "{summary}");
+    }
+    // Overlap: every test step started before the slow one ended.
+    let slow_end = step(&summary, "test-integration")["end_offset_ms"].as_u64().unwrap();
+    for n in names {
+        let start = step(&summary, n)["start_offset_ms"].as_u64().unwrap();
+        assert!(start + 2000 < slow_end, "{n} started at {start} ms, slow step ended at {slow_end} ms: not parallel");
+    }
+    // The deploy step runs after all of them.
+    let deploy = step(&summary, "deploy");
+    assert_eq!(deploy["status"], "passed", "{summary}");
+    let max_end = names.iter().map(|n| step(&summary, n)["end_offset_ms"].as_u64().unwrap()).max().unwrap();
+    assert!(deploy["start_offset_ms"].as_u64().unwrap() >= max_end);
+    // Each test step saw its own database container.
+    let mut dbs: Vec<String> = names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join("out").join(format!("{n}.db"))).unwrap().trim().to_string())
+        .collect();
+    dbs.sort();
+    dbs.dedup();
+    assert_eq!(dbs.len(), 3, "three distinct db containers: {dbs:?}");
+    assert!(dir.join("out/deployed").exists());
+    assert_nothing_left(&engine);
+}
+
+#[test]
+fn tagged_step_is_skipped_on_other_branches() {
+    let engine = networked_engine();
+    let (_tmp, dir) = sample_project();
+    let (code, summary, stderr) = steps(&engine, &dir, &["--branch", "feature/x"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(step(&summary, "deploy")["status"], "skipped", "{summary}");
+    assert!(!dir.join("out/deployed").exists());
+    assert_nothing_left(&engine);
+}
+
+#[test]
+fn failing_step_stops_the_serial_chain_and_fails_the_run() {
+    let engine = networked_engine();
+    let (_tmp, dir) = sample_project();
+    let (code, summary, stderr) = steps(&engine, &dir, &["--branch", "main", "--steps", "layercache-steps-fail.yml"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(step(&summary, "test-integration")["status"], "failed", "{summary}");
+    assert_eq!(step(&summary, "test-unit")["status"], "passed");
+    assert_eq!(step(&summary, "deploy")["status"], "skipped");
+    assert!(!dir.join("out/deployed").exists(), "deploy must not run after a failure");
+    assert_nothing_left(&engine);
+}
+
+#[test]
+fn bad_steps_file_is_refused_with_file_line_and_column_before_anything_runs() {
+    let engine = networked_engine();
+    let (_tmp, dir) = sample_project();
+    std::fs::write(dir.join("bad.yml"), "- name: x\n  service: nosuch\n  command: true\n").unwrap();
+    let (code, _, stderr) = steps(&engine, &dir, &["--steps", "bad.yml"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("bad.yml:2:"), "file and line named:\n{stderr}");
+    assert!(stderr.contains("nosuch"), "{stderr}");
+    assert!(engine.docker_ok(&["images", "-q"]).trim().is_empty(), "nothing built before validation");
+}
