@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post, put};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::handlers::{blobs, images, lookup, stats};
 use crate::settings::Settings;
@@ -45,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/entries", get(stats::entries))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        // One INFO line per request (method, path, status, latency): operators see what happened
+        // without turning on debug logs.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(state)
 }
