@@ -45,6 +45,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/entries", get(stats::entries))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
+        // Every route above, fallbacks included: tokens, roles, namespaces (see `auth`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authorize,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
