@@ -690,3 +690,100 @@ fn unusable_tls_files_are_reported_with_their_path() {
     let e = tls::load_config(&cert, &tmp.path().join("absent.pem")).unwrap_err();
     assert!(e.to_string().contains("absent.pem"), "{e}");
 }
+
+/// The real binary: with no token it serves and warns that it is open; with `--tls-cert/--tls-key`
+/// and a token it serves HTTPS and refuses anonymous requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_warns_when_open_and_serves_https_with_tls_flags() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, Stdio};
+
+    /// Starts the binary; returns it with the address it printed.
+    fn start(args: &[&str]) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        (child, url)
+    }
+    fn stop(mut child: Child) -> String {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
+    }
+
+    let (tmp, dir) = data_dir();
+    let d = dir.to_str().unwrap();
+    let (child, url) = start(&["--listen", "127.0.0.1:0", "--data-dir", d]);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let r = reqwest::get(format!("{url}/v1/stats")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let log = stop(child);
+    assert!(
+        log.contains("the server is OPEN"),
+        "no open-mode warning in:\n{log}"
+    );
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = tmp.path().join("cert.pem");
+    let key_path = tmp.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let t = token(&dir, Role::Read, &["*"], "ci");
+    let (child, url) = start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        d,
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("printed {url:?}"))
+        .parse()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let at = format!("https://localhost:{}", addr.port());
+    assert_eq!(
+        client
+            .get(format!("{at}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = client.get(format!("{at}/v1/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(format!("{at}/v1/stats"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = stop(child);
+    assert!(!log.contains("OPEN") && log.contains("auth is on"), "{log}");
+}
