@@ -169,8 +169,29 @@ fn open_db(data_dir: &Path) -> anyhow::Result<Db> {
     Db::open(&path).with_context(|| format!("failed to open `{}`", path.display()))
 }
 
-fn when(secs: Option<u64>) -> String {
-    secs.map_or_else(|| "never".to_string(), |s| format!("{s}"))
+/// `secs` since the epoch as UTC `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date, counting in 400-year eras that start on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn when(secs: Option<u64>, absent: &str) -> String {
+    secs.map_or_else(|| absent.to_string(), utc)
 }
 
 /// Runs a `token` subcommand, printing to stdout.
@@ -207,9 +228,9 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                     t.name.as_deref().unwrap_or("-"),
                     t.role,
                     pats.join(","),
-                    t.created,
-                    when(t.last_used),
-                    t.revoked.map_or_else(|| "-".to_string(), |s| s.to_string()),
+                    utc(t.created),
+                    when(t.last_used, "never"),
+                    when(t.revoked, "-"),
                 );
             }
         }
@@ -260,5 +281,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_767_225_599), "2025-12-31T23:59:59Z");
+        assert_eq!(when(None, "never"), "never");
     }
 }
