@@ -261,6 +261,10 @@ pub fn need_of<'a>(
         "/v1/blobs/{digest}" if method == Method::PUT => Need::Role(Role::Write),
         "/v1/lookup" if method == Method::POST => Need::Role(Role::Read),
         "/v1/stats" | "/v1/entries" if read => Need::Role(Role::Read),
+        // A known route with a method it lacks: any caller may learn it is a 405.
+        "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats" | "/v1/entries" => {
+            Need::Authenticated
+        }
         _ => Need::Role(Role::Admin),
     }
 }

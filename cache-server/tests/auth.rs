@@ -306,6 +306,8 @@ async fn every_route_and_role_gets_401_403_or_through() {
             None,
             [U, U, A, A, A, A],
         ),
+        // A method the route lacks: a 405 for any valid caller.
+        (Method::DELETE, "/v1/stats".into(), None, [U, U, A, A, A, A]),
     ];
     let mut failures = Vec::new();
     for (method, path, body, expect) in cases {
