@@ -81,6 +81,26 @@ pub enum ServerError {
     },
     #[error("this method is not allowed on this route (see the v1 API in README.md)")]
     MethodNotAllowed,
+    #[error("{reason}")]
+    Unauthorized {
+        /// Why no token was accepted (missing, malformed, unknown or revoked) and what to send.
+        reason: String,
+    },
+    #[error("{reason}")]
+    Forbidden {
+        /// Which role or namespace the token lacks for this request.
+        reason: String,
+    },
+    #[error("{message}")]
+    InvalidPolicy {
+        /// What is wrong with a role or namespace pattern given for a token.
+        message: String,
+    },
+    #[error("{message}")]
+    Tls {
+        /// Which certificate or key file could not be used, and why.
+        message: String,
+    },
     #[error("the database failed: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
@@ -115,6 +135,10 @@ impl ServerError {
             Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
             UploadBroken { .. } => (StatusCode::BAD_REQUEST, "upload_broken"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            InvalidPolicy { .. } => (StatusCode::BAD_REQUEST, "invalid_policy"),
+            Tls { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "tls_error"),
             Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -194,6 +218,12 @@ impl IntoResponse for ServerError {
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ServerError::Unauthorized { .. } = self {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"layercache\""),
+            );
+        }
         if let ServerError::RangeNotSatisfiable { len } = self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}"))
         {

@@ -7,8 +7,11 @@
 //! - [`ingest`]: tarball and blob uploads, commits from uploaded blobs.
 //! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
 //! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
+//! - [`auth`]: bearer tokens, roles and namespace patterns; the middleware on every route.
+//! - [`tls`]: optional HTTPS (rustls) for [`serve_tls`].
 //! - [`error`]: [`ServerError`], mapped once to status + JSON body.
 
+pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod ingest;
@@ -16,6 +19,7 @@ pub mod routes;
 pub mod settings;
 pub mod store;
 pub mod tarball;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,8 +40,41 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_on(listener, settings, shutdown).await
+}
+
+/// Like [`serve`], over HTTPS with `tls` (from [`tls::load_config`]).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr().ok();
+    let listener = tls::TlsListener::new(listener, tls)
+        .map_err(|e| ServerError::io("serving TLS on", format!("{addr:?}"), e))?;
+    serve_on(listener, settings, shutdown).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let tokens = store.db.live_token_count()?;
+    if tokens == 0 {
+        tracing::warn!(
+            "no access tokens in the data dir: the server is OPEN to anyone who can reach it; \
+             create one with `layercache-server token create` to turn auth on"
+        );
+    } else {
+        tracing::info!(tokens, "auth is on: requests need a bearer token");
+    }
     let state = AppState {
         store: Arc::new(store),
         settings: Arc::new(settings),

@@ -46,6 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/entries", get(stats::entries))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
+        // Every route above, fallbacks included: tokens, roles, namespaces (see `auth`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authorize,
+        ))
         // One INFO line per request (method, path, status, latency): operators see what happened
         // without turning on debug logs.
         .layer(

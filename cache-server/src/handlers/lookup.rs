@@ -7,14 +7,17 @@ use axum::extract::State;
 use layercache_shared::api::{LookupRequest, LookupResponse, MatchKind};
 
 use super::json_body;
+use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::store::Store;
 use crate::store::sqlite::counter;
 
 /// `POST /v1/lookup`; a miss is a 404 `not_found` and counts in `misses`.
+/// Every namespace asked must be readable by the caller (403 otherwise, see [`crate::auth`]).
 pub async fn lookup(
     State(state): State<AppState>,
+    access: Access,
     body: Bytes,
 ) -> Result<Json<LookupResponse>, ServerError> {
     let req: LookupRequest = json_body(&body, "lookup request")?;
@@ -22,6 +25,9 @@ pub async fn lookup(
         return Err(ServerError::bad_request(
             "the lookup request names no namespace: list at least one",
         ));
+    }
+    for ns in &req.namespaces {
+        access.require(Role::Read, ns.as_str())?;
     }
     let resp = state
         .store

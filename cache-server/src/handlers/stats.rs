@@ -6,6 +6,7 @@ use layercache_shared::Namespace;
 use layercache_shared::api::{EntryList, Stats};
 
 use super::query_param;
+use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
 
@@ -14,18 +15,24 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ServerE
     Ok(Json(state.store.blocking(|s| Ok(s.db.stats()?)).await?))
 }
 
-/// `GET /v1/entries[?namespace=NS]`.
+/// `GET /v1/entries[?namespace=NS]`: only namespaces the caller may read are listed; asking for
+/// one it may not read is a 403.
 pub async fn entries(
     State(state): State<AppState>,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EntryList>, ServerError> {
     let namespace: Option<Namespace> = query_param(query.as_deref(), "namespace")
         .map(|n| n.parse())
         .transpose()?;
-    let entries = state
+    if let Some(ns) = &namespace {
+        access.require(Role::Read, ns.as_str())?;
+    }
+    let mut entries = state
         .store
         .blocking(move |s| Ok(s.db.list_entries(namespace.as_ref())?))
         .await?;
+    entries.retain(|e| access.can_read(&e.namespace));
     Ok(Json(EntryList { entries }))
 }
 

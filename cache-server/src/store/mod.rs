@@ -11,6 +11,7 @@
 
 pub mod blobs;
 pub mod sqlite;
+pub mod tokens;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,8 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 /// Schema steps; never edit one that shipped, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -65,7 +66,25 @@ CREATE TABLE counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-"#];
+"#,
+    // Access (issue 5): bearer tokens, stored as the sha256 of the token, never the token; and
+    // indexes for "which namespaces reference this blob" (blob GET by a namespace-limited token).
+    r#"
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY,
+    name TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    namespaces TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    last_used INTEGER,
+    revoked INTEGER
+);
+CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked IS NULL;
+CREATE INDEX image_layers_by_diff_id ON image_layers (diff_id);
+CREATE INDEX entry_images_by_image ON entry_images (image_id);
+"#,
+];
 
 /// Counter names in the `counters` table.
 pub mod counter {
@@ -148,12 +167,12 @@ fn opt_digest_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Digest>> 
         .transpose()
 }
 
-fn u64_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+pub(crate) fn u64_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     Ok(row.get::<_, i64>(idx)?.max(0) as u64)
 }
 
 /// SQLite stores integers as i64; sizes above 2^63 do not occur.
-fn sql_u64(v: u64) -> i64 {
+pub(crate) fn sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -172,7 +191,7 @@ impl Db {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock rolled back its transaction on unwind; the connection is
         // still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
