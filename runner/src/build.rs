@@ -2,6 +2,9 @@
 //!
 //! Each first computes the cache key from the Dockerfile, build args and target (bad input fails
 //! here, before the engine or the server is touched), then runs its halves.
+//!
+//! [`build_through_cache`] is the whole of `build` without the flags: `layercache steps` builds
+//! each service image with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use crate::client::Client;
 use crate::context;
 use crate::engine::{self, Engine, StageTracker};
 use crate::push::{self, PushRequest};
-use crate::report::{Phase, Summary};
+use crate::report::{Log, Phase, Summary};
 use crate::restore::{self, Lookup};
 
 /// The key inputs, read and validated.
@@ -31,21 +34,35 @@ struct KeyInput {
     keys: CacheKeys,
 }
 
-fn key_input(context_dir: Option<&Path>, opts: &KeyOpts) -> anyhow::Result<KeyInput> {
-    let dockerfile = match (&opts.file, context_dir) {
+/// The Dockerfile `-f` names, else `CONTEXT/Dockerfile`.
+fn dockerfile_path(context_dir: Option<&Path>, opts: &KeyOpts) -> PathBuf {
+    match (&opts.file, context_dir) {
         (Some(f), _) => f.clone(),
         (None, Some(ctx)) => ctx.join("Dockerfile"),
         (None, None) => PathBuf::from("Dockerfile"),
-    };
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| {
+    }
+}
+
+/// Reads the Dockerfile and computes its cache key and instruction-prefix hashes.
+fn compute_keys(
+    dockerfile: &Path,
+    build_args: &BTreeMap<String, String>,
+    target: Option<&str>,
+) -> anyhow::Result<CacheKeys> {
+    let text = std::fs::read_to_string(dockerfile).with_context(|| {
         format!(
             "failed to read the Dockerfile `{}`; pass its path with -f",
             dockerfile.display()
         )
     })?;
+    key::compute(&text, build_args, target)
+        .with_context(|| format!("in `{}`", dockerfile.display()))
+}
+
+fn key_input(context_dir: Option<&Path>, opts: &KeyOpts) -> anyhow::Result<KeyInput> {
+    let dockerfile = dockerfile_path(context_dir, opts);
     let build_args = parse_build_args(&opts.build_args, |k| std::env::var(k).ok())?;
-    let keys = key::compute(&text, &build_args, opts.target.as_deref())
-        .with_context(|| format!("in `{}`", dockerfile.display()))?;
+    let keys = compute_keys(&dockerfile, &build_args, opts.target.as_deref())?;
     Ok(KeyInput {
         dockerfile,
         build_args,
@@ -64,25 +81,34 @@ struct Place {
 fn place(context_dir: &Path, opts: &CacheOpts) -> anyhow::Result<Place> {
     let namespace = match &opts.namespace {
         Some(ns) => ns.parse::<Namespace>()?,
-        None => git_branch(context_dir)
-            .and_then(|b| Namespace::sanitize(&b))
-            .unwrap_or_else(|| {
-                Namespace::sanitize("default").expect("`default` is a valid namespace")
-            }),
+        None => default_namespace(context_dir),
     };
-    let mut fallbacks = Vec::new();
-    for f in &opts.fallbacks {
-        let ns: Namespace = f.parse()?;
-        if ns != namespace && !fallbacks.contains(&ns) {
-            fallbacks.push(ns);
-        }
-    }
-    let client = Client::new(&opts.server.server)?;
+    let fallbacks = parse_fallbacks(&namespace, &opts.fallbacks)?;
+    let client = opts.server.client()?;
     Ok(Place {
         namespace,
         fallbacks,
         client,
     })
+}
+
+/// `--fallback` namespaces, parsed, without `namespace` itself and without repeats.
+pub fn parse_fallbacks(namespace: &Namespace, raw: &[String]) -> anyhow::Result<Vec<Namespace>> {
+    let mut fallbacks = Vec::new();
+    for f in raw {
+        let ns: Namespace = f.parse()?;
+        if &ns != namespace && !fallbacks.contains(&ns) {
+            fallbacks.push(ns);
+        }
+    }
+    Ok(fallbacks)
+}
+
+/// The namespace when `--namespace` is not given: the git branch of `dir`, else `default`.
+pub fn default_namespace(dir: &Path) -> Namespace {
+    git_branch(dir)
+        .and_then(|b| Namespace::sanitize(&b))
+        .unwrap_or_else(|| Namespace::sanitize("default").expect("`default` is a valid namespace"))
 }
 
 /// The context's git branch (`None` outside git or on a detached HEAD). `rev-parse` fails in a
@@ -103,9 +129,9 @@ fn git_branch(dir: &Path) -> Option<String> {
         .or_else(|| git(&["symbolic-ref", "--short", "HEAD"]))
 }
 
-fn lookup<'a>(place: &Place, keys: &'a CacheKeys) -> Lookup<'a> {
-    let mut namespaces = vec![place.namespace.clone()];
-    namespaces.extend(place.fallbacks.iter().cloned());
+fn lookup<'a>(namespace: &Namespace, fallbacks: &[Namespace], keys: &'a CacheKeys) -> Lookup<'a> {
+    let mut namespaces = vec![namespace.clone()];
+    namespaces.extend(fallbacks.iter().cloned());
     Lookup {
         namespaces,
         key: &keys.key,
@@ -113,65 +139,94 @@ fn lookup<'a>(place: &Place, keys: &'a CacheKeys) -> Lookup<'a> {
     }
 }
 
-fn new_summary(keys: &CacheKeys, place: &Place) -> Summary {
+fn new_summary(keys: &CacheKeys, namespace: &Namespace) -> Summary {
     Summary {
         cache: "miss".into(),
         key: keys.key.to_string(),
-        namespace: place.namespace.to_string(),
+        namespace: namespace.to_string(),
         ..Summary::default()
     }
 }
 
-/// `layercache build`.
-pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+/// One image to build through the cache: what `layercache build` takes, parsed; also what
+/// `layercache steps` builds each service with.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (inside the context or not).
+    pub dockerfile: PathBuf,
+    /// `--build-arg` values: part of the key and passed to the engine.
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (default: the last one).
+    pub target: Option<String>,
+    /// Names for the built image; the first is given to the build, the others added after.
+    pub tags: Vec<String>,
+    /// Namespace to store under and look up first.
+    pub namespace: Namespace,
+    /// Namespaces looked up after `namespace`, in order.
+    pub fallbacks: Vec<Namespace>,
+    /// Pull newer base images.
+    pub pull: bool,
+    /// No restore and no engine layer cache (the result is still pushed unless `no_push`).
+    pub no_cache: bool,
+    /// Do not push the result.
+    pub no_push: bool,
+}
+
+/// The core of `layercache build`: key → lookup and restore → `docker build` → push the new layers.
+///
+/// Server problems (down, refused token, failed restore or push) never fail it: they become
+/// warnings in the returned summary and the build goes on uncached, without a push. Errors are
+/// bad input (Dockerfile, context) and failures of the engine or the build itself. Every log line,
+/// the build output included, goes to `log`.
+pub async fn build_through_cache(
+    engine: &Engine,
+    client: &Client,
+    req: &BuildRequest,
+    log: &Log,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let phase = Phase::start("key");
-    let input = key_input(Some(&args.context), &args.key)?;
-    let place = place(&args.context, &args.cache)?;
-    let mut summary = new_summary(&input.keys, &place);
+    let keys = compute_keys(&req.dockerfile, &req.build_args, req.target.as_deref())?;
+    let mut summary = new_summary(&keys, &req.namespace);
     let packed = {
-        let (ctx, df) = (args.context.clone(), input.dockerfile.clone());
+        let (ctx, df) = (req.context.clone(), req.dockerfile.clone());
         tokio::task::spawn_blocking(move || context::pack(&ctx, &df))
             .await
             .context("the build-context task panicked")??
     };
     phase.end(&mut summary);
-    eprintln!(
+    log.line(&format!(
         "key {} (namespace {}), context {} files, {} bytes",
-        input.keys.key,
-        place.namespace,
+        keys.key,
+        req.namespace,
         packed.files,
         packed.tar.len()
-    );
-    let engine = Engine::connect().await?;
+    ));
 
-    if args.no_cache {
-        eprintln!("--no-cache: not restoring from the cache");
+    if req.no_cache {
+        log.line("no-cache: not restoring from the cache");
     } else {
-        restore::restore(
-            &engine,
-            &place.client,
-            lookup(&place, &input.keys),
-            &mut summary,
-        )
-        .await;
+        let lookup = lookup(&req.namespace, &req.fallbacks, &keys);
+        restore::restore(engine, client, lookup, &mut summary, log).await;
     }
 
     let phase = Phase::start("build");
-    let build_args: HashMap<String, String> = input.build_args.clone().into_iter().collect();
+    let build_args: HashMap<String, String> = req.build_args.clone().into_iter().collect();
     let mut opts = BuildImageOptionsBuilder::default()
         .dockerfile(&packed.dockerfile)
         .rm(true)
         .forcerm(true)
-        .nocache(args.no_cache)
+        .nocache(req.no_cache)
         .buildargs(&build_args);
-    if let Some(tag) = args.tags.first() {
+    if let Some(tag) = req.tags.first() {
         opts = opts.t(tag);
     }
-    if let Some(target) = &input.target {
+    if let Some(target) = &req.target {
         opts = opts.target(target);
     }
-    if args.pull {
+    if req.pull {
         opts = opts.pull("1");
     }
     let mut stream = engine.docker.build_image(
@@ -188,7 +243,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             for line in text.lines() {
                 tracker.line(line);
                 if !line.trim().is_empty() {
-                    eprintln!("{line}");
+                    log.line(line);
                 }
             }
         }
@@ -202,33 +257,52 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .context("docker build ended without naming the built image")?;
     let (image_id, _) = engine.inspect(&built).await?;
     engine
-        .tag(
-            &image_id.to_string(),
-            args.tags.get(1..).unwrap_or_default(),
-        )
+        .tag(&image_id.to_string(), req.tags.get(1..).unwrap_or_default())
         .await?;
     summary.image_id = Some(image_id.to_string());
     phase.end(&mut summary);
 
-    if args.no_push {
-        eprintln!("--no-push: not pushing to the cache");
+    if req.no_push {
+        log.line("no-push: not pushing to the cache");
     } else if summary.server_error.is_some() {
-        eprintln!("not pushing: the cache server had a problem earlier");
+        log.line("not pushing: the cache server had a problem earlier");
     } else {
         let phase = Phase::start("push");
-        let req = PushRequest {
-            namespace: &place.namespace,
-            key: &input.keys.key,
-            prefixes: &input.keys.prefixes,
+        let push_req = PushRequest {
+            namespace: &req.namespace,
+            key: &keys.key,
+            prefixes: &keys.prefixes,
             image: image_id.to_string(),
             stages: tracker.earlier_stages().to_vec(),
         };
-        if let Err(e) = push::push(&engine, &place.client, req, &mut summary).await {
-            summary.server_problem(format!("pushing to the cache failed: {e:#}"));
+        if let Err(e) = push::push(engine, client, push_req, &mut summary, log).await {
+            summary.server_problem(log, format!("pushing to the cache failed: {e:#}"));
         }
         phase.end(&mut summary);
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// `layercache build`: flags → [`BuildRequest`] → [`build_through_cache`] → summary.
+pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    // Bad input (Dockerfile, build args, namespace) fails here, before the engine is touched.
+    let input = key_input(Some(&args.context), &args.key)?;
+    let place = place(&args.context, &args.cache)?;
+    let req = BuildRequest {
+        context: args.context.clone(),
+        dockerfile: input.dockerfile,
+        build_args: input.build_args,
+        target: input.target,
+        tags: args.tags.clone(),
+        namespace: place.namespace,
+        fallbacks: place.fallbacks,
+        pull: args.pull,
+        no_cache: args.no_cache,
+        no_push: args.no_push,
+    };
+    let engine = Engine::connect().await?;
+    let summary = build_through_cache(&engine, &place.client, &req, &Log::stderr()).await?;
     summary.print(args.json);
     Ok(ExitCode::SUCCESS)
 }
@@ -238,15 +312,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = key_input(Some(&args.context), &args.key)?;
     let place = place(&args.context, &args.cache)?;
-    let mut summary = new_summary(&input.keys, &place);
+    let mut summary = new_summary(&input.keys, &place.namespace);
     let engine = Engine::connect().await?;
-    restore::restore(
-        &engine,
-        &place.client,
-        lookup(&place, &input.keys),
-        &mut summary,
-    )
-    .await;
+    let lookup = lookup(&place.namespace, &place.fallbacks, &input.keys);
+    restore::restore(&engine, &place.client, lookup, &mut summary, &Log::stderr()).await;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.print(args.json);
     Ok(ExitCode::SUCCESS)
@@ -257,7 +326,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = key_input(Some(&args.context), &args.key)?;
     let place = place(&args.context, &args.cache)?;
-    let mut summary = new_summary(&input.keys, &place);
+    let mut summary = new_summary(&input.keys, &place.namespace);
     let engine = Engine::connect().await?;
     let (image_id, _) = engine.inspect(&args.image).await?;
     summary.image_id = Some(image_id.to_string());
@@ -269,7 +338,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         image: args.image.clone(),
         stages: vec![],
     };
-    push::push(&engine, &place.client, req, &mut summary)
+    push::push(&engine, &place.client, req, &mut summary, &Log::stderr())
         .await
         .context("pushing to the cache failed")?;
     phase.end(&mut summary);

@@ -69,6 +69,17 @@ pub struct ServerOpts {
     /// Base URL of the layercache server.
     #[arg(long, env = "LAYERCACHE_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// Access token sent as `Authorization: Bearer <token>` (servers that require auth); prefer
+    /// the environment variable, a flag shows up in process listings.
+    #[arg(long, env = "LAYERCACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ServerOpts {
+    /// A client for this server, sending the token if one was given.
+    pub fn client(&self) -> Result<crate::client::Client, crate::client::ClientError> {
+        crate::client::Client::new(&self.server, self.token.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Args)]

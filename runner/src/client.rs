@@ -2,6 +2,10 @@
 //!
 //! Timeouts: connecting 3 s (a dead server must not stall CI), a lookup 10 s in all; downloads and
 //! uploads have no overall limit but fail when the server stops sending for a minute.
+//!
+//! Auth: with a token (`LAYERCACHE_TOKEN` / `--token`) every request carries
+//! `Authorization: Bearer <token>`; a 401 or 403 becomes [`ClientError::TokenRefused`], so the
+//! message says it is the token, not the server, that is the problem.
 
 use std::time::Duration;
 
@@ -35,6 +39,19 @@ pub enum ClientError {
         missing: Vec<Digest>,
     },
     #[error(
+        "the cache server refused the token: HTTP {status} for {what} ({url}): {message}; {hint}"
+    )]
+    TokenRefused {
+        what: &'static str,
+        url: String,
+        /// 401 (no, unknown or revoked token) or 403 (role or namespace not allowed).
+        status: StatusCode,
+        /// The server's reason.
+        message: String,
+        /// What to do about it, depending on the status and whether a token was sent.
+        hint: &'static str,
+    },
+    #[error(
         "the cache server answered {what} ({url}) with something that is not the expected JSON: {detail}"
     )]
     Garbage {
@@ -42,6 +59,8 @@ pub enum ClientError {
         url: String,
         detail: String,
     },
+    #[error("cannot set up the HTTP client for the cache server {url}: {detail}")]
+    Setup { url: String, detail: String },
     #[error("cannot read the file to upload for blob {digest}: {source}")]
     File {
         digest: Digest,
@@ -65,13 +84,28 @@ fn chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// What to do about a 401 or 403.
+fn token_hint(status: StatusCode, has_token: bool) -> &'static str {
+    match (status == StatusCode::UNAUTHORIZED, has_token) {
+        (true, false) => "this server needs a token: set LAYERCACHE_TOKEN or pass --token",
+        (true, true) => {
+            "the token is unknown or revoked: check LAYERCACHE_TOKEN / --token with the server's admin"
+        }
+        (false, _) => {
+            "the token's role or namespaces do not allow this: use a token that may write this namespace"
+        }
+    }
+}
+
 /// A client for one server.
 #[derive(Clone)]
 pub struct Client {
     /// Base URL without a trailing slash.
     base: String,
-    /// Shared connection pool.
+    /// Shared connection pool; carries the `Authorization` header when a token was given.
     http: reqwest::Client,
+    /// Whether a token is sent (for the hint of a 401).
+    has_token: bool,
 }
 
 /// Connect timeout: a dead server should cost seconds, not minutes.
@@ -86,20 +120,38 @@ fn enc(s: &str) -> String {
 }
 
 impl Client {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:8700`).
-    pub fn new(base: &str) -> Result<Client, ClientError> {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8700`) that sends `token` as a
+    /// bearer token on every request. Fails on a token that cannot be an HTTP header value.
+    pub fn new(base: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let setup = |detail: String| ClientError::Setup {
+            url: base.to_string(),
+            detail,
+        };
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    setup(
+                        "the token contains characters not allowed in an HTTP header; \
+                         check LAYERCACHE_TOKEN / --token"
+                            .into(),
+                    )
+                })?;
+            // Keeps the token out of debug output and logs of the HTTP stack.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .default_headers(headers)
             .build()
-            .map_err(|cause| ClientError::Unreachable {
-                what: "setting up the HTTP client",
-                url: base.to_string(),
-                cause,
-            })?;
+            .map_err(|e| setup(chain(&e)))?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
+            has_token: token.is_some(),
         })
     }
 
@@ -142,6 +194,15 @@ impl Client {
                 vec![],
             ),
         };
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ClientError::TokenRefused {
+                what,
+                url: url.to_string(),
+                status,
+                message,
+                hint: token_hint(status, self.has_token),
+            });
+        }
         Err(ClientError::Refused {
             what,
             url: url.to_string(),
@@ -315,7 +376,7 @@ mod tests {
 
     #[test]
     fn image_urls_percent_encode_the_namespace() {
-        let c = Client::new("http://h:1/").unwrap();
+        let c = Client::new("http://h:1/", None).unwrap();
         let url = c.image_url(&"acme/web".parse().unwrap(), &"sha256:ab".parse().unwrap());
         assert_eq!(url, "http://h:1/v1/images/acme%2Fweb/sha256%3Aab");
     }
@@ -326,7 +387,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let c = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let c = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
         let req = LookupRequest {
             namespaces: vec!["main".parse().unwrap()],
             key: "k".parse().unwrap(),
@@ -335,5 +396,77 @@ mod tests {
         let err = c.lookup(&req).await.unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
         assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+    }
+
+    /// Accepts one connection, records the request head and answers `status` with an error body.
+    async fn one_shot_server(status: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let body =
+                r#"{"error":{"code":"unauthorized","message":"the token is unknown or revoked"}}"#;
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_bearer_and_a_401_names_the_token() {
+        let (url, task) = one_shot_server("401 Unauthorized").await;
+        let c = Client::new(&url, Some("lc_secret")).unwrap();
+        let err = c.stats().await.unwrap_err();
+        let head = task.await.unwrap();
+        assert!(head.contains("authorization: bearer lc_secret"), "{head}");
+        assert!(
+            matches!(err, ClientError::TokenRefused { status, .. } if status == StatusCode::UNAUTHORIZED),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the cache server refused the token"),
+            "{text}"
+        );
+        assert!(text.contains("unknown or revoked"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn without_a_token_no_header_is_sent_and_the_hint_says_to_set_one() {
+        let (url, task) = one_shot_server("403 Forbidden").await;
+        let err = Client::new(&url, None).unwrap().stats().await.unwrap_err();
+        assert!(!task.await.unwrap().contains("authorization:"));
+        assert!(
+            matches!(err, ClientError::TokenRefused { status, .. } if status == StatusCode::FORBIDDEN),
+            "{err:?}"
+        );
+        let (url, task) = one_shot_server("401 Unauthorized").await;
+        let err = Client::new(&url, None).unwrap().stats().await.unwrap_err();
+        task.await.unwrap();
+        assert!(err.to_string().contains("LAYERCACHE_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused_up_front() {
+        let err = Client::new("http://h:1", Some("bad\ntoken")).err().unwrap();
+        assert!(matches!(err, ClientError::Setup { .. }), "{err:?}");
+        assert!(
+            !err.to_string().contains("bad"),
+            "the token must not be echoed: {err}"
+        );
     }
 }

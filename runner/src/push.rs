@@ -23,7 +23,7 @@ use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use crate::client::{Client, ClientError};
 use crate::engine::{Engine, LocalImage};
-use crate::report::{Progress, Summary};
+use crate::report::{Log, Progress, Summary};
 
 /// Blob uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 3;
@@ -76,6 +76,7 @@ pub async fn push(
     client: &Client,
     req: PushRequest<'_>,
     summary: &mut Summary,
+    log: &Log,
 ) -> anyhow::Result<()> {
     let local = engine.local_images().await?;
     let (final_id, _) = engine.inspect(&req.image).await?;
@@ -108,12 +109,12 @@ pub async fn push(
     wanted.extend(images.iter().map(|i| i.id));
     let missing = client.missing(wanted).await?;
     let missing_layers = missing.iter().filter(|d| layer_set.contains(d)).count() as u64;
-    eprintln!(
+    log.line(&format!(
         "pushing {} images ({} layers); the server lacks {} blobs",
         images.len(),
         layer_set.len(),
         missing.len()
-    );
+    ));
 
     if !missing.is_empty() {
         let final_tags = local
@@ -149,7 +150,7 @@ pub async fn push(
             }
         }
         let total: u64 = uploads.iter().map(Upload::size).sum();
-        let progress = Progress::new("uploading", Some(total));
+        let progress = Progress::new(log, "uploading", Some(total));
         let results: Vec<u64> = futures::stream::iter(uploads.into_iter().map(|u| {
             let client = client.clone();
             let progress = &progress;
@@ -181,10 +182,10 @@ pub async fn push(
         prefixes: req.prefixes.to_vec(),
     };
     match client.commit(req.namespace, req.key, &commit).await {
-        Ok(report) => eprintln!(
+        Ok(report) => log.line(&format!(
             "committed {}/{}: {} layers, {} new",
             req.namespace, req.key, report.layers_total, report.layers_new
-        ),
+        )),
         Err(ClientError::Refused { code, missing, .. }) if code == "missing_blobs" => {
             return Err(anyhow!(
                 "the server refused the commit: it still lacks {} blobs ({}); push again",

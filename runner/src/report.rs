@@ -3,10 +3,45 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+/// Where the log lines of a build, restore or push go: stderr for the single-image commands, a
+/// prefixing printer for `layercache steps` (several services build at once).
+#[derive(Clone)]
+pub struct Log {
+    /// Receives each line, without a trailing newline.
+    sink: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Draw progress bars: only on stderr to a terminal, bars of parallel builds would overwrite
+    /// each other and the prefixed lines.
+    bars: bool,
+}
+
+impl Log {
+    /// Lines to stderr, progress bars when stderr is a terminal.
+    pub fn stderr() -> Log {
+        Log {
+            sink: Arc::new(|line| eprintln!("{line}")),
+            bars: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Lines to `sink`, no progress bars (start and end lines instead).
+    pub fn to(sink: impl Fn(&str) + Send + Sync + 'static) -> Log {
+        Log {
+            sink: Arc::new(sink),
+            bars: false,
+        }
+    }
+
+    /// Writes one line.
+    pub fn line(&self, text: &str) {
+        (self.sink)(text);
+    }
+}
 
 /// The summary of a build, restore or save.
 #[derive(Debug, Default, Serialize)]
@@ -44,18 +79,18 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Records a warning and prints it on stderr right away.
-    pub fn warn(&mut self, text: String) {
-        eprintln!("warning: {text}");
+    /// Records a warning and logs it right away.
+    pub fn warn(&mut self, log: &Log, text: String) {
+        log.line(&format!("warning: {text}"));
         self.warnings.push(text);
     }
 
     /// Records a server problem: a warning that also marks the run as uncached by the server.
-    pub fn server_problem(&mut self, text: String) {
+    pub fn server_problem(&mut self, log: &Log, text: String) {
         if self.server_error.is_none() {
             self.server_error = Some(text.clone());
         }
-        self.warn(text);
+        self.warn(log, text);
     }
 
     /// Prints the summary: JSON on stdout, or readable lines on stderr.
@@ -137,12 +172,14 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     label: String,
     start: Instant,
+    /// Where the start and end lines go.
+    log: Log,
 }
 
 impl Progress {
     /// Starts reporting `label`; `total` when known.
-    pub fn new(label: &str, total: Option<u64>) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    pub fn new(log: &Log, label: &str, total: Option<u64>) -> Progress {
+        let bar = log.bars.then(|| {
             let bar = match total {
                 Some(n) => ProgressBar::new(n),
                 None => ProgressBar::no_length(),
@@ -157,14 +194,15 @@ impl Progress {
         });
         if bar.is_none() {
             match total {
-                Some(n) => eprintln!("{label}: {} …", human(n)),
-                None => eprintln!("{label} …"),
+                Some(n) => log.line(&format!("{label}: {} …", human(n))),
+                None => log.line(&format!("{label} …")),
             }
         }
         Progress {
             bar,
             label: label.to_string(),
             start: Instant::now(),
+            log: log.clone(),
         }
     }
 
@@ -180,12 +218,12 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        eprintln!(
+        self.log.line(&format!(
             "{}: {} in {:.1}s",
             self.label,
             human(bytes),
             self.start.elapsed().as_secs_f64()
-        );
+        ));
     }
 }
 
@@ -199,6 +237,22 @@ mod tests {
         assert_eq!(human(1023), "1023 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(5 << 20), "5.0 MiB");
+    }
+
+    #[test]
+    fn warnings_go_to_the_log_and_the_first_server_problem_is_kept() {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&lines);
+        let log = Log::to(move |l| seen.lock().unwrap().push(l.to_string()));
+        let mut s = Summary::default();
+        s.server_problem(&log, "down".into());
+        s.server_problem(&log, "still down".into());
+        assert_eq!(s.server_error.as_deref(), Some("down"));
+        assert_eq!(s.warnings, ["down", "still down"]);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["warning: down", "warning: still down"]
+        );
     }
 
     #[test]

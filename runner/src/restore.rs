@@ -15,7 +15,7 @@ use layercache_shared::{CacheKey, Digest, Namespace};
 
 use crate::client::Client;
 use crate::engine::{self, Engine};
-use crate::report::{Phase, Progress, Summary};
+use crate::report::{Log, Phase, Progress, Summary};
 
 /// What to look up.
 pub struct Lookup<'a> {
@@ -26,7 +26,13 @@ pub struct Lookup<'a> {
 }
 
 /// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`.
-pub async fn restore(engine: &Engine, client: &Client, lookup: Lookup<'_>, summary: &mut Summary) {
+pub async fn restore(
+    engine: &Engine,
+    client: &Client,
+    lookup: Lookup<'_>,
+    summary: &mut Summary,
+    log: &Log,
+) {
     summary.cache = "miss".into();
     let phase = Phase::start("restore");
     let req = LookupRequest {
@@ -35,13 +41,17 @@ pub async fn restore(engine: &Engine, client: &Client, lookup: Lookup<'_>, summa
         prefixes: lookup.prefixes.to_vec(),
     };
     match client.lookup(&req).await {
-        Err(e) => summary.server_problem(format!("{e}; building without the cache")),
-        Ok(None) => eprintln!("cache miss for {} in {}", req.key, names(&req.namespaces)),
+        Err(e) => summary.server_problem(log, format!("{e}; building without the cache")),
+        Ok(None) => log.line(&format!(
+            "cache miss for {} in {}",
+            req.key,
+            names(&req.namespaces)
+        )),
         Ok(Some(hit)) => {
             summary.cache = hit.matched.as_str().into();
             summary.restored_from =
                 Some(format!("{}/{}", hit.manifest.namespace, hit.manifest.key));
-            eprintln!(
+            log.line(&format!(
                 "cache {} hit: {} {}{}",
                 hit.matched.as_str(),
                 hit.manifest.namespace,
@@ -49,11 +59,12 @@ pub async fn restore(engine: &Engine, client: &Client, lookup: Lookup<'_>, summa
                 hit.shared_instructions
                     .map(|n| format!(" ({n} shared instructions)"))
                     .unwrap_or_default()
-            );
-            if let Err(e) = load(engine, client, &hit, summary).await {
-                summary.warn(format!(
-                    "restoring the cache failed: {e:#}; building without it"
-                ));
+            ));
+            if let Err(e) = load(engine, client, &hit, summary, log).await {
+                summary.warn(
+                    log,
+                    format!("restoring the cache failed: {e:#}; building without it"),
+                );
             }
         }
     }
@@ -70,11 +81,12 @@ async fn load(
     client: &Client,
     hit: &LookupResponse,
     summary: &mut Summary,
+    log: &Log,
 ) -> anyhow::Result<()> {
     let local = engine.local_images().await?;
     let images = &hit.manifest.images;
     if images.iter().all(|i| local.contains_key(&i.id)) {
-        eprintln!("every image of the entry is already on this engine; nothing to download");
+        log.line("every image of the entry is already on this engine; nothing to download");
         return Ok(());
     }
     let chains = engine.local_chains(&local).await?;
@@ -84,6 +96,7 @@ async fn load(
         .get_image(&hit.manifest.namespace, &hit.manifest.key, &skip)
         .await?;
     let progress = Arc::new(Progress::new(
+        log,
         "downloading and loading",
         resp.content_length(),
     ));
@@ -104,7 +117,7 @@ async fn load(
             Ok(info) => {
                 if let Some(text) = info.stream {
                     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        eprintln!("{line}");
+                        log.line(line);
                     }
                 }
             }

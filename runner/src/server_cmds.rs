@@ -5,12 +5,11 @@ use std::process::ExitCode;
 use layercache_shared::Namespace;
 
 use crate::cli::{LsArgs, StatusArgs};
-use crate::client::Client;
 use crate::report::human;
 
 /// `layercache status`: exit 0 when the server answers `/healthz`, 1 otherwise.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let health = client.healthy().await;
     let stats = match &health {
         Ok(()) => Some(client.stats().await?),
@@ -59,7 +58,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// `layercache ls`: the server's entries as a table.
 pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let ns: Option<Namespace> = args.namespace.as_deref().map(str::parse).transpose()?;
     let list = client.entries(ns.as_ref()).await?;
     if args.json {
