@@ -10,7 +10,6 @@ use super::json_body;
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::store::Store;
-use crate::store::sqlite::counter;
 
 /// `POST /v1/lookup`; a miss is a 404 `not_found` and counts in `misses`.
 pub async fn lookup(
@@ -49,7 +48,7 @@ fn lookup_blocking(store: &Store, req: &LookupRequest) -> Result<LookupResponse,
         found = Some((id, MatchKind::Prefix, Some(depth)));
     }
     let Some((id, matched, shared_instructions)) = found else {
-        store.db.add_counter(counter::MISSES, 1)?;
+        store.db.record_miss(&req.namespaces[0])?;
         return Err(ServerError::not_found(format!(
             "an entry for key `{}` or a shared instruction prefix in the namespaces asked",
             req.key
