@@ -8,10 +8,14 @@
 //! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
 //! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
 //! - [`error`]: [`ServerError`], mapped once to status + JSON body.
+//! - [`dashboard`]: the HTML pages at `/` and `/entries/{ns}/{key}`.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the request-counting middleware.
 
+pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub mod ingest;
+pub mod metrics;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -41,6 +45,7 @@ pub async fn serve(
     let state = AppState {
         store: Arc::new(store),
         settings: Arc::new(settings),
+        metrics: Default::default(),
     };
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
