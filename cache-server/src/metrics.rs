@@ -4,7 +4,8 @@
 //! Two sources:
 //! - HTTP requests: counted in memory by [`track`] (since the process started, as Prometheus
 //!   expects of counters), labelled with the matched route template (never the raw path, which
-//!   holds namespaces and keys without bound), the method and the status.
+//!   holds namespaces and keys without bound; captures written `:name`), the method and the
+//!   status.
 //! - Everything else is read from the index when scraped, so it matches `/v1/stats` and survives
 //!   restarts: lookups by namespace and result, bytes in/out, stored bytes, blobs, evictions,
 //!   upload failures by error code, builds and time saved.
@@ -84,12 +85,18 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
     let template = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+        .map(|m| route_label(m.as_str()));
     let mut resp = next.run(req).await;
     if let Some(t) = template {
         resp.extensions_mut().insert(RouteTemplate(t));
     }
     resp
+}
+
+/// The `route` label of a path template: `{name}` captures written `:name`
+/// (`/v1/images/:ns/:key`), since some text-format parsers split labels at braces.
+pub fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 /// Router-wide middleware: times every request up to its response head and counts it by route
@@ -368,6 +375,11 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_labels_write_captures_without_braces() {
+        assert_eq!(route_label("/v1/images/{ns}/{key}"), "/v1/images/:ns/:key");
+    }
 
     #[test]
     fn label_values_are_escaped() {
