@@ -11,8 +11,8 @@ use super::html::esc;
 const W: f64 = 1100.0;
 const H: f64 = 240.0;
 const LEFT: f64 = 44.0;
-const RIGHT: f64 = 44.0;
-const TOP: f64 = 14.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 24.0;
 const BOTTOM: f64 = 26.0;
 
 /// The chart of `history`; `now` labels the axis relative to the present.
@@ -47,9 +47,13 @@ pub fn hit_rate_svg(history: &StatsHistory) -> String {
     }
     let _ = write!(
         o,
-        r#"<text x="{}" y="{:.1}" text-anchor="start">{} lookups</text>"#,
-        W - RIGHT + 6.0,
-        TOP + 4.0,
+        r#"<text x="{}" y="12" text-anchor="end">bars: lookups per {}, busiest {}</text>"#,
+        W - RIGHT,
+        if history.bucket_seconds >= 3600 {
+            "hour"
+        } else {
+            "minute"
+        },
         max_volume as u64
     );
     // Bars.

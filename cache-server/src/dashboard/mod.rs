@@ -164,7 +164,7 @@ fn render_index(o: &Overview, ns: Option<&str>, quota: Option<u64>, now: u64) ->
     b.push_str("</div>");
     let _ = write!(
         b,
-        r#"<div class="panel" style="margin-top:12px">{}</div>"#,
+        r#"<div class="panel" style="margin-top:12px">{}<div class="legend"><i style="background:#2f9e63"></i>hit rate (line) and hits<i style="background:#d9534f;opacity:.5"></i>misses</div></div>"#,
         chart::hit_rate_svg(h)
     );
 
