@@ -108,6 +108,7 @@ pub fn page(title: &str, body: &str) -> String {
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{title}</title>
 <style>{STYLE}</style></head>
 <body><header><a class="brand" href="/">layercache</a><nav><a href="/">Dashboard</a><a href="/metrics">Metrics</a><a href="/v1/stats">JSON</a></nav></header>
@@ -152,7 +153,9 @@ form.filter select,form.filter button{font:inherit;padding:4px 8px}
 ul.tree{list-style:none;padding-left:22px;border-left:2px solid var(--line);margin:6px 0}
 ul.tree.root{padding-left:0;border-left:0}
 ul.tree li{margin:10px 0}
-.inherited td{color:var(--muted)}
+.child-of{font-size:12px;margin-bottom:2px}
+.legend{font-size:12px;color:var(--muted);margin-top:4px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 12px;vertical-align:-1px}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:18px}
 svg text{font:11px system-ui,sans-serif;fill:#6b7485}

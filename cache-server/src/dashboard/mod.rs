@@ -23,7 +23,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Html;
 use layercache_shared::Digest;
 use layercache_shared::api::{
-    BuildList, EntryDetail, EntrySummary, ImageInfo, Largest, Stats, StatsHistory,
+    BuildList, EntryDetail, EntryRef, EntrySummary, ImageInfo, Largest, LayerInfo, Stats,
+    StatsHistory,
 };
 
 use crate::error::ServerError;
@@ -469,7 +470,7 @@ fn render_entry(d: &EntryDetail, now: u64) -> String {
     );
     b.push_str("</div><h2>Images (parent → child)</h2>");
 
-    let shares: HashMap<Digest, &[layercache_shared::api::EntryRef]> = d
+    let shares: HashMap<Digest, &[EntryRef]> = d
         .shares
         .iter()
         .map(|s| (s.diff_id, s.shared_with.as_slice()))
@@ -482,102 +483,136 @@ fn render_entry(d: &EntryDetail, now: u64) -> String {
     }
     b.push_str(r#"<ul class="tree root">"#);
     let mut seen = HashSet::new();
-    tree(&mut b, &children, None, None, &shares, &mut seen);
+    tree(&mut b, &children, None, &shares, &mut seen);
     b.push_str("</ul>");
     page(&format!("{} {} · layercache", m.namespace, m.key), &b)
 }
 
-/// Renders the images whose parent is `parent`, then their children, depth first.
+/// Renders the images whose parent is `parent`. A run of single children stays at one level (a
+/// Dockerfile's chain reads top to bottom instead of indenting once per step); only a parent with
+/// several children opens a nested list.
 fn tree(
     b: &mut String,
     children: &HashMap<Option<Digest>, Vec<&ImageInfo>>,
-    parent: Option<Digest>,
-    parent_img: Option<&ImageInfo>,
-    shares: &HashMap<Digest, &[layercache_shared::api::EntryRef]>,
+    parent: Option<&ImageInfo>,
+    shares: &HashMap<Digest, &[EntryRef]>,
     seen: &mut HashSet<Digest>,
 ) {
-    let Some(list) = children.get(&parent) else {
+    let Some(list) = children.get(&parent.map(|p| p.id)) else {
         return;
     };
-    for img in list {
-        if !seen.insert(img.id) {
-            continue; // a cycle in stored parents would otherwise recurse forever
-        }
-        let inherited: HashSet<Digest> = parent_img
-            .map(|p| p.layers.iter().map(|l| l.diff_id).collect())
-            .unwrap_or_default();
-        let _ = write!(
-            b,
-            r#"<li><div class="panel image" id="image-{}" data-parent="{}"><b class="mono" title="{}">{}</b> "#,
-            img.id.hex(),
-            img.parent.map(|p| p.hex()).unwrap_or_default(),
-            img.id,
-            short(&img.id)
-        );
-        for t in &img.tags {
-            let _ = write!(b, r#"<span class="tag">{}</span>"#, esc(t));
-        }
-        let own: u64 = img
-            .layers
-            .iter()
-            .filter(|l| !inherited.contains(&l.diff_id))
-            .map(|l| l.size)
-            .sum();
-        let _ = write!(
-            b,
-            r#" <span class="muted">· {} layers · {} added · config {}</span>"#,
-            img.layers.len(),
-            bytes(own),
-            bytes(img.config_size)
-        );
-        b.push_str(r#"<table style="margin-top:8px"><tr><th>#</th><th>layer</th><th class="num">size</th><th>shared with</th></tr>"#);
-        for (i, l) in img.layers.iter().enumerate() {
-            let class = if inherited.contains(&l.diff_id) {
-                r#" class="inherited""#
-            } else {
-                ""
-            };
-            let _ = write!(
-                b,
-                r#"<tr{class}><td>{}</td><td class="mono" title="{}">{}</td><td class="num" data-value="{}">{}</td><td>"#,
-                i + 1,
-                l.diff_id,
-                short(&l.diff_id),
-                l.size,
-                bytes(l.size)
-            );
-            match shares.get(&l.diff_id) {
-                Some(refs) => {
-                    for (j, r) in refs.iter().enumerate() {
-                        if j > 0 {
-                            b.push_str(", ");
-                        }
-                        let href = format!(
-                            "/entries/{}/{}",
-                            seg(r.namespace.as_str()),
-                            seg(r.key.as_str())
-                        );
-                        let _ = write!(
-                            b,
-                            r#"<a href="{}">{}/{}</a>"#,
-                            esc(&href),
-                            esc(r.namespace.as_str()),
-                            esc(r.key.as_str())
-                        );
-                    }
-                }
-                None => b.push_str(r#"<span class="muted">only this entry</span>"#),
+    for first in list {
+        let mut cur: &ImageInfo = first;
+        let mut cur_parent = parent;
+        loop {
+            if !seen.insert(cur.id) {
+                break; // a cycle in stored parents would otherwise loop forever
             }
-            b.push_str("</td></tr>");
+            image_item(b, cur, cur_parent, shares);
+            match children.get(&Some(cur.id)).map(Vec::as_slice) {
+                Some([only]) => {
+                    cur_parent = Some(cur);
+                    cur = only;
+                }
+                Some(_) => {
+                    b.push_str(r#"<li><ul class="tree">"#);
+                    tree(b, children, Some(cur), shares, seen);
+                    b.push_str("</ul></li>");
+                    break;
+                }
+                None => break,
+            }
         }
-        b.push_str("</table></div>");
-        if children.contains_key(&Some(img.id)) {
-            b.push_str(r#"<ul class="tree">"#);
-            tree(b, children, Some(img.id), Some(img), shares, seen);
-            b.push_str("</ul>");
-        }
-        b.push_str("</li>");
     }
+}
+
+/// One image: id, tags, sizes, and the layers it adds over its parent with their sharing.
+fn image_item(
+    b: &mut String,
+    img: &ImageInfo,
+    parent: Option<&ImageInfo>,
+    shares: &HashMap<Digest, &[EntryRef]>,
+) {
+    let inherited: HashSet<Digest> = parent
+        .map(|p| p.layers.iter().map(|l| l.diff_id).collect())
+        .unwrap_or_default();
+    let _ = write!(
+        b,
+        r#"<li><div class="panel image" id="image-{}" data-parent="{}">"#,
+        img.id.hex(),
+        parent.map(|p| p.id.hex()).unwrap_or_default(),
+    );
+    if let Some(p) = parent {
+        let _ = write!(
+            b,
+            r#"<div class="muted child-of">↳ child of <span class="mono">{}</span></div>"#,
+            short(&p.id)
+        );
+    }
+    let _ = write!(
+        b,
+        r#"<b class="mono" title="{}">{}</b> "#,
+        img.id,
+        short(&img.id)
+    );
+    for t in &img.tags {
+        let _ = write!(b, r#"<span class="tag">{}</span>"#, esc(t));
+    }
+    let own: Vec<(usize, &LayerInfo)> = img
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !inherited.contains(&l.diff_id))
+        .collect();
+    let own_bytes: u64 = own.iter().map(|(_, l)| l.size).sum();
+    let _ = write!(
+        b,
+        r#" <span class="muted">· {} layers ({} from parent) · {} added · config {}</span>"#,
+        img.layers.len(),
+        img.layers.len() - own.len(),
+        bytes(own_bytes),
+        bytes(img.config_size)
+    );
+    if own.is_empty() {
+        b.push_str(r#"<div class="muted" style="margin-top:6px">no new layer (a metadata-only step)</div></div></li>"#);
+        return;
+    }
+    b.push_str(r#"<table style="margin-top:8px"><tr><th>#</th><th>layer</th><th class="num">size</th><th>shared with</th></tr>"#);
+    for (i, l) in own {
+        let _ = write!(
+            b,
+            r#"<tr><td>{}</td><td class="mono" title="{}">{}</td><td class="num" data-value="{}">{}</td><td>"#,
+            i + 1,
+            l.diff_id,
+            short(&l.diff_id),
+            l.size,
+            bytes(l.size)
+        );
+        match shares.get(&l.diff_id) {
+            Some(refs) => {
+                for (j, r) in refs.iter().enumerate() {
+                    if j > 0 {
+                        b.push_str(", ");
+                    }
+                    let href = format!(
+                        "/entries/{}/{}",
+                        seg(r.namespace.as_str()),
+                        seg(r.key.as_str())
+                    );
+                    let _ = write!(
+                        b,
+                        r#"<a href="{}">{}/{}</a>"#,
+                        esc(&href),
+                        esc(r.namespace.as_str()),
+                        esc(r.key.as_str())
+                    );
+                }
+            }
+            None => b.push_str(r#"<span class="muted">only this entry</span>"#),
+        }
+        b.push_str("</td></tr>");
+    }
+    b.push_str("</table></div></li>");
 }
 
 #[cfg(test)]
@@ -635,11 +670,13 @@ mod tests {
         let pa = html.find(&format!("image-{}", a.id.hex())).unwrap();
         let pb = html.find(&format!("image-{}", child.id.hex())).unwrap();
         assert!(pa < pb, "the parent comes first");
-        let nested = &html[pa..pb];
         assert!(
-            nested.contains(r#"<ul class="tree">"#),
-            "the child is nested"
+            html[pa..].contains("child of"),
+            "the child names its parent"
         );
-        assert!(html.contains(r#"class="inherited""#));
+        assert!(
+            html.contains("(1 from parent)"),
+            "inherited layers are summarised"
+        );
     }
 }
