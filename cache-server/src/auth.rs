@@ -260,7 +260,11 @@ pub fn need_of<'a>(
         }
         "/v1/blobs/{digest}" if method == Method::PUT => Need::Role(Role::Write),
         "/v1/lookup" if method == Method::POST => Need::Role(Role::Read),
-        "/v1/stats" | "/v1/entries" if read => Need::Role(Role::Read),
+        "/v1/stats" | "/v1/entries" | "/v1/disk" if read => Need::Role(Role::Read),
+        "/v1/entries/{ns}/{key}" if read => Need::Namespace(Role::Read, ns()),
+        // Runners report their builds; reading reports back (they name every namespace) is for
+        // operators, as are the dashboard pages, `/metrics`, history and largest (the default below).
+        "/v1/builds" if method == Method::POST => Need::Role(Role::Write),
         // A known route with a method it lacks: any caller may learn it is a 405.
         "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats" | "/v1/entries" => {
             Need::Authenticated

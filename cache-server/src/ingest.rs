@@ -151,6 +151,9 @@ pub async fn ingest_tarball(
                 (counter::BYTES_DEDUPLICATED, dedup),
                 (counter::UPLOADS_FAILED, failed),
             ])?;
+            if let Err(e) = &result {
+                s.db.count_upload_failure(e.status_and_code().1)?;
+            }
             let mut report = result?.report;
             report.bytes_received = received;
             Ok(report)
@@ -291,6 +294,9 @@ pub async fn upload_blob(
                 (counter::BYTES_DEDUPLICATED, dedup),
                 (counter::UPLOADS_FAILED, failed),
             ])?;
+            if let Err(e) = &result {
+                s.db.count_upload_failure(e.status_and_code().1)?;
+            }
             result.map(|(new, _)| new)
         })
         .await

@@ -10,11 +10,15 @@
 //! - [`auth`]: bearer tokens, roles and namespace patterns; the middleware on every route.
 //! - [`tls`]: optional HTTPS (rustls) for [`serve_tls`].
 //! - [`error`]: [`ServerError`], mapped once to status + JSON body.
+//! - [`dashboard`]: the HTML pages at `/` and `/entries/{ns}/{key}`.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the request-counting middleware.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub mod ingest;
+pub mod metrics;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -78,6 +82,7 @@ where
     let state = AppState {
         store: Arc::new(store),
         settings: Arc::new(settings),
+        metrics: Default::default(),
     };
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");

@@ -3,11 +3,14 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::handlers::{blobs, images, lookup, stats};
+use crate::dashboard;
+use crate::handlers::{blobs, images, insights, lookup, stats};
+use crate::metrics::{self, HttpMetrics};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -18,6 +21,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Limits such as the upload size.
     pub settings: Arc<Settings>,
+    /// Request counts and latencies for `/metrics`.
+    pub metrics: Arc<HttpMetrics>,
 }
 
 /// The v1 API. Unknown routes and methods answer JSON errors like every other failure.
@@ -44,8 +49,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lookup", post(lookup::lookup))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/entries", get(stats::entries))
+        // Operator views (issue 4).
+        .route("/", get(dashboard::index))
+        .route("/entries/{ns}/{key}", get(dashboard::entry_page))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/stats/history", get(insights::history))
+        .route("/v1/largest", get(insights::largest))
+        .route("/v1/disk", get(insights::disk))
+        .route("/v1/entries/{ns}/{key}", get(insights::entry_detail))
+        .route(
+            "/v1/builds",
+            post(insights::post_build).get(insights::list_builds),
+        )
+        .route_layer(from_fn(metrics::tag_route))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::track))
         // Every route above, fallbacks included: tokens, roles, namespaces (see `auth`).
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

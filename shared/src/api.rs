@@ -199,3 +199,165 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<Digest>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operator views (issue 4): build reports, history, largest, entry detail, disk use.
+
+/// What the cache did for one build, as a runner reports it in a [`BuildReport`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildCache {
+    Exact,
+    Fallback,
+    Prefix,
+    /// Nothing restored: a cold build, whose time is the baseline later hits are compared with.
+    Miss,
+}
+
+impl BuildCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildCache::Exact => "exact",
+            BuildCache::Fallback => "fallback",
+            BuildCache::Prefix => "prefix",
+            BuildCache::Miss => "miss",
+        }
+    }
+}
+
+/// Seconds a build spent in each phase; phases a runner did not run are 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BuildSeconds {
+    #[serde(default)]
+    pub lookup: f64,
+    #[serde(default)]
+    pub restore: f64,
+    #[serde(default)]
+    pub build: f64,
+    #[serde(default)]
+    pub push: f64,
+    /// Wall time of the whole run, the number time saved is computed from.
+    pub total: f64,
+}
+
+/// `POST /v1/builds`: a runner reports how a build went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildReport {
+    pub namespace: Namespace,
+    pub key: CacheKey,
+    pub cache: BuildCache,
+    pub seconds: BuildSeconds,
+    /// The image the build produced, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<Digest>,
+}
+
+/// `POST /v1/builds` answer (201): what the server credits the cache with for this build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildRecorded {
+    /// `baseline_seconds - seconds.total`, at least 0; 0 for a miss or without a baseline.
+    pub seconds_saved: f64,
+    /// Total time of the latest cold build (`miss`) of the same key, the same namespace preferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_seconds: Option<f64>,
+}
+
+/// One recorded build in [`BuildList`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildSummary {
+    /// When the server received the report.
+    pub at: u64,
+    pub namespace: Namespace,
+    pub key: CacheKey,
+    pub cache: BuildCache,
+    pub total_seconds: f64,
+    pub seconds_saved: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<Digest>,
+}
+
+/// `GET /v1/builds[?namespace=NS]`: all-time totals and the most recent reports (newest first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildList {
+    /// Builds reported since the data dir was created (all namespaces).
+    pub builds: u64,
+    /// Seconds saved over those builds (all namespaces).
+    pub seconds_saved: f64,
+    pub recent: Vec<BuildSummary>,
+}
+
+/// One time bucket of [`StatsHistory`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HistoryPoint {
+    /// Bucket start, Unix seconds.
+    pub start: u64,
+    /// Lookups and image GETs that found an entry.
+    pub hits: u64,
+    pub misses: u64,
+    pub hits_exact: u64,
+    pub hits_fallback: u64,
+    pub hits_prefix: u64,
+    /// Build reports received.
+    pub builds: u64,
+    pub seconds_saved: f64,
+}
+
+/// `GET /v1/stats/history?window=1h|24h[&namespace=NS]`: activity in equal buckets, oldest first,
+/// the last one holding now. Lookups count in the first namespace they asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsHistory {
+    /// `1h` (minute buckets) or `24h` (hour buckets).
+    pub window: String,
+    pub bucket_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Namespace>,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// A layer blob and how many entries reference it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerUsage {
+    pub diff_id: Digest,
+    pub size: u64,
+    pub entries: u64,
+}
+
+/// `GET /v1/largest[?limit=N]`: what fills the disk, biggest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Largest {
+    pub entries: Vec<EntrySummary>,
+    pub layers: Vec<LayerUsage>,
+}
+
+/// An entry's name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryRef {
+    pub namespace: Namespace,
+    pub key: CacheKey,
+}
+
+/// Which other entries reference a layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerShares {
+    pub diff_id: Digest,
+    /// Other entries (not the one asked about), by name; capped at 50.
+    pub shared_with: Vec<EntryRef>,
+}
+
+/// `GET /v1/entries/{ns}/{key}`: the manifest plus, for each of its layers that other entries also
+/// reference, those entries. Reading it does not count as a hit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryDetail {
+    pub manifest: EntryManifest,
+    pub shares: Vec<LayerShares>,
+}
+
+/// `GET /v1/disk`: stored bytes against the configured quota.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUse {
+    pub stored_bytes: u64,
+    pub blobs: u64,
+    /// The server's size limit; absent when none is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}

@@ -2,10 +2,12 @@
 //! Docker engines (Engine 20.10 from Debian's docker.io). Run through `scripts/test.sh`, which installs
 //! the engine and builds the binaries first.
 //!
+//! - [`dashboard`]: the dashboard of a server with docker-built entries, rendered by headless Chromium.
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
 //! - [`steps`]: `layercache steps` runs the sample Jet project: parallel steps, own databases, tag gating.
 
+mod dashboard;
 mod runner;
 mod server;
 mod steps;

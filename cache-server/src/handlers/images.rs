@@ -16,7 +16,6 @@ use super::{check_content_length, digest_list, entry_name, json_body, query_para
 use crate::error::ServerError;
 use crate::ingest;
 use crate::routes::AppState;
-use crate::store::sqlite::counter;
 use crate::tarball::{segments_of, stream_segments};
 
 fn entry_not_found(ns: &Namespace, key: &CacheKey) -> ServerError {
@@ -68,7 +67,7 @@ pub async fn get_image(
                 Ok(s.db.manifest(id)?)
             }
             None => {
-                s.db.add_counter(counter::MISSES, 1)?;
+                s.db.record_miss(&ns)?;
                 Err(entry_not_found(&ns, &key))
             }
         })

@@ -11,7 +11,6 @@ use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::store::Store;
-use crate::store::sqlite::counter;
 
 /// `POST /v1/lookup`; a miss is a 404 `not_found` and counts in `misses`.
 /// Every namespace asked must be readable by the caller (403 otherwise, see [`crate::auth`]).
@@ -55,7 +54,7 @@ fn lookup_blocking(store: &Store, req: &LookupRequest) -> Result<LookupResponse,
         found = Some((id, MatchKind::Prefix, Some(depth)));
     }
     let Some((id, matched, shared_instructions)) = found else {
-        store.db.add_counter(counter::MISSES, 1)?;
+        store.db.record_miss(&req.namespaces[0])?;
         return Err(ServerError::not_found(format!(
             "an entry for key `{}` or a shared instruction prefix in the namespaces asked",
             req.key

@@ -4,9 +4,11 @@
 //! - [`blobs`]: `/v1/blobs/...`: missing check, upload, download with ranges.
 //! - [`lookup`]: `POST /v1/lookup`.
 //! - [`stats`]: `/v1/stats`, `/v1/entries`, `/healthz`.
+//! - [`insights`]: operator JSON: builds, history, largest, entry detail, disk use.
 
 pub mod blobs;
 pub mod images;
+pub mod insights;
 pub mod lookup;
 pub mod stats;
 

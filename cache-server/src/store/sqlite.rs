@@ -84,7 +84,45 @@ CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked IS NULL;
 CREATE INDEX image_layers_by_diff_id ON image_layers (diff_id);
 CREATE INDEX entry_images_by_image ON entry_images (image_id);
 "#,
+    // Issue 4 (dashboard, /metrics): see `insights` for how these tables are used.
+    r#"
+CREATE TABLE activity (
+    width INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (width, start, namespace, kind)
+);
+CREATE TABLE lookup_totals (
+    namespace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (namespace, kind)
+);
+CREATE TABLE builds (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    cache TEXT NOT NULL,
+    lookup_s REAL NOT NULL,
+    restore_s REAL NOT NULL,
+    build_s REAL NOT NULL,
+    push_s REAL NOT NULL,
+    total_s REAL NOT NULL,
+    saved_s REAL NOT NULL,
+    image_id TEXT
+);
+CREATE INDEX builds_by_key ON builds (key, cache, at);
+CREATE INDEX builds_by_at ON builds (at);
+CREATE INDEX blobs_by_size ON blobs (size);
+CREATE INDEX entries_by_size ON entries (total_size);
+"#,
 ];
+
+mod insights;
+pub use insights::{ActivityKind, HISTORY_WINDOWS};
 
 /// Counter names in the `counters` table.
 pub mod counter {
@@ -97,6 +135,14 @@ pub mod counter {
     pub const BYTES_RECEIVED: &str = "bytes_received";
     pub const BYTES_DEDUPLICATED: &str = "bytes_deduplicated";
     pub const UPLOADS_FAILED: &str = "uploads_failed";
+    /// Prefix of per-reason failure counters: `uploads_failed:<error code>`.
+    pub const UPLOADS_FAILED_PREFIX: &str = "uploads_failed:";
+    /// Entries evicted (bumped through `metrics::record_eviction`).
+    pub const EVICTIONS: &str = "evictions";
+    pub const BYTES_EVICTED: &str = "bytes_evicted";
+    /// Build reports received, and the milliseconds they saved.
+    pub const BUILDS: &str = "builds";
+    pub const MS_SAVED: &str = "ms_saved";
 }
 
 /// Seconds since the Unix epoch.
@@ -444,6 +490,7 @@ impl Db {
             params![id, sql_u64(now())],
         )?;
         add_counter_tx(&tx, counter::HITS, 1)?;
+        insights::count_lookup_tx(&tx, id, kind, now())?;
         if let Some(kind) = kind {
             let name = match kind {
                 MatchKind::Exact => counter::HITS_EXACT,
@@ -590,7 +637,7 @@ fn add_counter_tx(conn: &Connection, name: &str, by: u64) -> rusqlite::Result<()
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Db) {
+    pub(super) fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         (dir, db)
@@ -600,7 +647,7 @@ mod tests {
         Digest::of(s.as_bytes())
     }
 
-    fn entry(ns: &str, key: &str, layers: &[&str], prefixes: &[&str]) -> NewEntry {
+    pub(super) fn entry(ns: &str, key: &str, layers: &[&str], prefixes: &[&str]) -> NewEntry {
         NewEntry {
             namespace: ns.parse().unwrap(),
             key: key.parse().unwrap(),

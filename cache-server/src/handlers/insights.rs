@@ -1,0 +1,173 @@
+//! Operator JSON (issue 4): `POST`/`GET /v1/builds`, `GET /v1/stats/history`, `GET /v1/largest`,
+//! `GET /v1/entries/{ns}/{key}` and `GET /v1/disk`. The dashboard renders the same data.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use layercache_shared::Namespace;
+use layercache_shared::api::{
+    BuildList, BuildRecorded, BuildReport, DiskUse, EntryDetail, Largest, StatsHistory,
+};
+
+use super::{entry_name, json_body, query_param};
+use crate::error::ServerError;
+use crate::routes::AppState;
+use crate::settings::Settings;
+use crate::store::sqlite::{HISTORY_WINDOWS, now};
+
+/// Default and maximum `limit` of list endpoints.
+const DEFAULT_LIMIT: u64 = 10;
+const MAX_LIMIT: u64 = 500;
+
+/// The configured size limit of the data dir. None until `--max-size` exists (another change
+/// adds it): the lead wires `settings.max_size` here.
+pub fn quota_bytes(_settings: &Settings) -> Option<u64> {
+    None
+}
+
+/// The `namespace` query parameter, validated.
+pub fn namespace_param(query: Option<&str>) -> Result<Option<Namespace>, ServerError> {
+    Ok(query_param(query, "namespace")
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse())
+        .transpose()?)
+}
+
+/// The `limit` query parameter: 1..=500, default 10.
+fn limit_param(query: Option<&str>) -> Result<u64, ServerError> {
+    match query_param(query, "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ServerError::bad_request(format!(
+                "limit `{s}` is not a number from 1 to {MAX_LIMIT}"
+            ))),
+        },
+    }
+}
+
+/// The `window` query parameter: `1h` (default) or `24h`.
+pub fn window_param(query: Option<&str>) -> Result<String, ServerError> {
+    let w = query_param(query, "window").unwrap_or_else(|| "1h".to_string());
+    if HISTORY_WINDOWS.iter().any(|(name, _, _)| *name == w) {
+        Ok(w)
+    } else {
+        let names: Vec<&str> = HISTORY_WINDOWS.iter().map(|w| w.0).collect();
+        Err(ServerError::bad_request(format!(
+            "window `{w}` is not one of {}",
+            names.join(", ")
+        )))
+    }
+}
+
+/// `POST /v1/builds`: records a runner's build report; answers 201 with the time saved.
+pub async fn post_build(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BuildRecorded>), ServerError> {
+    let report: BuildReport = json_body(&body, "build report")?;
+    let s = &report.seconds;
+    for (name, v) in [
+        ("lookup", s.lookup),
+        ("restore", s.restore),
+        ("build", s.build),
+        ("push", s.push),
+        ("total", s.total),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ServerError::bad_request(format!(
+                "seconds.{name} is {v}: report a duration of 0 or more seconds"
+            )));
+        }
+    }
+    let recorded = state
+        .store
+        .blocking(move |st| Ok(st.db.record_build(&report, now())?))
+        .await?;
+    Ok((StatusCode::CREATED, Json(recorded)))
+}
+
+/// `GET /v1/builds[?namespace=NS][&limit=N]`.
+pub async fn list_builds(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<BuildList>, ServerError> {
+    let ns = namespace_param(query.as_deref())?;
+    let limit = limit_param(query.as_deref())?;
+    Ok(Json(
+        state
+            .store
+            .blocking(move |s| Ok(s.db.builds(ns.as_ref(), limit)?))
+            .await?,
+    ))
+}
+
+/// `GET /v1/stats/history?window=1h|24h[&namespace=NS]`.
+pub async fn history(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<StatsHistory>, ServerError> {
+    let ns = namespace_param(query.as_deref())?;
+    let window = window_param(query.as_deref())?;
+    let h = state
+        .store
+        .blocking(move |s| {
+            s.db.history(&window, ns.as_ref(), now())?
+                .ok_or_else(|| ServerError::Internal(format!("window `{window}` vanished")))
+        })
+        .await?;
+    Ok(Json(h))
+}
+
+/// `GET /v1/largest[?limit=N]`.
+pub async fn largest(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Largest>, ServerError> {
+    let limit = limit_param(query.as_deref())?;
+    Ok(Json(
+        state
+            .store
+            .blocking(move |s| Ok(s.db.largest(limit)?))
+            .await?,
+    ))
+}
+
+/// `GET /v1/entries/{ns}/{key}`: manifest plus layer sharing; does not count as a hit.
+pub async fn entry_detail(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<EntryDetail>, ServerError> {
+    let (ns, key) = entry_name(path)?;
+    Ok(Json(load_entry_detail(&state, ns, key).await?))
+}
+
+/// The detail of entry `ns`/`key`, or `not_found`.
+pub async fn load_entry_detail(
+    state: &AppState,
+    ns: Namespace,
+    key: layercache_shared::CacheKey,
+) -> Result<EntryDetail, ServerError> {
+    state
+        .store
+        .blocking(move |s| match s.db.find_entry(&ns, &key)? {
+            Some(id) => Ok(s.db.entry_detail(id)?),
+            None => Err(ServerError::not_found(format!(
+                "entry `{ns}` `{key}` (list entries with GET /v1/entries)"
+            ))),
+        })
+        .await
+}
+
+/// `GET /v1/disk`.
+pub async fn disk(State(state): State<AppState>) -> Result<Json<DiskUse>, ServerError> {
+    let quota = quota_bytes(&state.settings);
+    let stats = state.store.blocking(|s| Ok(s.db.stats()?)).await?;
+    Ok(Json(DiskUse {
+        stored_bytes: stats.stored_bytes,
+        blobs: stats.blobs,
+        quota_bytes: quota,
+    }))
+}

@@ -1,0 +1,606 @@
+//! What operators look at (issue 4): lookup activity over time, build reports and time saved, the
+//! largest entries and layers, which entries share a layer, and the all-time totals `/metrics`
+//! exports.
+//!
+//! Tables (migration "issue 4"):
+//! - `activity (width, start, namespace, kind, count)`: event counts in buckets of `width` seconds
+//!   (60 and 3600). Every event is added to both widths: minute rows are kept 2 hours (the `1h`
+//!   window), hour rows 30 days (the `24h` window), so a history query reads at most
+//!   60 or 24 buckets × namespaces × kinds rows, and the table stays bounded however long the
+//!   server runs. Old rows go when newer ones are written.
+//! - `lookup_totals (namespace, kind, count)`: all-time lookup counts for `/metrics`. Never pruned,
+//!   so the first-seen order of namespaces (rowid) is stable and the top-N label set never
+//!   reshuffles: each exported series only grows, as a Prometheus counter must.
+//! - `builds`: one row per build report, kept 30 days; the newest `miss` of a key is the baseline
+//!   time saved is computed from.
+//!
+//! Every writer takes `now` so tests drive time explicitly.
+
+use layercache_shared::Namespace;
+use layercache_shared::api::{
+    BuildCache, BuildList, BuildRecorded, BuildReport, BuildSummary, EntryDetail, EntryRef,
+    EntrySummary, HistoryPoint, Largest, LayerShares, LayerUsage, MatchKind, StatsHistory,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Db, add_counter_tx, conv_err, counter, digest_at, now, sql_u64, u64_at};
+
+/// Bucket widths and how long their rows are kept, in seconds.
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+const MINUTES_KEPT: u64 = 2 * HOUR;
+const HOURS_KEPT: u64 = 30 * 24 * HOUR;
+/// Build reports older than this are dropped (with them, baselines that old).
+const BUILDS_KEPT: u64 = 30 * 24 * HOUR;
+/// Cap on the entries listed as sharing one layer.
+const SHARES_CAP: i64 = 50;
+
+/// The windows `GET /v1/stats/history` accepts: name, bucket width, bucket count.
+pub const HISTORY_WINDOWS: &[(&str, u64, u64)] = &[("1h", MINUTE, 60), ("24h", HOUR, 24)];
+
+/// What an `activity` row counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    /// A lookup hit, by how it matched.
+    Lookup(MatchKind),
+    /// An image GET that found its entry (no match kind).
+    Get,
+    Miss,
+    /// A build report.
+    Build,
+    /// Milliseconds saved by reported builds (a sum, not a count).
+    MsSaved,
+}
+
+impl ActivityKind {
+    /// The `kind` column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivityKind::Lookup(k) => k.as_str(),
+            ActivityKind::Get => "get",
+            ActivityKind::Miss => "miss",
+            ActivityKind::Build => "build",
+            ActivityKind::MsSaved => "ms_saved",
+        }
+    }
+}
+
+/// Adds `by` to `kind` of `namespace` in the buckets holding `now`, and drops expired buckets.
+fn add_activity(
+    conn: &Connection,
+    now: u64,
+    namespace: &str,
+    kind: ActivityKind,
+    by: u64,
+) -> rusqlite::Result<()> {
+    let mut up = conn.prepare_cached(
+        "INSERT INTO activity (width, start, namespace, kind, count) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (width, start, namespace, kind) DO UPDATE SET count = count + excluded.count",
+    )?;
+    let mut prune = conn.prepare_cached("DELETE FROM activity WHERE width = ?1 AND start < ?2")?;
+    for (width, kept) in [(MINUTE, MINUTES_KEPT), (HOUR, HOURS_KEPT)] {
+        let start = now - now % width;
+        up.execute(params![
+            sql_u64(width),
+            sql_u64(start),
+            namespace,
+            kind.as_str(),
+            sql_u64(by)
+        ])?;
+        prune.execute(params![sql_u64(width), sql_u64(now.saturating_sub(kept))])?;
+    }
+    Ok(())
+}
+
+/// Counts a hit on entry `id` in its namespace's activity and all-time totals (inside
+/// `record_hit`'s transaction).
+pub(super) fn count_lookup_tx(
+    conn: &Connection,
+    id: i64,
+    kind: Option<MatchKind>,
+    now: u64,
+) -> rusqlite::Result<()> {
+    let ns: String = conn.query_row("SELECT namespace FROM entries WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    let kind = kind.map_or(ActivityKind::Get, ActivityKind::Lookup);
+    count_event(conn, &ns, kind, now)
+}
+
+fn count_event(conn: &Connection, ns: &str, kind: ActivityKind, now: u64) -> rusqlite::Result<()> {
+    add_activity(conn, now, ns, kind, 1)?;
+    conn.prepare_cached(
+        "INSERT INTO lookup_totals (namespace, kind, count) VALUES (?1, ?2, 1)
+         ON CONFLICT (namespace, kind) DO UPDATE SET count = count + 1",
+    )?
+    .execute(params![ns, kind.as_str()])?;
+    Ok(())
+}
+
+/// Parses a `cache` column value.
+fn build_cache(s: &str) -> rusqlite::Result<BuildCache> {
+    Ok(match s {
+        "exact" => BuildCache::Exact,
+        "fallback" => BuildCache::Fallback,
+        "prefix" => BuildCache::Prefix,
+        "miss" => BuildCache::Miss,
+        other => {
+            return Err(conv_err(
+                0,
+                std::io::Error::other(format!("unknown build cache result `{other}`")),
+            ));
+        }
+    })
+}
+
+/// Rounds seconds to whole milliseconds for the integer counters.
+fn millis(seconds: f64) -> u64 {
+    (seconds * 1000.0).round().max(0.0) as u64
+}
+
+impl Db {
+    /// Counts a miss of a lookup or image GET, in `namespace` (the first one asked).
+    pub fn record_miss(&self, namespace: &Namespace) -> rusqlite::Result<()> {
+        self.record_miss_at(namespace, now())
+    }
+
+    /// [`Db::record_miss`] at an explicit time.
+    pub fn record_miss_at(&self, namespace: &Namespace, now: u64) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        add_counter_tx(&tx, counter::MISSES, 1)?;
+        count_event(&tx, namespace.as_str(), ActivityKind::Miss, now)?;
+        tx.commit()
+    }
+
+    /// [`Db::record_hit`]'s activity part at an explicit time (for tests of the history).
+    pub fn record_hit_activity_at(
+        &self,
+        namespace: &Namespace,
+        kind: Option<MatchKind>,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        let kind = kind.map_or(ActivityKind::Get, ActivityKind::Lookup);
+        count_event(&self.conn(), namespace.as_str(), kind, now)
+    }
+
+    /// Counts a failed upload under its error `code` (`uploads_failed:<code>`), for `/metrics`.
+    pub fn count_upload_failure(&self, code: &str) -> rusqlite::Result<()> {
+        let name = format!("{}{code}", counter::UPLOADS_FAILED_PREFIX);
+        add_counter_tx(&self.conn(), &name, 1)
+    }
+
+    /// Records a build report received at `now` and credits the cache with the time saved: the
+    /// newest cold build (`miss`) of the same key, same namespace first, minus this build's total.
+    pub fn record_build(&self, report: &BuildReport, now: u64) -> rusqlite::Result<BuildRecorded> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let baseline: Option<f64> = if report.cache == BuildCache::Miss {
+            None
+        } else {
+            tx.query_row(
+                "SELECT total_s FROM builds WHERE key = ?1 AND cache = 'miss'
+                 ORDER BY namespace = ?2 DESC, at DESC, id DESC LIMIT 1",
+                params![report.key.as_str(), report.namespace.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+        };
+        let saved = baseline.map_or(0.0, |b| (b - report.seconds.total).max(0.0));
+        let s = &report.seconds;
+        tx.execute(
+            "INSERT INTO builds (at, namespace, key, cache, lookup_s, restore_s, build_s, push_s,
+                                 total_s, saved_s, image_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                sql_u64(now),
+                report.namespace.as_str(),
+                report.key.as_str(),
+                report.cache.as_str(),
+                s.lookup,
+                s.restore,
+                s.build,
+                s.push,
+                s.total,
+                saved,
+                report.image_id.map(|d| d.to_string()),
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM builds WHERE at < ?1",
+            [sql_u64(now.saturating_sub(BUILDS_KEPT))],
+        )?;
+        add_counter_tx(&tx, counter::BUILDS, 1)?;
+        add_counter_tx(&tx, counter::MS_SAVED, millis(saved))?;
+        let ns = report.namespace.as_str();
+        add_activity(&tx, now, ns, ActivityKind::Build, 1)?;
+        add_activity(&tx, now, ns, ActivityKind::MsSaved, millis(saved))?;
+        tx.commit()?;
+        Ok(BuildRecorded {
+            seconds_saved: saved,
+            baseline_seconds: baseline,
+        })
+    }
+
+    /// All-time build totals and the `limit` newest reports, of one namespace or all.
+    pub fn builds(&self, namespace: Option<&Namespace>, limit: u64) -> rusqlite::Result<BuildList> {
+        let conn = self.conn();
+        let counter_value = |name: &str| -> rusqlite::Result<u64> {
+            conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                u64_at(r, 0)
+            })
+            .optional()
+            .map(Option::unwrap_or_default)
+        };
+        let builds = counter_value(counter::BUILDS)?;
+        let seconds_saved = counter_value(counter::MS_SAVED)? as f64 / 1000.0;
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, namespace, key, cache, total_s, saved_s, image_id FROM builds
+             WHERE ?1 IS NULL OR namespace = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
+        )?;
+        let recent = stmt
+            .query_map(
+                params![namespace.map(|n| n.as_str()), sql_u64(limit)],
+                |r| {
+                    Ok(BuildSummary {
+                        at: u64_at(r, 0)?,
+                        namespace: r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?,
+                        key: r.get::<_, String>(2)?.parse().map_err(|e| conv_err(2, e))?,
+                        cache: build_cache(&r.get::<_, String>(3)?)?,
+                        total_seconds: r.get(4)?,
+                        seconds_saved: r.get(5)?,
+                        image_id: super::opt_digest_at(r, 6)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(BuildList {
+            builds,
+            seconds_saved,
+            recent,
+        })
+    }
+
+    /// Activity of `window` (a [`HISTORY_WINDOWS`] name) ending at `now`, of one namespace or all.
+    /// `None` for an unknown window.
+    pub fn history(
+        &self,
+        window: &str,
+        namespace: Option<&Namespace>,
+        now: u64,
+    ) -> rusqlite::Result<Option<StatsHistory>> {
+        let Some(&(name, width, count)) = HISTORY_WINDOWS.iter().find(|w| w.0 == window) else {
+            return Ok(None);
+        };
+        let last = now - now % width;
+        let first = last.saturating_sub(width * (count - 1));
+        let mut points: Vec<HistoryPoint> = (0..count)
+            .map(|i| HistoryPoint {
+                start: first + i * width,
+                ..HistoryPoint::default()
+            })
+            .collect();
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT start, kind, SUM(count) FROM activity
+             WHERE width = ?1 AND start >= ?2 AND start <= ?3 AND (?4 IS NULL OR namespace = ?4)
+             GROUP BY start, kind",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                sql_u64(width),
+                sql_u64(first),
+                sql_u64(last),
+                namespace.map(|n| n.as_str())
+            ],
+            |r| Ok((u64_at(r, 0)?, r.get::<_, String>(1)?, u64_at(r, 2)?)),
+        )?;
+        for row in rows {
+            let (start, kind, n) = row?;
+            let Some(p) = points.get_mut(((start - first) / width) as usize) else {
+                continue;
+            };
+            match kind.as_str() {
+                "exact" => p.hits_exact += n,
+                "fallback" => p.hits_fallback += n,
+                "prefix" => p.hits_prefix += n,
+                "get" => {}
+                "miss" => p.misses += n,
+                "build" => p.builds += n,
+                "ms_saved" => p.seconds_saved += n as f64 / 1000.0,
+                _ => continue,
+            }
+            if matches!(kind.as_str(), "exact" | "fallback" | "prefix" | "get") {
+                p.hits += n;
+            }
+        }
+        Ok(Some(StatsHistory {
+            window: name.to_string(),
+            bucket_seconds: width,
+            namespace: namespace.cloned(),
+            points,
+        }))
+    }
+
+    /// The `limit` largest entries and layers.
+    pub fn largest(&self, limit: u64) -> rusqlite::Result<Largest> {
+        let names: Vec<(String, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT namespace, key FROM entries ORDER BY total_size DESC, id LIMIT ?1",
+            )?;
+            stmt.query_map([sql_u64(limit)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut entries = Vec::new();
+        for (ns, key) in names {
+            let ns: Namespace = ns.parse().map_err(|e| conv_err(0, e))?;
+            entries.extend(
+                self.list_entries(Some(&ns))?
+                    .into_iter()
+                    .filter(|e| e.key.as_str() == key),
+            );
+        }
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.digest, b.size,
+                (SELECT COUNT(DISTINCT ei.entry_id) FROM image_layers il
+                   JOIN entry_images ei ON ei.image_id = il.image_id WHERE il.diff_id = b.digest)
+             FROM blobs b WHERE EXISTS (SELECT 1 FROM image_layers il WHERE il.diff_id = b.digest)
+             ORDER BY b.size DESC, b.digest LIMIT ?1",
+        )?;
+        let layers = stmt
+            .query_map([sql_u64(limit)], |r| {
+                Ok(LayerUsage {
+                    diff_id: digest_at(r, 0)?,
+                    size: u64_at(r, 1)?,
+                    entries: u64_at(r, 2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Largest { entries, layers })
+    }
+
+    /// Entry `id`'s manifest and, per layer, the other entries that reference it.
+    pub fn entry_detail(&self, id: i64) -> rusqlite::Result<EntryDetail> {
+        let manifest = self.manifest(id)?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT e.namespace, e.key FROM image_layers il
+             JOIN entry_images ei ON ei.image_id = il.image_id
+             JOIN entries e ON e.id = ei.entry_id
+             WHERE il.diff_id = ?1 AND e.id != ?2 ORDER BY e.namespace, e.key LIMIT ?3",
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        let mut shares = Vec::new();
+        for layer in manifest.images.iter().flat_map(|i| &i.layers) {
+            if !seen.insert(layer.diff_id) {
+                continue;
+            }
+            let shared_with: Vec<EntryRef> = stmt
+                .query_map(params![layer.diff_id.to_string(), id, SHARES_CAP], |r| {
+                    Ok(EntryRef {
+                        namespace: r.get::<_, String>(0)?.parse().map_err(|e| conv_err(0, e))?,
+                        key: r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if !shared_with.is_empty() {
+                shares.push(LayerShares {
+                    diff_id: layer.diff_id,
+                    shared_with,
+                });
+            }
+        }
+        Ok(EntryDetail { manifest, shares })
+    }
+
+    /// All-time lookup counts as `(namespace, kind, count)`, namespaces in first-seen order.
+    pub fn lookup_totals(&self) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT t.namespace, t.kind, t.count FROM lookup_totals t
+             JOIN (SELECT namespace, MIN(rowid) AS first FROM lookup_totals GROUP BY namespace) f
+               ON f.namespace = t.namespace
+             ORDER BY f.first, t.kind",
+        )?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, u64_at(r, 2)?)))?
+            .collect()
+    }
+
+    /// Every counter of the `counters` table, by name.
+    pub fn counters(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, u64_at(r, 1)?)))?
+            .collect()
+    }
+
+    /// The summary of one entry (as in `GET /v1/entries`), when stored.
+    pub fn entry_summary(&self, id: i64) -> rusqlite::Result<Option<EntrySummary>> {
+        let (ns, key): (String, String) = match self
+            .conn()
+            .query_row(
+                "SELECT namespace, key FROM entries WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+        {
+            Some(v) => v,
+            None => return Ok(None),
+        };
+        let ns: Namespace = ns.parse().map_err(|e| conv_err(0, e))?;
+        Ok(self
+            .list_entries(Some(&ns))?
+            .into_iter()
+            .find(|e| e.key.as_str() == key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use layercache_shared::Digest;
+    use layercache_shared::api::BuildSeconds;
+
+    use super::super::tests::{db, entry};
+    use super::*;
+
+    fn ns(s: &str) -> Namespace {
+        s.parse().unwrap()
+    }
+
+    fn report(ns_: &str, key: &str, cache: BuildCache, total: f64) -> BuildReport {
+        BuildReport {
+            namespace: ns(ns_),
+            key: key.parse().unwrap(),
+            cache,
+            seconds: BuildSeconds {
+                total,
+                ..BuildSeconds::default()
+            },
+            image_id: None,
+        }
+    }
+
+    /// 2024-01-01T00:00:00Z, a whole hour.
+    const T0: u64 = 1_704_067_200;
+
+    #[test]
+    fn history_buckets_by_minute_and_hour_and_filters_by_namespace() {
+        let (_dir, db) = db();
+        db.record_hit_activity_at(&ns("a"), Some(MatchKind::Exact), T0 + 5)
+            .unwrap();
+        db.record_hit_activity_at(&ns("b"), Some(MatchKind::Prefix), T0 + 65)
+            .unwrap();
+        db.record_miss_at(&ns("a"), T0 + 70).unwrap();
+        let now = T0 + 30 * 60;
+        let h = db.history("1h", None, now).unwrap().unwrap();
+        assert_eq!((h.points.len(), h.bucket_seconds), (60, 60));
+        assert_eq!(h.points.last().unwrap().start, now);
+        let at = |start: u64| h.points.iter().find(|p| p.start == start).unwrap();
+        assert_eq!((at(T0).hits, at(T0).hits_exact, at(T0).misses), (1, 1, 0));
+        assert_eq!((at(T0 + 60).hits_prefix, at(T0 + 60).misses), (1, 1));
+        let only_a = db.history("1h", Some(&ns("a")), now).unwrap().unwrap();
+        let sum = |h: &StatsHistory| -> (u64, u64) {
+            h.points
+                .iter()
+                .fold((0, 0), |(x, y), p| (x + p.hits, y + p.misses))
+        };
+        assert_eq!(sum(&only_a), (1, 1));
+        let day = db.history("24h", None, now).unwrap().unwrap();
+        assert_eq!((day.points.len(), sum(&day)), (24, (2, 1)));
+        assert_eq!(day.points.last().unwrap().start, T0);
+        assert!(db.history("7d", None, now).unwrap().is_none());
+        // Two hours on, the minute window is empty but the day still holds the events.
+        let later = T0 + 2 * HOUR + 60;
+        assert_eq!(
+            sum(&db.history("1h", None, later).unwrap().unwrap()),
+            (0, 0)
+        );
+        assert_eq!(
+            sum(&db.history("24h", None, later).unwrap().unwrap()),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn expired_minute_buckets_are_pruned_on_write() {
+        let (_dir, db) = db();
+        db.record_miss_at(&ns("a"), T0).unwrap();
+        db.record_miss_at(&ns("a"), T0 + 3 * HOUR).unwrap();
+        let rows: i64 = db
+            .conn()
+            .query_row("SELECT COUNT(*) FROM activity WHERE width = 60", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 1);
+        // All-time totals keep both.
+        assert_eq!(
+            db.lookup_totals().unwrap(),
+            vec![("a".to_string(), "miss".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn time_saved_is_the_last_cold_build_of_the_key_minus_this_one() {
+        let (_dir, db) = db();
+        // No baseline yet: nothing saved.
+        let r = db
+            .record_build(&report("main", "k", BuildCache::Exact, 10.0), T0)
+            .unwrap();
+        assert_eq!((r.seconds_saved, r.baseline_seconds), (0.0, None));
+        db.record_build(&report("other", "k", BuildCache::Miss, 50.0), T0 + 1)
+            .unwrap();
+        db.record_build(&report("main", "k", BuildCache::Miss, 100.0), T0 + 2)
+            .unwrap();
+        db.record_build(&report("feat", "k", BuildCache::Miss, 70.0), T0 + 3)
+            .unwrap();
+        // Same namespace wins over a newer cold build elsewhere.
+        let r = db
+            .record_build(&report("main", "k", BuildCache::Fallback, 20.0), T0 + 4)
+            .unwrap();
+        assert_eq!((r.seconds_saved, r.baseline_seconds), (80.0, Some(100.0)));
+        // Another namespace takes the newest cold build of the key.
+        let r = db
+            .record_build(&report("br", "k", BuildCache::Prefix, 80.0), T0 + 5)
+            .unwrap();
+        assert_eq!((r.seconds_saved, r.baseline_seconds), (0.0, Some(70.0)));
+        let list = db.builds(None, 3).unwrap();
+        assert_eq!((list.builds, list.seconds_saved), (6, 80.0));
+        assert_eq!(list.recent.len(), 3);
+        assert_eq!(list.recent[0].namespace.as_str(), "br");
+        let main = db.builds(Some(&ns("main")), 10).unwrap();
+        assert_eq!(main.recent.len(), 3);
+        let day = db.history("24h", None, T0 + 10).unwrap().unwrap();
+        let last = day.points.last().unwrap();
+        assert_eq!((last.builds, last.seconds_saved), (6, 80.0));
+    }
+
+    #[test]
+    fn largest_and_shares_name_the_entries_referencing_a_layer() {
+        let (_dir, db) = db();
+        let a = db
+            .commit_entry(&entry("a", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        db.commit_entry(&entry("b", "k", &["l1"], &[])).unwrap();
+        db.commit_entry(&entry("c", "k", &["l1", "l2", "l3"], &[]))
+            .unwrap();
+        let big = db.largest(2).unwrap();
+        assert_eq!(big.entries.len(), 2);
+        assert_eq!(big.entries[0].namespace.as_str(), "c");
+        assert_eq!(big.layers.len(), 2);
+        let l1 = db.largest(10).unwrap();
+        let l1 = l1.layers.iter().find(|l| l.diff_id == Digest::of(b"l1"));
+        assert_eq!(l1.unwrap().entries, 3);
+        let detail = db.entry_detail(a).unwrap();
+        let names = |d: &Digest| -> Vec<String> {
+            detail
+                .shares
+                .iter()
+                .find(|s| s.diff_id == *d)
+                .map(|s| {
+                    s.shared_with
+                        .iter()
+                        .map(|e| e.namespace.to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(names(&Digest::of(b"l1")), vec!["b", "c"]);
+        assert_eq!(names(&Digest::of(b"l2")), vec!["c"]);
+    }
+
+    #[test]
+    fn lookup_totals_keep_first_seen_namespace_order() {
+        let (_dir, db) = db();
+        db.record_miss_at(&ns("zeta"), T0).unwrap();
+        db.record_hit_activity_at(&ns("alpha"), None, T0).unwrap();
+        db.record_hit_activity_at(&ns("zeta"), Some(MatchKind::Exact), T0)
+            .unwrap();
+        let t = db.lookup_totals().unwrap();
+        let order: Vec<&str> = t.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(order, vec!["zeta", "zeta", "alpha"]);
+    }
+}
