@@ -47,8 +47,8 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
-            data_dir: data_dir.clone(),
             max_upload_bytes,
+            ..Settings::new(data_dir.clone())
         };
         let done = tokio::spawn(async move {
             if let Err(e) = serve(listener, settings, async {
