@@ -260,8 +260,7 @@ pub async fn run_collector(store: Arc<Store>, settings: Arc<Settings>) {
             () = tokio::time::sleep(settings.gc_interval) => {}
         }
         let s = Arc::clone(&store);
-        let result =
-            tokio::task::spawn_blocking(move || collect(&s, &policy, sweep, now())).await;
+        let result = tokio::task::spawn_blocking(move || collect(&s, &policy, sweep, now())).await;
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "collection failed; retrying later"),
@@ -362,9 +361,8 @@ mod tests {
         let layers: Vec<(Digest, u64)> = layers.iter().map(|l| put(s, l)).collect();
         let mut digests = vec![cfg];
         digests.extend(layers.iter().map(|l| l.0));
-        let id = s
-            .db
-            .commit_entry(&NewEntry {
+        let id =
+            s.db.commit_entry(&NewEntry {
                 namespace: "ns".parse().unwrap(),
                 key: key.parse().unwrap(),
                 images: vec![NewImage {
@@ -435,7 +433,10 @@ mod tests {
         assert!(r.bytes_after <= 500, "{r:?}");
         assert!(s.db.manifest(old).is_err());
         assert!(s.db.manifest(new).is_ok());
-        assert!(!s.blobs.contains(&old_blobs[1]).unwrap(), "the big layer goes");
+        assert!(
+            !s.blobs.contains(&old_blobs[1]).unwrap(),
+            "the big layer goes"
+        );
         assert!(
             s.blobs.contains(&Digest::of(b"shared")).unwrap(),
             "the shared layer stays"

@@ -182,8 +182,13 @@ fn run_gc(args: GcArgs) -> anyhow::Result<()> {
         grace_secs: grace,
         orphans: Some(grace),
     };
-    let r = gc::collect(&store, &policy, sweep, layercache_server::store::sqlite::now())
-        .with_context(|| format!("collection in `{}` failed", args.data_dir.display()))?;
+    let r = gc::collect(
+        &store,
+        &policy,
+        sweep,
+        layercache_server::store::sqlite::now(),
+    )
+    .with_context(|| format!("collection in `{}` failed", args.data_dir.display()))?;
     println!(
         "freed {} bytes: {} expired and {} evicted entries, {} blobs, {} orphan files; {} bytes stored",
         r.bytes_freed,

@@ -570,7 +570,11 @@ fn find_entry_tx(
 /// Drops entry `id` and its references: each blob it used loses one refcount.
 fn release_entry(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE blobs SET refcount = refcount - 1 WHERE refcount > 0 AND digest IN (
+        // A blob losing its last reference loses its upload grace too (`created` = 0): the
+        // collector may delete it at once (disk: gc).
+        "UPDATE blobs SET refcount = refcount - 1,
+            created = CASE WHEN refcount = 1 THEN 0 ELSE created END
+         WHERE refcount > 0 AND digest IN (
             SELECT image_id FROM entry_images WHERE entry_id = ?1
             UNION
             SELECT il.diff_id FROM entry_images ei JOIN image_layers il ON il.image_id = ei.image_id
@@ -599,7 +603,8 @@ pub struct BlobRow {
     pub size: u64,
     /// Entries referencing the blob.
     pub refcount: u64,
-    /// When it was stored or last uploaded (seconds since the epoch).
+    /// When it was stored or last uploaded (seconds since the epoch); 0 once its last entry went,
+    /// so the upload grace period spares only blobs waiting for their first commit.
     pub created: u64,
 }
 
@@ -682,7 +687,10 @@ impl Db {
                 "DELETE FROM blobs WHERE digest = ?1 AND refcount = 0 RETURNING size",
             )?;
             for d in digests {
-                if let Some(size) = del.query_row([d.to_string()], |r| u64_at(r, 0)).optional()? {
+                if let Some(size) = del
+                    .query_row([d.to_string()], |r| u64_at(r, 0))
+                    .optional()?
+                {
                     deleted.push((*d, size));
                 }
             }
@@ -728,7 +736,9 @@ impl Db {
 
     /// Whether blob `digest` has a row, with its recorded size.
     pub fn blob_size(&self, digest: &Digest) -> rusqlite::Result<Option<u64>> {
-        Ok(self.blob_sizes(std::slice::from_ref(digest))?.remove(digest))
+        Ok(self
+            .blob_sizes(std::slice::from_ref(digest))?
+            .remove(digest))
     }
 }
 
