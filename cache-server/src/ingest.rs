@@ -228,7 +228,7 @@ fn ingest_blocking(
         parsed
             .configs
             .keys()
-            .chain(parsed.layers.iter().map(|(d, _)| d))
+            .chain(parsed.layers.keys())
             .copied(),
     );
     for (id, config) in &parsed.configs {
