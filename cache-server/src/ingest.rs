@@ -224,13 +224,9 @@ fn ingest_blocking(
     let mut deduplicated = 0;
     // Pinned before any file is renamed or found already stored, until the entry references them:
     // the collector must not delete a blob this commit counts on.
-    let _pins = store.pins.pin(
-        parsed
-            .configs
-            .keys()
-            .chain(parsed.layers.keys())
-            .copied(),
-    );
+    let _pins = store
+        .pins
+        .pin(parsed.configs.keys().chain(parsed.layers.keys()).copied());
     for (id, config) in &parsed.configs {
         let mut w = store
             .blobs
