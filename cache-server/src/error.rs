@@ -79,6 +79,17 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "blob {digest} is corrupt on the server ({on_disk} bytes on disk, {recorded} recorded): \
+         it is not served; an operator should run `layercache-server verify`"
+    )]
+    CorruptBlob {
+        digest: Digest,
+        /// Size in the index.
+        recorded: u64,
+        /// Size of the file.
+        on_disk: u64,
+    },
     #[error("this method is not allowed on this route (see the v1 API in README.md)")]
     MethodNotAllowed,
     #[error("{reason}")]
@@ -134,6 +145,7 @@ impl ServerError {
             StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
             UploadBroken { .. } => (StatusCode::BAD_REQUEST, "upload_broken"),
+            CorruptBlob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_blob"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),

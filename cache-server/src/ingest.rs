@@ -225,6 +225,11 @@ fn ingest_blocking(
     let mut layers_new = 0;
     let mut bytes_new = 0;
     let mut deduplicated = 0;
+    // Pinned before any file is renamed or found already stored, until the entry references them:
+    // the collector must not delete a blob this commit counts on.
+    let _pins = store
+        .pins
+        .pin(parsed.configs.keys().chain(parsed.layers.keys()).copied());
     for (id, config) in &parsed.configs {
         let mut w = store
             .blobs
@@ -257,6 +262,7 @@ fn ingest_blocking(
         prefixes,
     };
     store.db.commit_entry(&entry)?;
+    store.gc_wake.notify_one();
     tracing::info!(
         namespace = %entry.namespace, key = %entry.key, images = entry.images.len(),
         layers_total, layers_new, bytes_new, "entry committed from tarball"
@@ -309,6 +315,8 @@ fn store_blob(
     digest: &Digest,
 ) -> Result<(bool, u64), ServerError> {
     let tmp = &store.tmp_dir;
+    // Held from before the file is found or renamed until its row is (re)inserted.
+    let _pin = store.pins.pin([*digest]);
     let mut w = store
         .blobs
         .begin_write()
@@ -327,6 +335,7 @@ fn store_blob(
     }
     let c = w.commit(digest)?;
     let row_new = store.db.insert_blob(digest, c.size)?;
+    store.gc_wake.notify_one();
     Ok((c.newly_stored || row_new, c.size))
 }
 
@@ -407,6 +416,8 @@ pub fn commit_blocking(
     }
     let images = parents_first(request.images)?;
     let config_ids: Vec<Digest> = images.iter().map(|i| i.id).collect();
+    // Pins before the rows are looked up: a blob found here stays until the entry references it.
+    let mut pins = store.pins.pin(config_ids.iter().copied());
     let config_sizes = store.db.blob_sizes(&config_ids)?;
     let mut missing: Vec<Digest> = config_ids
         .iter()
@@ -426,6 +437,7 @@ pub fn commit_blocking(
             all_layers.push(*d);
         }
     }
+    pins.extend(all_layers.iter().copied());
     let layer_sizes = store.db.blob_sizes(&all_layers)?;
     missing.extend(all_layers.iter().filter(|d| !layer_sizes.contains_key(d)));
     if !missing.is_empty() {
@@ -469,6 +481,8 @@ pub fn commit_blocking(
         prefixes: request.prefixes,
     };
     store.db.commit_entry(&entry)?;
+    drop(pins);
+    store.gc_wake.notify_one();
     Ok(PutReport {
         layers_total: all_layers.len() as u64,
         layers_new: 0,

@@ -12,13 +12,17 @@
 //! - [`error`]: [`ServerError`], mapped once to status + JSON body.
 //! - [`dashboard`]: the HTML pages at `/` and `/entries/{ns}/{key}`.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the request-counting middleware.
+//! - [`lru`]: quota and time-to-live accounting (which entries to evict), no I/O.
+//! - [`gc`]: the collector (eviction, blob deletion, orphans) and `verify`.
 
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod gc;
 pub mod handlers;
 pub mod ingest;
 pub mod metrics;
+pub mod lru;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -69,7 +73,19 @@ where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
     let data_dir = settings.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let policy = gc::policy_of(&settings);
+    let grace_secs = settings.upload_grace.as_secs();
+    let store = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir)?;
+        // Nothing is in flight yet: files a crash left without a row can go at once.
+        let sweep = gc::Sweep {
+            grace_secs,
+            orphans: Some(0),
+        };
+        gc::collect(&store, &policy, sweep, store::sqlite::now())?;
+        Ok::<_, ServerError>(store)
+    })
+    .await??;
     let tokens = store.db.live_token_count()?;
     if tokens == 0 {
         tracing::warn!(
@@ -84,10 +100,16 @@ where
         settings: Arc::new(settings),
         metrics: Default::default(),
     };
+    let collector = tokio::spawn(gc::run_collector(
+        Arc::clone(&state.store),
+        Arc::clone(&state.settings),
+    ));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
-    axum::serve(listener, router(state))
+    let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e))
+        .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e));
+    collector.abort();
+    result
 }

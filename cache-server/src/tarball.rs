@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::store::Store;
+use crate::store::pins::PinGuard;
 use crate::store::sqlite::counter;
 
 /// Bytes per chunk read from a blob file and sent as one body frame.
@@ -33,6 +34,8 @@ pub enum Segment {
     /// `len` bytes of a stored blob starting at `offset`.
     Blob {
         digest: Digest,
+        /// The blob's full size as recorded; a file of another length is corrupt and not served.
+        size: u64,
         offset: u64,
         len: u64,
     },
@@ -52,6 +55,7 @@ pub fn segments_of(plan: &TarPlan) -> Vec<Segment> {
                 if *size > 0 {
                     out.push(Segment::Blob {
                         digest: *digest,
+                        size: *size,
                         offset: 0,
                         len: *size,
                     });
@@ -66,12 +70,19 @@ pub fn segments_of(plan: &TarPlan) -> Vec<Segment> {
 }
 
 /// A response body streaming `segments`; the bytes sent are added to `bytes_served` when done.
-/// A blob that is missing or shorter than planned aborts the body, so the client sees a broken
-/// transfer rather than a silently corrupt tarball.
-pub fn stream_segments(store: Arc<Store>, segments: Vec<Segment>) -> Body {
+/// `pins` (the blobs of the segments) are held until the last byte is read, so the collector
+/// cannot delete a blob under the transfer.
+///
+/// A blob that is missing, or whose file is not exactly its recorded size, aborts the body, so the
+/// client sees a broken transfer rather than a silently corrupt tarball. Only the size is checked
+/// per GET: re-hashing every blob on every restore would cost a full read of each layer before the
+/// first byte is sent; content corruption of the same length is found by `layercache-server
+/// verify`, and the runner's `docker load` checks layer digests itself.
+pub fn stream_segments(store: Arc<Store>, segments: Vec<Segment>, pins: PinGuard) -> Body {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
         let sent = produce(&store, &segments, &tx);
+        drop(pins);
         if let Err(e) = store.db.add_counter(counter::BYTES_SERVED, sent) {
             tracing::warn!(error = %e, "counting bytes served failed");
         }
@@ -92,9 +103,10 @@ fn produce(store: &Store, segments: &[Segment], tx: &mpsc::Sender<io::Result<Byt
             }
             Segment::Blob {
                 digest,
+                size,
                 offset,
                 len,
-            } => match send_blob(store, digest, *offset, *len, tx) {
+            } => match send_blob(store, digest, *size, *offset, *len, tx) {
                 Ok((n, true)) => sent += n,
                 Ok((n, false)) => return sent + n,
                 Err(e) => {
@@ -113,6 +125,7 @@ fn produce(store: &Store, segments: &[Segment], tx: &mpsc::Sender<io::Result<Byt
 fn send_blob(
     store: &Store,
     digest: &Digest,
+    size: u64,
     offset: u64,
     len: u64,
     tx: &mpsc::Sender<io::Result<Bytes>>,
@@ -123,9 +136,17 @@ fn send_blob(
             format!("blob {digest} is not stored"),
         )
     })?;
-    if offset > 0 {
-        file.seek(SeekFrom::Start(offset))?;
+    let on_disk = file.seek(SeekFrom::End(0))?;
+    if on_disk != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "blob {digest} is {on_disk} bytes on disk, not the recorded {size}: it is corrupt \
+                 (run `layercache-server verify`)"
+            ),
+        ));
     }
+    file.seek(SeekFrom::Start(offset))?;
     let mut remaining = len;
     let mut sent = 0;
     while remaining > 0 {
@@ -172,6 +193,7 @@ mod tests {
                 Segment::Inline(Bytes::from_static(b"abcd")),
                 Segment::Blob {
                     digest: d,
+                    size: 5,
                     offset: 0,
                     len: 5
                 },

@@ -43,13 +43,19 @@ impl TestServer {
         data_dir: PathBuf,
         max_upload_bytes: u64,
     ) -> TestServer {
+        let settings = Settings {
+            max_upload_bytes,
+            ..Settings::new(data_dir)
+        };
+        Self::start_with(tmp, settings).await
+    }
+
+    /// Starts a server with `settings` (its data dir inside `tmp`).
+    async fn start_with(tmp: tempfile::TempDir, settings: Settings) -> TestServer {
+        let data_dir = settings.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let settings = Settings {
-            data_dir: data_dir.clone(),
-            max_upload_bytes,
-        };
         let done = tokio::spawn(async move {
             if let Err(e) = serve(listener, settings, async {
                 let _ = rx.await;
@@ -927,5 +933,226 @@ async fn restart_serves_committed_entries_and_wipes_tmp() {
         (&stats["entries"], &stats["hits"]),
         (&json!(1), &json!(1)),
         "{stats}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk: quota, pins, concurrent uploads, corrupt blobs
+
+/// A server with a size quota whose collector runs every 50 ms.
+async fn start_with_quota(max_size: u64) -> TestServer {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        max_size: Some(max_size),
+        gc_interval: std::time::Duration::from_millis(50),
+        ..Settings::new(tmp.path().join("data"))
+    };
+    TestServer::start_with(tmp, settings).await
+}
+
+/// One image of `n` layers of `mib` MiB of noise each (seeded, so images differ).
+fn big_image(seed: u64, n: usize, mib: usize) -> Img {
+    Img {
+        layers: (0..n)
+            .map(|i| layer(&[("data.bin", &noise(seed * 100 + i as u64, mib << 20))]))
+            .collect(),
+        steps: vec!["RUN big"],
+        tags: vec!["big:1"],
+        parent: None,
+    }
+}
+
+/// Polls `/v1/stats` until `field` reaches `at_least` (the collector runs in the background).
+async fn wait_for_stat(s: &TestServer, field: &str, at_least: u64) -> Value {
+    for _ in 0..200 {
+        let st = s.stats().await;
+        if st[field].as_u64().unwrap_or(0) >= at_least {
+            return st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{field} never reached {at_least}: {}", s.stats().await);
+}
+
+/// Over the quota, the least recently used entry goes with its blobs; the stats count it.
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_evicts_the_least_recently_used_entry_and_its_blobs() {
+    let s = start_with_quota(5 << 20).await;
+    let (one, two) = (big_image(1, 1, 3), big_image(2, 1, 3));
+    assert_eq!(
+        s.put_tar("/v1/images/ns/one", save(&[&one]), None)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        s.put_tar("/v1/images/ns/two", save(&[&two]), None)
+            .await
+            .status(),
+        201
+    );
+    let stats = wait_for_stat(&s, "evicted_entries", 1).await;
+    assert_eq!(stats["max_size"], json!(5 << 20), "{stats}");
+    let stats = wait_for_stat(&s, "collected_blobs", 2).await;
+    assert!(
+        stats["stored_bytes"].as_u64().unwrap() <= 5 << 20,
+        "{stats}"
+    );
+    assert!(
+        stats["evicted_bytes"].as_u64().unwrap() >= 3 << 20,
+        "{stats}"
+    );
+    let r = s
+        .client
+        .get(s.at("/v1/images/ns/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the older entry was evicted");
+    let body = s
+        .client
+        .get(s.at("/v1/images/ns/two"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(parse(&body.bytes().await.unwrap()).layers.len(), 1);
+    assert_eq!(
+        s.files_under("blobs").len(),
+        2,
+        "two's layer and config stay"
+    );
+}
+
+/// Regression guard for pins: a restore streaming while its entry is evicted still completes
+/// intact, because its blobs stay pinned (and on disk) until the body is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_in_progress_survives_the_eviction_of_its_entry() {
+    let s = start_with_quota(20 << 20).await;
+    let old = big_image(3, 2, 8);
+    s.put_tar("/v1/images/ns/old", save(&[&old]), None).await;
+    let r = s
+        .client
+        .get(s.at("/v1/images/ns/old"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The body is not read yet: the server is blocked on the first layer, holding its pins.
+    let newer = big_image(4, 2, 8);
+    s.put_tar("/v1/images/ns/new", save(&[&newer]), None).await;
+    wait_for_stat(&s, "evicted_entries", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        s.client
+            .get(s.at("/v1/images/ns/old/manifest"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the entry is gone from the index"
+    );
+    assert_eq!(
+        s.files_under("blobs").len(),
+        6,
+        "but its pinned blobs are still on disk"
+    );
+    let body = r.bytes().await.expect("the restore completes");
+    let parsed = parse(&body);
+    assert_eq!(parsed.layers.len(), 2);
+    for l in &old.layers {
+        assert_eq!(
+            &parsed.layers[&Digest::of(l)].handle,
+            l,
+            "layer content intact"
+        );
+    }
+    // Pins released: the next collection deletes the evicted blobs.
+    wait_for_stat(&s, "collected_blobs", 3).await;
+    assert_eq!(s.files_under("blobs").len(), 3);
+}
+
+/// Two uploads of the same blob at once both succeed and leave one file.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_uploads_of_one_blob_both_succeed_with_one_copy() {
+    let s = TestServer::start().await;
+    let data = noise(9, 4 << 20);
+    let d = Digest::of(&data);
+    let put = |body: Vec<u8>| {
+        s.client
+            .put(s.at(&format!("/v1/blobs/{d}")))
+            .body(body)
+            .send()
+    };
+    let (a, b) = tokio::join!(put(data.clone()), put(data.clone()));
+    let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    statuses.sort();
+    assert!(
+        statuses == [200, 201] || statuses == [201, 201],
+        "{statuses:?}"
+    );
+    assert_eq!(s.files_under("blobs").len(), 1);
+    assert!(s.files_under("tmp").is_empty());
+    assert_eq!(s.stats().await["blobs"], json!(1));
+}
+
+/// Two PUTs of one entry at once both succeed; the entry is then one of them, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_puts_of_one_entry_both_succeed_and_one_wins_whole() {
+    let s = TestServer::start().await;
+    let (x, y) = (big_image(5, 2, 2), big_image(6, 2, 2));
+    let (tx, ty) = (save(&[&x]), save(&[&y]));
+    let (a, b) = tokio::join!(
+        s.put_tar("/v1/images/ns/same", tx, None),
+        s.put_tar("/v1/images/ns/same", ty, None)
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
+    let body = s
+        .client
+        .get(s.at("/v1/images/ns/same"))
+        .send()
+        .await
+        .unwrap();
+    let parsed = parse(&body.bytes().await.unwrap());
+    let winner = if parsed.images[0].id == x.id() {
+        &x
+    } else {
+        &y
+    };
+    assert_eq!(parsed.images[0].id, winner.id());
+    for l in &winner.layers {
+        assert_eq!(&parsed.layers[&Digest::of(l)].handle, l);
+    }
+    assert_eq!(s.stats().await["entries"], json!(1));
+}
+
+/// A blob file whose size no longer matches its row is never served: the blob GET is a 500
+/// `corrupt_blob`, and a tarball using it breaks off instead of completing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_of_the_wrong_size_is_never_served() {
+    let s = TestServer::start().await;
+    let img = big_image(7, 1, 2);
+    s.put_tar("/v1/images/ns/k", save(&[&img]), None).await;
+    let d = Digest::of(&img.layers[0]);
+    let path = s
+        .data_dir
+        .join("blobs/sha256")
+        .join(&d.hex()[..2])
+        .join(d.hex());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1000).unwrap();
+    let r = s
+        .client
+        .get(s.at(&format!("/v1/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(error_code(&r.json().await.unwrap()), "corrupt_blob");
+    let r = s.client.get(s.at("/v1/images/ns/k")).send().await.unwrap();
+    assert!(
+        r.bytes().await.is_err(),
+        "the tarball transfer must break off"
     );
 }

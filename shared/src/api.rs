@@ -162,6 +162,21 @@ pub struct Stats {
     pub bytes_deduplicated: u64,
     /// Uploads refused or broken off.
     pub uploads_failed: u64,
+    /// Entries evicted by the size quota or the time-to-live.
+    #[serde(default)]
+    pub evicted_entries: u64,
+    /// Bytes of blobs the collector deleted (evicted entries' and unreferenced blobs).
+    #[serde(default)]
+    pub evicted_bytes: u64,
+    /// Blobs the collector deleted.
+    #[serde(default)]
+    pub collected_blobs: u64,
+    /// Blobs `layercache-server verify` found corrupt and moved to `quarantine/`.
+    #[serde(default)]
+    pub quarantined_blobs: u64,
+    /// The configured `--max-size`, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
 }
 
 /// One entry in `GET /v1/entries`.

@@ -3,11 +3,13 @@
 //! the engine and builds the binaries first.
 //!
 //! - [`dashboard`]: the dashboard of a server with docker-built entries, rendered by headless Chromium.
+//! - [`faults`]: SIGKILL during uploads/eviction/GC, a full disk, 32 concurrent runners.
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
 //! - [`steps`]: `layercache steps` runs the sample Jet project: parallel steps, own databases, tag gating.
 
 mod dashboard;
+mod faults;
 mod runner;
 mod server;
 mod steps;

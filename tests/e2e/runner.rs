@@ -9,7 +9,10 @@ use crate::util::{Context, MULTI_STEP_DOCKERFILE, TestEngine, TestServer, bin, r
 /// Runs `layercache ARGS --json` against `engine` and `server_url`; returns (success, summary, stderr).
 fn layercache(engine: &TestEngine, server_url: &str, args: &[&str]) -> (bool, Value, String) {
     let mut cmd = Command::new(bin("layercache"));
-    cmd.args(args).arg("--json").env("DOCKER_HOST", &engine.host).env("LAYERCACHE_SERVER", server_url);
+    cmd.args(args)
+        .arg("--json")
+        .env("DOCKER_HOST", &engine.host)
+        .env("LAYERCACHE_SERVER", server_url);
     let (ok, stdout, stderr) = run_logged(cmd, "layercache");
     let summary = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     (ok, summary, stderr)
@@ -21,7 +24,10 @@ fn build(engine: &TestEngine, url: &str, ctx: &Context, ns: &str, extra: &[&str]
     args.push(ctx.path_str());
     let (ok, summary, stderr) = layercache(engine, url, &args);
     assert!(ok, "layercache build failed:\n{stderr}");
-    assert!(summary.is_object(), "--json printed one JSON object, got {summary}");
+    assert!(
+        summary.is_object(),
+        "--json printed one JSON object, got {summary}"
+    );
     summary
 }
 
@@ -35,16 +41,26 @@ fn cold_build_then_wiped_worker_gets_exact_hit_and_same_image() {
 
     let cold = build(&engine, &server.url, &ctx, "acme/web", &[]);
     assert_eq!(cold["cache"], "miss", "{cold}");
-    assert!(cold["bytes_uploaded"].as_u64().unwrap() > 256 * 1024, "{cold}");
+    assert!(
+        cold["bytes_uploaded"].as_u64().unwrap() > 256 * 1024,
+        "{cold}"
+    );
     let id = cold["image_id"].as_str().unwrap().to_string();
     assert_eq!(engine.image_id("e2e/app:latest"), id);
 
     engine.wipe();
     let warm = build(&engine, &server.url, &ctx, "acme/web", &[]);
     assert_eq!(warm["cache"], "exact", "{warm}");
-    assert_eq!(warm["image_id"], id.as_str(), "same image ID from the cache: {warm}");
+    assert_eq!(
+        warm["image_id"],
+        id.as_str(),
+        "same image ID from the cache: {warm}"
+    );
     assert_eq!(warm["bytes_uploaded"], 0, "nothing new to push: {warm}");
-    assert!(warm["bytes_downloaded"].as_u64().unwrap() > 256 * 1024, "{warm}");
+    assert!(
+        warm["bytes_downloaded"].as_u64().unwrap() > 256 * 1024,
+        "{warm}"
+    );
 }
 
 /// Changing only the last instruction: the unchanged steps come from the cache and the push
@@ -58,12 +74,21 @@ fn changed_last_step_reuses_earlier_steps_and_uploads_only_new_layer() {
     build(&engine, &server.url, &ctx, "acme/web", &[]);
 
     engine.wipe();
-    ctx.write("Dockerfile", &format!("{MULTI_STEP_DOCKERFILE}RUN echo changed > /changed.txt\n"));
+    ctx.write(
+        "Dockerfile",
+        &format!("{MULTI_STEP_DOCKERFILE}RUN echo changed > /changed.txt\n"),
+    );
     let second = build(&engine, &server.url, &ctx, "acme/web", &[]);
     assert_eq!(second["cache"], "prefix", "{second}");
-    assert_eq!(second["layers_uploaded"], 1, "only the new RUN layer: {second}");
+    assert_eq!(
+        second["layers_uploaded"], 1,
+        "only the new RUN layer: {second}"
+    );
     let up = second["bytes_uploaded"].as_u64().unwrap();
-    assert!(up < 64 * 1024, "uploaded {up} bytes: the new layer and configs only: {second}");
+    assert!(
+        up < 64 * 1024,
+        "uploaded {up} bytes: the new layer and configs only: {second}"
+    );
 }
 
 /// A feature branch with `--fallback main` restores main's entry and writes its own.
@@ -76,11 +101,21 @@ fn feature_branch_falls_back_to_main_and_writes_its_own_entry() {
     let main = build(&engine, &server.url, &ctx, "acme/main", &[]);
 
     engine.wipe();
-    let feature = build(&engine, &server.url, &ctx, "acme/feature-x", &["--fallback", "acme/main"]);
+    let feature = build(
+        &engine,
+        &server.url,
+        &ctx,
+        "acme/feature-x",
+        &["--fallback", "acme/main"],
+    );
     assert_eq!(feature["cache"], "fallback", "{feature}");
     assert_eq!(feature["image_id"], main["image_id"]);
     let entries = server.get_json("/v1/entries?namespace=acme%2Ffeature-x");
-    assert_eq!(entries["entries"].as_array().unwrap().len(), 1, "feature branch wrote its own entry: {entries}");
+    assert_eq!(
+        entries["entries"].as_array().unwrap().len(),
+        1,
+        "feature branch wrote its own entry: {entries}"
+    );
 }
 
 /// Two CI workers (two engines) share one server: what A pushed, B restores and builds from cache.
@@ -93,7 +128,10 @@ fn two_workers_share_one_cache() {
     let from_a = build(&a, &server.url, &ctx, "fleet", &[]);
     let from_b = build(&b, &server.url, &ctx, "fleet", &[]);
     assert_eq!(from_b["cache"], "exact", "{from_b}");
-    assert_eq!(from_b["image_id"], from_a["image_id"], "worker B built the same image from A's cache");
+    assert_eq!(
+        from_b["image_id"], from_a["image_id"],
+        "worker B built the same image from A's cache"
+    );
 }
 
 /// Multi-stage: the builder stage's slow step is not re-run on a second worker.
@@ -114,14 +152,27 @@ fn multi_stage_builder_stage_is_cached_on_second_worker() {
     let from_a = build(&a, &server.url, &ctx, "ms", &[]);
     let started = std::time::Instant::now();
     let mut cmd = Command::new(bin("layercache"));
-    cmd.args(["build", "--namespace", "ms", "-t", "e2e/app:latest", ctx.path_str()])
-        .env("DOCKER_HOST", &b.host)
-        .env("LAYERCACHE_SERVER", &server.url);
+    cmd.args([
+        "build",
+        "--namespace",
+        "ms",
+        "-t",
+        "e2e/app:latest",
+        ctx.path_str(),
+    ])
+    .env("DOCKER_HOST", &b.host)
+    .env("LAYERCACHE_SERVER", &server.url);
     let (ok, _stdout, stderr) = run_logged(cmd, "layercache");
     assert!(ok, "{stderr}");
-    assert!(!stderr.contains("Running in"), "no RUN step re-ran on worker B:\n{stderr}");
+    assert!(
+        !stderr.contains("Running in"),
+        "no RUN step re-ran on worker B:\n{stderr}"
+    );
     assert!(started.elapsed().as_secs_f64() < 30.0);
-    assert_eq!(b.image_id("e2e/app:latest"), from_a["image_id"].as_str().unwrap());
+    assert_eq!(
+        b.image_id("e2e/app:latest"),
+        from_a["image_id"].as_str().unwrap()
+    );
 }
 
 /// The server down: the build still succeeds, uncached, with a warning.
@@ -135,10 +186,17 @@ fn server_down_still_builds_uncached_with_warning() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let (ok, summary, stderr) = layercache(&engine, &dead, &["build", "--namespace", "x", ctx.path_str()]);
+    let (ok, summary, stderr) = layercache(
+        &engine,
+        &dead,
+        &["build", "--namespace", "x", ctx.path_str()],
+    );
     assert!(ok, "build must not fail when the server is down:\n{stderr}");
     assert_eq!(summary["cache"], "miss", "{summary}");
-    assert!(stderr.to_lowercase().contains("warn"), "a warning names the problem:\n{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("warn"),
+        "a warning names the problem:\n{stderr}"
+    );
     assert!(engine.has_image(summary["image_id"].as_str().unwrap()));
 }
 
@@ -147,8 +205,14 @@ fn server_down_still_builds_uncached_with_warning() {
 fn failing_build_exits_nonzero_and_pushes_nothing() {
     let engine = TestEngine::start();
     let server = TestServer::start();
-    let ctx = Context::new("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n");
-    let (ok, _summary, stderr) = layercache(&engine, &server.url, &["build", "--namespace", "x", ctx.path_str()]);
+    let ctx = Context::new(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n",
+    );
+    let (ok, _summary, stderr) = layercache(
+        &engine,
+        &server.url,
+        &["build", "--namespace", "x", ctx.path_str()],
+    );
     assert!(!ok, "a failed build must exit non-zero:\n{stderr}");
     assert_eq!(server.get_json("/v1/stats")["entries"], 0);
 }
@@ -170,11 +234,19 @@ fn bad_input_gives_clear_errors() {
         a.push(ctx.path_str());
         let (ok, _, stderr) = layercache(&engine, &server.url, &a);
         assert!(!ok, "{args:?} must fail");
-        assert!(stderr.contains(needle), "{args:?}: error should mention {needle}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: error should mention {needle}:\n{stderr}"
+        );
     }
     let mut cmd = Command::new(bin("layercache"));
-    cmd.args(["build", ctx.path_str()]).env("DOCKER_HOST", "unix:///nonexistent.sock").env("LAYERCACHE_SERVER", &server.url);
+    cmd.args(["build", ctx.path_str()])
+        .env("DOCKER_HOST", "unix:///nonexistent.sock")
+        .env("LAYERCACHE_SERVER", &server.url);
     let (ok, _, stderr) = run_logged(cmd, "layercache");
     assert!(!ok);
-    assert!(stderr.contains("/nonexistent.sock"), "names the engine it could not reach:\n{stderr}");
+    assert!(
+        stderr.contains("/nonexistent.sock"),
+        "names the engine it could not reach:\n{stderr}"
+    );
 }

@@ -36,7 +36,11 @@ fn load_from(engine: &TestEngine, url: &str) -> String {
     stdin.flush().unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "docker load: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -75,9 +79,23 @@ fn saved_image_restored_through_server_makes_every_step_a_cache_hit() {
 
     let manifest = server.get_json("/v1/images/acme%2Fweb/key1/manifest");
     let images = manifest["images"].as_array().unwrap();
-    assert_eq!(images.len(), chain.len(), "every image of the chain is stored: {manifest}");
-    let final_img = images.iter().find(|i| i["id"] == built_id.as_str()).expect("final image in manifest");
-    assert!(final_img["tags"].as_array().unwrap().iter().any(|t| t == "e2e/app:1"), "{final_img}");
+    assert_eq!(
+        images.len(),
+        chain.len(),
+        "every image of the chain is stored: {manifest}"
+    );
+    let final_img = images
+        .iter()
+        .find(|i| i["id"] == built_id.as_str())
+        .expect("final image in manifest");
+    assert!(
+        final_img["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "e2e/app:1"),
+        "{final_img}"
+    );
 
     engine.wipe();
     assert!(!engine.has_image(&built_id));
@@ -89,8 +107,16 @@ fn saved_image_restored_through_server_makes_every_step_a_cache_hit() {
     let out = docker_build(&engine, &ctx, "e2e/app:2");
     let steps = out.lines().filter(|l| l.starts_with("Step ")).count();
     let cached = out.matches("Using cache").count();
-    assert_eq!(cached, steps - 1, "every step after FROM uses the cache:\n{out}");
-    assert_eq!(engine.image_id("e2e/app:2"), built_id, "same image ID after restore");
+    assert_eq!(
+        cached,
+        steps - 1,
+        "every step after FROM uses the cache:\n{out}"
+    );
+    assert_eq!(
+        engine.image_id("e2e/app:2"),
+        built_id,
+        "same image ID after restore"
+    );
 
     let stats = server.get_json("/v1/stats");
     assert_eq!(stats["hits"], 1, "{stats}");
@@ -108,8 +134,12 @@ fn same_image_in_two_namespaces_is_stored_once() {
     let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/dedup:1", &tar);
 
-    let first: serde_json::Value = put_file(&format!("{}/v1/images/team-a/k", server.url), &tar).json().unwrap();
-    let stored_after_first = server.get_json("/v1/stats")["stored_bytes"].as_u64().unwrap();
+    let first: serde_json::Value = put_file(&format!("{}/v1/images/team-a/k", server.url), &tar)
+        .json()
+        .unwrap();
+    let stored_after_first = server.get_json("/v1/stats")["stored_bytes"]
+        .as_u64()
+        .unwrap();
     let r = put_file(&format!("{}/v1/images/team-b%2Fmain/k", server.url), &tar);
     assert_eq!(r.status(), 201);
     let second: serde_json::Value = r.json().unwrap();
@@ -117,8 +147,15 @@ fn same_image_in_two_namespaces_is_stored_once() {
     assert_eq!(second["bytes_new"], 0, "{second}");
     assert_eq!(second["layers_total"], first["layers_total"]);
     let stats = server.get_json("/v1/stats");
-    assert_eq!(stats["stored_bytes"].as_u64().unwrap(), stored_after_first, "{stats}");
-    assert!(stats["bytes_deduplicated"].as_u64().unwrap() > 256 * 1024, "{stats}");
+    assert_eq!(
+        stats["stored_bytes"].as_u64().unwrap(),
+        stored_after_first,
+        "{stats}"
+    );
+    assert!(
+        stats["bytes_deduplicated"].as_u64().unwrap() > 256 * 1024,
+        "{stats}"
+    );
     assert_eq!(stats["entries"], 2);
 }
 
@@ -138,18 +175,39 @@ fn truncated_reput_keeps_the_stored_entry_loadable() {
 
     let bytes = std::fs::read(&tar).unwrap();
     for cut in [bytes.len() / 3, bytes.len() - 1024] {
-        let r = reqwest::blocking::Client::new().put(&url).body(bytes[..cut].to_vec()).send().unwrap();
-        assert_eq!(r.status(), 400, "truncated at {cut}: {}", r.text().unwrap_or_default());
+        let r = reqwest::blocking::Client::new()
+            .put(&url)
+            .body(bytes[..cut].to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            400,
+            "truncated at {cut}: {}",
+            r.text().unwrap_or_default()
+        );
     }
-    let r = reqwest::blocking::Client::new().put(&url).body("this is not a tarball".repeat(100)).send().unwrap();
+    let r = reqwest::blocking::Client::new()
+        .put(&url)
+        .body("this is not a tarball".repeat(100))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().unwrap();
-    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
 
     engine.wipe();
     load_from(&engine, &url);
-    assert!(engine.has_image(&id), "the first entry is still served whole");
-    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(
+        engine.has_image(&id),
+        "the first entry is still served whole"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("tmp"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
 
@@ -166,7 +224,10 @@ fn entry_survives_sigkill_and_restart() {
     let id = engine.image_id("e2e/crash:1");
     let tar = ctx.scratch_file("saved.tar");
     save_with_chain(&engine, "e2e/crash:1", &tar);
-    assert_eq!(put_file(&format!("{}/v1/images/ns/crash", server.url), &tar).status(), 201);
+    assert_eq!(
+        put_file(&format!("{}/v1/images/ns/crash", server.url), &tar).status(),
+        201
+    );
     server.kill();
 
     let server = TestServer::start_on(&data, &[]);

@@ -16,7 +16,10 @@ use tempfile::TempDir;
 /// own path (`target/debug/deps/e2e-…`), so a custom `CARGO_TARGET_DIR` works too.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile> dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> dir")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary; panics with the command to run when it was not built.
@@ -65,7 +68,12 @@ impl TestServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn layercache-server");
-        let server = TestServer { child, url: format!("http://{listen}"), data_dir: data_dir.to_path_buf(), _tmp: None };
+        let server = TestServer {
+            child,
+            url: format!("http://{listen}"),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        };
         server.wait_healthy();
         server
     }
@@ -81,7 +89,10 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("layercache-server at {} did not answer /healthz within 20 s", self.url);
+        panic!(
+            "layercache-server at {} did not answer /healthz within 20 s",
+            self.url
+        );
     }
 
     /// SIGKILLs the server (no graceful shutdown), for crash tests.
@@ -105,14 +116,22 @@ impl Drop for TestServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The Docker CLI to drive engines with: Debian's (`/usr/bin/docker`, same release as the engine)
 /// when present, so the legacy builder and save format are the engine's own.
 pub fn docker_cli() -> PathBuf {
     let debian = PathBuf::from("/usr/bin/docker");
-    if debian.exists() { debian } else { PathBuf::from("docker") }
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("docker")
+    }
 }
 
 /// A private `dockerd` with its own data root, exec root and socket, stopped and removed on drop.
@@ -132,7 +151,11 @@ impl TestEngine {
     /// Starts an engine with the given network flags.
     pub fn start_with(net_flags: &[&str]) -> TestEngine {
         // Short paths: the socket path must fit in sun_path (108 bytes).
-        let dir = tempfile::Builder::new().prefix("lc-dk").tempdir_in("/tmp").expect("temp dir").keep();
+        let dir = tempfile::Builder::new()
+            .prefix("lc-dk")
+            .tempdir_in("/tmp")
+            .expect("temp dir")
+            .keep();
         let sock = dir.join("sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).expect("log file");
         let child = Command::new("dockerd")
@@ -149,14 +172,19 @@ impl TestEngine {
             .stderr(log)
             .spawn()
             .expect("dockerd must be installed (scripts/test.sh installs docker.io)");
-        let engine = TestEngine { child, host: format!("unix://{}", sock.display()), dir };
+        let engine = TestEngine {
+            child,
+            host: format!("unix://{}", sock.display()),
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if engine.docker(&["version"]).status.success() {
                 return engine;
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
                 panic!("private dockerd did not start within 60 s; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -188,12 +216,16 @@ impl TestEngine {
 
     /// Full image id (`sha256:…`) of a reference.
     pub fn image_id(&self, reference: &str) -> String {
-        self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", reference]).trim().to_string()
+        self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", reference])
+            .trim()
+            .to_string()
     }
 
     /// Whether the engine has this image.
     pub fn has_image(&self, reference: &str) -> bool {
-        self.docker(&["image", "inspect", reference]).status.success()
+        self.docker(&["image", "inspect", reference])
+            .status
+            .success()
     }
 
     /// Removes every image (and container) so the next build starts cold, as on a fresh CI worker.
@@ -206,14 +238,18 @@ impl TestEngine {
         // ("image has dependent child images").
         self.docker_ok(&["image", "prune", "-a", "-f"]);
         let left = self.docker_ok(&["images", "-aq"]);
-        assert!(left.trim().is_empty(), "engine still has images after wipe: {left}");
+        assert!(
+            left.trim().is_empty(),
+            "engine still has images after wipe: {left}"
+        );
     }
 
     /// The image and its parent chain, child first (`docker inspect .Parent` until empty).
     pub fn chain(&self, reference: &str) -> Vec<String> {
         let mut out = vec![self.image_id(reference)];
         loop {
-            let parent = self.docker_ok(&["image", "inspect", "-f", "{{.Parent}}", out.last().unwrap()]);
+            let parent =
+                self.docker_ok(&["image", "inspect", "-f", "{{.Parent}}", out.last().unwrap()]);
             let parent = parent.trim();
             if parent.is_empty() {
                 return out;
@@ -226,7 +262,9 @@ impl TestEngine {
 impl Drop for TestEngine {
     fn drop(&mut self) {
         // SIGTERM lets dockerd unmount its overlay layers, so the data root can be removed.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -299,7 +337,11 @@ pub fn run_logged(mut cmd: Command, label: &str) -> (bool, String, String) {
     let out = child.wait_with_output().expect("wait");
     t.join().unwrap();
     let err = rx.recv().unwrap_or_default();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        err,
+    )
 }
 
 /// The Dockerfile most tests build: FROM scratch, busybox, several steps each making a layer.

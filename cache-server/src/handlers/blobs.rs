@@ -13,6 +13,7 @@ use super::{check_content_length, json_body};
 use crate::error::ServerError;
 use crate::ingest;
 use crate::routes::AppState;
+use crate::store::pins::PinGuard;
 use crate::tarball::{Segment, stream_segments};
 
 fn blob_digest(path: Result<Path<String>, PathRejection>) -> Result<Digest, ServerError> {
@@ -95,21 +96,47 @@ pub fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>,
     Ok(Some((start, end)))
 }
 
+/// A blob answer before its body is attached.
+struct BlobAnswer {
+    /// Status and headers.
+    resp: Response,
+    /// The inclusive byte range to send, `None` for an empty body.
+    range: Option<(u64, u64)>,
+    /// Keeps the blob from the collector until the body is sent (see [`crate::store::pins`]).
+    pin: PinGuard,
+    /// The blob's full recorded size.
+    size: u64,
+}
+
 /// Status, headers and the byte range to send for a blob request.
 async fn blob_response(
     state: &AppState,
     digest: Digest,
     headers: &HeaderMap,
-) -> Result<(Response, Option<(u64, u64)>), ServerError> {
-    let len = state
+) -> Result<BlobAnswer, ServerError> {
+    let (len, pin) = state
         .store
         .blocking(move |s| {
-            s.blobs
+            let pin = s.pins.pin([digest]);
+            // Only blobs with a row are served: a file without one is an upload in flight or an
+            // orphan.
+            let not_found = || ServerError::not_found(format!("blob {digest}"));
+            let recorded = s.db.blob_size(&digest)?.ok_or_else(not_found)?;
+            let on_disk = s
+                .blobs
                 .len(&digest)
-                .map_err(|e| ServerError::io("reading blob", digest.to_string(), e))
+                .map_err(|e| ServerError::io("reading blob", digest.to_string(), e))?
+                .ok_or_else(not_found)?;
+            if on_disk != recorded {
+                return Err(ServerError::CorruptBlob {
+                    digest,
+                    recorded,
+                    on_disk,
+                });
+            }
+            Ok((recorded, pin))
         })
-        .await?
-        .ok_or_else(|| ServerError::not_found(format!("blob {digest}")))?;
+        .await?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = parse_range(range_header, len)
         .map_err(|BadRange| ServerError::RangeNotSatisfiable { len })?;
@@ -132,13 +159,23 @@ async fn blob_response(
         None if len == 0 => {
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
-            return Ok((resp, None));
+            return Ok(BlobAnswer {
+                resp,
+                range: None,
+                pin,
+                size: len,
+            });
         }
         None => (0, len - 1),
     };
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-    Ok((resp, Some((start, end))))
+    Ok(BlobAnswer {
+        resp,
+        range: Some((start, end)),
+        pin,
+        size: len,
+    })
 }
 
 /// `GET /v1/blobs/{digest}`, with a single `Range` honoured.
@@ -148,15 +185,22 @@ pub async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let digest = blob_digest(path)?;
-    let (mut resp, range) = blob_response(&state, digest, &headers).await?;
+    let BlobAnswer {
+        mut resp,
+        range,
+        pin,
+        size,
+    } = blob_response(&state, digest, &headers).await?;
     if let Some((start, end)) = range {
         *resp.body_mut() = stream_segments(
             state.store.clone(),
             vec![Segment::Blob {
                 digest,
+                size,
                 offset: start,
                 len: end - start + 1,
             }],
+            pin,
         );
     }
     Ok(resp)
@@ -169,7 +213,7 @@ pub async fn head_blob(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let digest = blob_digest(path)?;
-    Ok(blob_response(&state, digest, &headers).await?.0)
+    Ok(blob_response(&state, digest, &headers).await?.resp)
 }
 
 #[cfg(test)]

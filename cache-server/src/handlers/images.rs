@@ -18,6 +18,11 @@ use crate::ingest;
 use crate::routes::AppState;
 use crate::tarball::{segments_of, stream_segments};
 
+/// Distinct digests in `list`.
+fn pins_len(list: &[layercache_shared::Digest]) -> usize {
+    list.iter().collect::<HashSet<_>>().len()
+}
+
 fn entry_not_found(ns: &Namespace, key: &CacheKey) -> ServerError {
     ServerError::not_found(format!("entry `{key}` in namespace `{ns}`"))
 }
@@ -59,12 +64,24 @@ pub async fn get_image(
             .collect(),
         None => HashSet::new(),
     };
-    let manifest = state
+    let (manifest, pins) = state
         .store
         .blocking(move |s| match s.db.find_entry(&ns, &key)? {
             Some(id) => {
                 s.db.record_hit(id, None)?;
-                Ok(s.db.manifest(id)?)
+                let manifest = s.db.manifest(id)?;
+                // Pin, then confirm the rows: an entry evicted between the manifest and the pin
+                // has lost them, and is answered as not found rather than half served.
+                let blobs: Vec<_> = manifest
+                    .images
+                    .iter()
+                    .flat_map(|i| std::iter::once(i.id).chain(i.layers.iter().map(|l| l.diff_id)))
+                    .collect();
+                let pins = s.pins.pin(blobs.iter().copied());
+                if s.db.blob_sizes(&blobs)?.len() < pins_len(&blobs) {
+                    return Err(entry_not_found(&ns, &key));
+                }
+                Ok((manifest, pins))
             }
             None => {
                 s.db.record_miss(&ns)?;
@@ -84,7 +101,7 @@ pub async fn get_image(
         })
         .collect();
     let plan = plan_legacy(&images, &skip);
-    let body = stream_segments(state.store.clone(), segments_of(&plan));
+    let body = stream_segments(state.store.clone(), segments_of(&plan), pins);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(

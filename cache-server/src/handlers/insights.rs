@@ -21,10 +21,9 @@ use crate::store::sqlite::{HISTORY_WINDOWS, now};
 const DEFAULT_LIMIT: u64 = 10;
 const MAX_LIMIT: u64 = 500;
 
-/// The configured size limit of the data dir. None until `--max-size` exists (another change
-/// adds it): the lead wires `settings.max_size` here.
-pub fn quota_bytes(_settings: &Settings) -> Option<u64> {
-    None
+/// The configured size limit of the data dir (`--max-size`), if any.
+pub fn quota_bytes(settings: &Settings) -> Option<u64> {
+    settings.max_size
 }
 
 /// The `namespace` query parameter, validated.

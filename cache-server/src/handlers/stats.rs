@@ -12,7 +12,9 @@ use crate::routes::AppState;
 
 /// `GET /v1/stats`.
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ServerError> {
-    Ok(Json(state.store.blocking(|s| Ok(s.db.stats()?)).await?))
+    let mut stats = state.store.blocking(|s| Ok(s.db.stats()?)).await?;
+    stats.max_size = state.settings.max_size;
+    Ok(Json(stats))
 }
 
 /// `GET /v1/entries[?namespace=NS]`: only namespaces the caller may read are listed; asking for

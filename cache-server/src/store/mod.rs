@@ -5,11 +5,13 @@
 //! - `layercache.db` (+ `-wal`, `-shm`): the SQLite index.
 //! - `blobs/sha256/<2 hex>/<64 hex>`: layer (uncompressed tar) and image config blobs.
 //! - `tmp/`: uploads in progress; wiped at start, since nothing there was committed.
+//! - `quarantine/`: blobs `verify` found corrupt, kept for inspection, never served.
 //!
 //! Crash safety comes from ordering: a blob file is renamed into place before any row names it,
 //! and an entry row is committed only after all its blobs exist.
 
 pub mod blobs;
+pub mod pins;
 pub mod sqlite;
 pub mod tokens;
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use crate::error::ServerError;
 use blobs::{BlobStore, FsBlobStore};
+use pins::Pins;
 use sqlite::Db;
 
 /// The blob store and the index, shared by all requests.
@@ -29,6 +32,10 @@ pub struct Store {
     pub blobs: Arc<dyn BlobStore>,
     /// Where uploads are staged (checked by tests, wiped at start).
     pub tmp_dir: PathBuf,
+    /// Blobs in use by uploads and downloads in progress, which the collector must spare.
+    pub pins: Arc<Pins>,
+    /// Woken after commits so the collector checks the quota without waiting for its timer.
+    pub gc_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -45,6 +52,29 @@ impl Store {
             db,
             blobs: Arc::new(blobs),
             tmp_dir,
+            pins: Arc::default(),
+            gc_wake: Arc::default(),
+        })
+    }
+
+    /// Opens an existing data dir for `gc` or `verify` by hand, leaving `tmp/` alone: a server
+    /// may be running on it with uploads in progress.
+    pub fn open_for_maintenance(data_dir: &Path) -> Result<Store, ServerError> {
+        if !data_dir.join("layercache.db").exists() {
+            return Err(ServerError::bad_request(format!(
+                "`{}` holds no layercache.db: pass the data dir the server uses (--data-dir)",
+                data_dir.display()
+            )));
+        }
+        let tmp_dir = data_dir.join("tmp");
+        let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
+        let db = Db::open(&data_dir.join("layercache.db"))?;
+        Ok(Store {
+            db,
+            blobs: Arc::new(blobs),
+            tmp_dir,
+            pins: Arc::default(),
+            gc_wake: Arc::default(),
         })
     }
 

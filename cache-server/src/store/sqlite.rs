@@ -135,11 +135,19 @@ pub mod counter {
     pub const BYTES_RECEIVED: &str = "bytes_received";
     pub const BYTES_DEDUPLICATED: &str = "bytes_deduplicated";
     pub const UPLOADS_FAILED: &str = "uploads_failed";
+    /// Entries evicted by the quota or the time-to-live (disk: gc).
+    pub const EVICTED_ENTRIES: &str = "evicted_entries";
+    /// Bytes of blobs the collector deleted (disk: gc).
+    pub const EVICTED_BYTES: &str = "evicted_bytes";
+    /// Blobs the collector deleted (disk: gc).
+    pub const COLLECTED_BLOBS: &str = "collected_blobs";
+    /// Blobs `verify` found corrupt and quarantined (disk: gc).
+    pub const QUARANTINED_BLOBS: &str = "quarantined_blobs";
+    /// What `/metrics` calls evictions: the collector's counters above.
+    pub const EVICTIONS: &str = EVICTED_ENTRIES;
+    pub const BYTES_EVICTED: &str = EVICTED_BYTES;
     /// Prefix of per-reason failure counters: `uploads_failed:<error code>`.
     pub const UPLOADS_FAILED_PREFIX: &str = "uploads_failed:";
-    /// Entries evicted (bumped through `metrics::record_eviction`).
-    pub const EVICTIONS: &str = "evictions";
-    pub const BYTES_EVICTED: &str = "bytes_evicted";
     /// Build reports received, and the milliseconds they saved.
     pub const BUILDS: &str = "builds";
     pub const MS_SAVED: &str = "ms_saved";
@@ -243,13 +251,25 @@ impl Db {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a stored blob; true when the row is new.
+    /// Records a stored blob (or marks an existing one freshly uploaded); true when the row is new.
     pub fn insert_blob(&self, digest: &Digest, size: u64) -> rusqlite::Result<bool> {
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO blobs (digest, size, refcount, created) VALUES (?1, ?2, 0, ?3)",
+        let conn = self.conn();
+        let existed = conn
+            .query_row(
+                "SELECT 1 FROM blobs WHERE digest = ?1",
+                [digest.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        conn.execute(
+            // An upload refreshes `created`: the collector spares unreferenced blobs uploaded within
+            // its grace period, so a client's blob PUTs survive until its commit.
+            "INSERT INTO blobs (digest, size, refcount, created) VALUES (?1, ?2, 0, ?3)
+             ON CONFLICT (digest) DO UPDATE SET created = excluded.created",
             params![digest.to_string(), sql_u64(size), sql_u64(now())],
         )?;
-        Ok(n == 1)
+        Ok(!existed)
     }
 
     /// Sizes of the given blobs that are recorded (absent ones are left out).
@@ -551,6 +571,11 @@ impl Db {
             bytes_received: c(counter::BYTES_RECEIVED),
             bytes_deduplicated: c(counter::BYTES_DEDUPLICATED),
             uploads_failed: c(counter::UPLOADS_FAILED),
+            evicted_entries: c(counter::EVICTED_ENTRIES),
+            evicted_bytes: c(counter::EVICTED_BYTES),
+            collected_blobs: c(counter::COLLECTED_BLOBS),
+            quarantined_blobs: c(counter::QUARANTINED_BLOBS),
+            max_size: None,
         })
     }
 
@@ -611,7 +636,11 @@ fn find_entry_tx(
 /// Drops entry `id` and its references: each blob it used loses one refcount.
 fn release_entry(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE blobs SET refcount = refcount - 1 WHERE refcount > 0 AND digest IN (
+        // A blob losing its last reference loses its upload grace too (`created` = 0): the
+        // collector may delete it at once (disk: gc).
+        "UPDATE blobs SET refcount = refcount - 1,
+            created = CASE WHEN refcount = 1 THEN 0 ELSE created END
+         WHERE refcount > 0 AND digest IN (
             SELECT image_id FROM entry_images WHERE entry_id = ?1
             UNION
             SELECT il.diff_id FROM entry_images ei JOIN image_layers il ON il.image_id = ei.image_id
@@ -631,6 +660,152 @@ fn add_counter_tx(conn: &Connection, name: &str, by: u64) -> rusqlite::Result<()
         params![name, sql_u64(by)],
     )?;
     Ok(())
+}
+
+/// A row of `blobs`, for the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRow {
+    pub digest: Digest,
+    pub size: u64,
+    /// Entries referencing the blob.
+    pub refcount: u64,
+    /// When it was stored or last uploaded (seconds since the epoch); 0 once its last entry went,
+    /// so the upload grace period spares only blobs waiting for their first commit.
+    pub created: u64,
+}
+
+/// Queries and transactions of the collector and `verify` (disk: gc).
+impl Db {
+    /// Every entry with its last use and the distinct blobs it references.
+    pub fn entry_usage(&self) -> rusqlite::Result<Vec<crate::lru::EntryUse>> {
+        let conn = self.conn();
+        let mut out: BTreeMap<i64, crate::lru::EntryUse> = BTreeMap::new();
+        let mut stmt = conn.prepare_cached("SELECT id, last_used FROM entries")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, u64_at(r, 1)?)))? {
+            let (id, last_used) = row?;
+            out.insert(
+                id,
+                crate::lru::EntryUse {
+                    id,
+                    last_used,
+                    blobs: Vec::new(),
+                },
+            );
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT entry_id, image_id FROM entry_images
+             UNION
+             SELECT ei.entry_id, il.diff_id FROM entry_images ei
+             JOIN image_layers il ON il.image_id = ei.image_id",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, digest_at(r, 1)?)))? {
+            let (id, digest) = row?;
+            if let Some(e) = out.get_mut(&id) {
+                e.blobs.push(digest);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Every blob row.
+    pub fn blob_rows(&self) -> rusqlite::Result<Vec<BlobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT digest, size, refcount, created FROM blobs")?;
+        stmt.query_map([], |r| {
+            Ok(BlobRow {
+                digest: digest_at(r, 0)?,
+                size: u64_at(r, 1)?,
+                refcount: u64_at(r, 2)?,
+                created: u64_at(r, 3)?,
+            })
+        })?
+        .collect()
+    }
+
+    /// Evicts entry `id` if it was not used since `last_used` (a restore in between keeps it);
+    /// its blobs lose a reference. True when evicted.
+    pub fn evict_entry(&self, id: i64, last_used: u64) -> rusqlite::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<i64> = tx
+            .query_row("SELECT last_used FROM entries WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if current != Some(sql_u64(last_used)) {
+            return Ok(false);
+        }
+        release_entry(&tx, id)?;
+        add_counter_tx(&tx, counter::EVICTED_ENTRIES, 1)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Deletes the rows of those `digests` that no entry references (refcount re-checked in this
+    /// transaction); returns the deleted blobs with their sizes. The caller unlinks the files after
+    /// this returns, while still holding the pin lock (see [`crate::store::pins`]).
+    pub fn delete_unreferenced(&self, digests: &[Digest]) -> rusqlite::Result<Vec<(Digest, u64)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut deleted = Vec::new();
+        {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM blobs WHERE digest = ?1 AND refcount = 0 RETURNING size",
+            )?;
+            for d in digests {
+                if let Some(size) = del
+                    .query_row([d.to_string()], |r| u64_at(r, 0))
+                    .optional()?
+                {
+                    deleted.push((*d, size));
+                }
+            }
+        }
+        let bytes: u64 = deleted.iter().map(|(_, s)| s).sum();
+        add_counter_tx(&tx, counter::COLLECTED_BLOBS, deleted.len() as u64)?;
+        add_counter_tx(&tx, counter::EVICTED_BYTES, bytes)?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Drops a corrupt blob: every entry referencing it (so it is never served), then its row.
+    /// Returns the entries dropped.
+    pub fn drop_corrupt_blob(&self, digest: &Digest) -> rusqlite::Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let d = digest.to_string();
+        let ids: Vec<i64> = tx
+            .prepare(
+                "SELECT entry_id FROM entry_images WHERE image_id = ?1
+                 UNION
+                 SELECT ei.entry_id FROM entry_images ei
+                 JOIN image_layers il ON il.image_id = ei.image_id WHERE il.diff_id = ?1",
+            )?
+            .query_map([&d], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in &ids {
+            release_entry(&tx, *id)?;
+        }
+        tx.execute("DELETE FROM blobs WHERE digest = ?1", [&d])?;
+        add_counter_tx(&tx, counter::QUARANTINED_BLOBS, 1)?;
+        tx.commit()?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Bytes of all blob rows.
+    pub fn stored_bytes(&self) -> rusqlite::Result<u64> {
+        self.conn()
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| {
+                u64_at(r, 0)
+            })
+    }
+
+    /// Whether blob `digest` has a row, with its recorded size.
+    pub fn blob_size(&self, digest: &Digest) -> rusqlite::Result<Option<u64>> {
+        Ok(self
+            .blob_sizes(std::slice::from_ref(digest))?
+            .remove(digest))
+    }
 }
 
 #[cfg(test)]
