@@ -174,6 +174,19 @@ pub struct BuildRequest {
     pub no_push: bool,
 }
 
+/// The hash of the request's first two instructions (`None` for a one-instruction or unreadable
+/// Dockerfile). Builds with the same value would each create their own copy of those steps if run
+/// at the same time (the legacy builder does not wait for a step another build is running), and
+/// two cached chains for one prefix make the engine reuse only one of them on the next worker: such
+/// builds must run one after the other.
+pub fn shared_start(req: &BuildRequest) -> Option<Digest> {
+    compute_keys(&req.dockerfile, &req.build_args, req.target.as_deref())
+        .ok()?
+        .prefixes
+        .get(1)
+        .copied()
+}
+
 /// The core of `layercache build`: key → lookup and restore → `docker build` → push the new layers.
 ///
 /// Server problems (down, refused token, failed restore or push) never fail it: they become

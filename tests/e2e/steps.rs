@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{TestEngine, bin};
+use crate::util::{TestEngine, TestServer, bin};
 
 /// A fresh copy of the sample project with `busybox` beside it.
 fn sample_project() -> (tempfile::TempDir, PathBuf) {
@@ -33,14 +33,19 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs `layercache steps --json ARGS` in `dir`; returns (exit code, summary JSON, stderr).
 fn steps(engine: &TestEngine, dir: &Path, args: &[&str]) -> (i32, Value, String) {
+    // No cache server in these tests: service builds warn and run uncached.
+    steps_with_server(engine, dir, "http://127.0.0.1:9", args)
+}
+
+/// [`steps`] with the cache server at `server_url`.
+fn steps_with_server(engine: &TestEngine, dir: &Path, server_url: &str, args: &[&str]) -> (i32, Value, String) {
     let mut cmd = Command::new(bin("layercache"));
     cmd.arg("steps")
         .args(["--jobs", "3", "--json", "--ci-commit-id", "abc"])
         .args(args)
         .current_dir(dir)
         .env("DOCKER_HOST", &engine.host)
-        // No cache server in these tests: service builds warn and run uncached.
-        .env("LAYERCACHE_SERVER", "http://127.0.0.1:9");
+        .env("LAYERCACHE_SERVER", server_url);
     let out = cmd.output().expect("run layercache steps");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("[layercache steps]\n{stderr}");
@@ -131,4 +136,42 @@ fn bad_steps_file_is_refused_with_file_line_and_column_before_anything_runs() {
     assert!(stderr.contains("bad.yml:2:"), "file and line named:\n{stderr}");
     assert!(stderr.contains("nosuch"), "{stderr}");
     assert!(engine.docker_ok(&["images", "-q"]).trim().is_empty(), "nothing built before validation");
+}
+
+fn service<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["services"].as_array().unwrap_or_else(|| panic!("services in {summary}")).iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("service {name} in {summary}"))
+}
+
+/// Issue 6: service images are built through the layer cache. The first run on a fresh worker
+/// misses and pushes each service under `<namespace>/<service>`; a second run on another fresh
+/// worker restores them (exact hits) and gets the very same image IDs.
+#[test]
+fn second_run_on_a_fresh_worker_restores_every_service_from_the_cache() {
+    let server = TestServer::start();
+    let args = ["--branch", "main", "--namespace", "jet"];
+    let mut ids = Vec::new();
+    for (run, expected) in [(1, "miss"), (2, "exact")] {
+        let engine = networked_engine();
+        let (_tmp, dir) = sample_project();
+        let (code, summary, stderr) = steps_with_server(&engine, &dir, &server.url, &args);
+        assert_eq!(code, 0, "run {run} should pass:\n{stderr}");
+        let mut run_ids = Vec::new();
+        for name in ["app", "db"] {
+            let s = service(&summary, name);
+            assert_eq!(s["cache"], expected, "run {run}, service {name}: {summary}");
+            assert_eq!(s["namespace"], format!("jet/{name}").as_str(), "{summary}");
+            assert_eq!(s["pushed"], true, "run {run}, service {name}: {summary}");
+            assert!(s.get("warnings").is_none(), "no server problem expected: {summary}");
+            let id = s["image_id"].as_str().unwrap().to_string();
+            assert_eq!(engine.image_id(s["image"].as_str().unwrap()), id);
+            run_ids.push(id);
+        }
+        assert!(stderr.contains("build app "), "build lines are prefixed with the service:\n{stderr}");
+        ids.push(run_ids);
+        assert_nothing_left(&engine);
+    }
+    assert_eq!(ids[0], ids[1], "the second worker got the cached images");
+    let entries = server.get_json("/v1/entries");
+    let text = entries.to_string();
+    assert!(text.contains("jet/app") && text.contains("jet/db"), "{entries}");
 }

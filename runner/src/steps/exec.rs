@@ -2,6 +2,10 @@
 //! its own environment (a fresh bridge network, fresh dependency containers, the step container),
 //! push images, and remove everything a run created.
 //!
+//! Service images are built through the layer cache ([`crate::build::build_through_cache`]), each
+//! under its own namespace `<namespace>/<service>`; a cache server that is down or refuses the
+//! token only makes the builds uncached.
+//!
 //! Everything created carries the label `layercache.run=<run id>`; [`Engine::cleanup`] removes by
 //! that label, so a crash in the middle of a step, a failed step or Ctrl-C leave nothing behind.
 
@@ -17,15 +21,18 @@ use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures::StreamExt;
+use layercache_shared::{Digest, Namespace};
 
 use super::config::{Service, ServicesFile, Step, StepAction};
-use super::output::Printer;
+use super::output::{Printer, SummaryService};
 use super::plan::{StepReport, start_order};
+use crate::build::BuildRequest;
+use crate::report::Log;
 
 /// Label put on every container and network of a run.
 pub const RUN_LABEL: &str = "layercache.run";
@@ -45,10 +52,34 @@ pub struct CiEnv {
     pub branch: String,
 }
 
+/// Where service images are cached: the server and the run's namespaces, before the service name
+/// is appended.
+#[derive(Clone)]
+pub struct CacheTarget {
+    /// The cache server.
+    pub client: crate::client::Client,
+    /// `--namespace`, else the branch.
+    pub namespace: Namespace,
+    /// `--fallback` namespaces, in order.
+    pub fallbacks: Vec<Namespace>,
+}
+
+/// `<namespace>/<service>`: each service has its own entries, so two services built from the same
+/// Dockerfile and args do not overwrite each other's entry.
+pub fn service_namespace(base: &Namespace, service: &str) -> anyhow::Result<Namespace> {
+    Namespace::sanitize(&format!("{base}/{service}")).ok_or_else(|| {
+        anyhow!("cannot make a cache namespace from `{base}` and service `{service}`; pass another --namespace")
+    })
+}
+
 /// One run's view of the engine.
 pub struct Engine {
     /// The bollard client (honours `DOCKER_HOST`).
     docker: Docker,
+    /// The same engine, as the cache build and restore code takes it.
+    cache_engine: crate::engine::Engine,
+    /// Where service images are restored from and pushed to.
+    cache: CacheTarget,
     /// This run's uuid: the cleanup label value.
     run_id: String,
     /// Project name: prefix of built image names.
@@ -70,16 +101,15 @@ impl Engine {
         services: Arc<ServicesFile>,
         ci: CiEnv,
         printer: Printer,
+        cache: CacheTarget,
     ) -> anyhow::Result<Engine> {
-        let docker = Docker::connect_with_defaults()
-            .context("failed to set up a Docker client; check DOCKER_HOST")?;
-        docker
-            .ping()
-            .await
-            .context("the Docker engine does not answer; start dockerd or set DOCKER_HOST")?;
+        let cache_engine = crate::engine::Engine::connect().await?;
+        let docker = cache_engine.docker.clone();
         let project = project_name(&services.dir);
         Ok(Engine {
             docker,
+            cache_engine,
+            cache,
             run_id,
             project,
             services,
@@ -106,88 +136,133 @@ impl Engine {
             .ok_or_else(|| anyhow!("unknown service `{name}`"))
     }
 
-    /// Builds every service with `build:` (at most `jobs` at once), tagged
-    /// `layercache-steps/<project>-<service>:latest`. `no_cache` (or a service's `cached: false`)
-    /// builds without reusing layers.
-    pub async fn build_services(&self, jobs: usize, no_cache: bool) -> anyhow::Result<()> {
-        let builds: Vec<_> = self
+    /// Builds every service with `build:` through the layer cache, tagged
+    /// `layercache-steps/<project>-<service>:latest`, at most `jobs` at once; services whose
+    /// Dockerfiles start with the same two instructions build one after the other (see
+    /// [`crate::build::shared_start`]). `no_cache` builds without restoring or reusing layers (and
+    /// still pushes); a service's `cached: false` also skips the push. Returns one row per built
+    /// service, in name order.
+    pub async fn build_services(
+        &self,
+        jobs: usize,
+        no_cache: bool,
+    ) -> anyhow::Result<Vec<SummaryService>> {
+        let mut builds = Vec::new();
+        for (slot, (name, svc)) in self
             .services
             .services
             .iter()
             .filter(|(_, s)| s.build.is_some())
             .enumerate()
-            .map(|(slot, (name, svc))| self.build_one(name, svc, slot, no_cache || !svc.cached))
+        {
+            let req = self.service_request(name, svc, no_cache)?;
+            builds.push((name.as_str(), slot, req));
+        }
+        let starts: Vec<Option<Digest>> = builds
+            .iter()
+            .map(|(_, _, req)| crate::build::shared_start(req))
             .collect();
-        let results: Vec<anyhow::Result<()>> = futures::stream::iter(builds)
+        let groups = serial_groups(&starts);
+        let builds = &builds;
+        let runs = groups.into_iter().map(|group| async move {
+            let mut rows = Vec::new();
+            for (n, &i) in group.iter().enumerate() {
+                let (name, slot, req) = &builds[i];
+                if n > 0 {
+                    let first = builds[group[0]].0;
+                    self.printer.line(
+                        &format!("build {name}"),
+                        *slot,
+                        &format!("built after `{first}`: same first instructions, so it reuses those layers"),
+                    );
+                }
+                rows.push(self.build_one(name, *slot, req).await);
+            }
+            rows
+        });
+        let results: Vec<Vec<anyhow::Result<SummaryService>>> = futures::stream::iter(runs)
             .buffer_unordered(jobs.max(1))
             .collect()
             .await;
-        let errors: Vec<String> = results
-            .into_iter()
-            .filter_map(Result::err)
-            .map(|e| format!("{e:#}"))
-            .collect();
+        let mut rows = Vec::new();
+        let mut errors = Vec::new();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(row) => rows.push(row),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
-        Ok(())
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
+    }
+
+    /// The cache build of service `name`: its own namespace `<namespace>/<service>`, the fallbacks
+    /// likewise.
+    fn service_request(
+        &self,
+        name: &str,
+        svc: &Service,
+        no_cache: bool,
+    ) -> anyhow::Result<BuildRequest> {
+        let build = svc
+            .build
+            .as_ref()
+            .ok_or_else(|| anyhow!("service `{name}` has no `build`"))?;
+        let fallbacks = self
+            .cache
+            .fallbacks
+            .iter()
+            .map(|f| service_namespace(f, name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(BuildRequest {
+            context: build.context.clone(),
+            dockerfile: build.context.join(&build.dockerfile),
+            build_args: build.args.clone(),
+            target: None,
+            tags: vec![built_tag(&self.project, name)],
+            namespace: service_namespace(&self.cache.namespace, name)?,
+            fallbacks,
+            pull: false,
+            no_cache: no_cache || !svc.cached,
+            no_push: !svc.cached,
+        })
     }
 
     async fn build_one(
         &self,
         name: &str,
-        svc: &Service,
         slot: usize,
-        no_cache: bool,
-    ) -> anyhow::Result<()> {
-        let Some(build) = &svc.build else {
-            return Ok(());
-        };
+        req: &BuildRequest,
+    ) -> anyhow::Result<SummaryService> {
         let prefix = format!("build {name}");
         let tag = built_tag(&self.project, name);
-        let context = build.context.clone();
-        let tar = tokio::task::spawn_blocking(move || context_tar(&context))
-            .await
-            .context("the build-context task panicked")?
-            .with_context(|| {
-                format!(
-                    "failed to pack the build context `{}` of service `{name}`",
-                    build.context.display()
-                )
-            })?;
-        let args: HashMap<String, String> = build.args.clone().into_iter().collect();
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile(&build.dockerfile)
-            .t(&tag)
-            .rm(true)
-            .forcerm(true)
-            .nocache(no_cache)
-            .buildargs(&args)
-            .build();
         self.printer.line(
             &prefix,
             slot,
-            &format!("building {tag} from {}", build.context.display()),
+            &format!(
+                "building {tag} from {} through the cache (namespace {})",
+                req.context.display(),
+                req.namespace
+            ),
         );
-        let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(tar.into())));
-        while let Some(item) = stream.next().await {
-            let info = item.with_context(|| format!("building service `{name}` failed"))?;
-            if let Some(detail) = info.error_detail {
-                bail!(
-                    "building service `{name}` failed: {}; fix its Dockerfile `{}`",
-                    detail.message.unwrap_or_default(),
-                    build.dockerfile
-                );
-            }
-            if let Some(text) = info.stream {
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    self.printer.line(&prefix, slot, line);
-                }
-            }
-        }
-        Ok(())
+        let printer = self.printer;
+        let log_prefix = prefix.clone();
+        let log = Log::to(move |line| printer.line(&log_prefix, slot, line));
+        let summary =
+            crate::build::build_through_cache(&self.cache_engine, &self.cache.client, req, &log)
+                .await
+                .with_context(|| {
+                    format!(
+                        "building service `{name}` failed; fix its Dockerfile `{}`",
+                        req.dockerfile.display()
+                    )
+                })?;
+        let row = SummaryService::new(name, &tag, req, &summary);
+        self.printer.line(&prefix, slot, &row.describe());
+        Ok(row)
     }
 
     /// Makes sure every `image:` service used by `steps` exists locally, pulling what is missing,
@@ -604,6 +679,22 @@ impl Engine {
     }
 }
 
+/// Indexes of builds grouped so that builds with the same [`crate::build::shared_start`] are in one
+/// group (built in order); `None` builds alone. Groups in order of their first member.
+pub fn serial_groups(starts: &[Option<Digest>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Option<Digest>, Vec<usize>)> = Vec::new();
+    for (i, start) in starts.iter().enumerate() {
+        match groups
+            .iter_mut()
+            .find(|(s, _)| start.is_some() && s == start)
+        {
+            Some((_, members)) => members.push(i),
+            None => groups.push((*start, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
 /// `layercache-steps/<project>-<service>:latest`.
 pub fn built_tag(project: &str, service: &str) -> String {
     format!("layercache-steps/{project}-{}:latest", slug(service))
@@ -642,38 +733,6 @@ pub fn split_image_name(image: &str) -> (&str, &str) {
     }
 }
 
-/// A deterministic tar of a build context: entries sorted, owner 0, mtime 0, so the same files give
-/// the same bytes (and the engine's build cache sees the same context).
-fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    fn walk(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let path = rel.join(e.file_name());
-            out.push(path.clone());
-            if e.file_type()?.is_dir() {
-                walk(root, &path, out)?;
-            }
-        }
-        Ok(())
-    }
-    let mut paths = Vec::new();
-    walk(dir, Path::new(""), &mut paths)
-        .with_context(|| format!("failed to list `{}`", dir.display()))?;
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.follow_symlinks(false);
-    for rel in paths {
-        let full = dir.join(&rel);
-        builder
-            .append_path_with_name(&full, &rel)
-            .with_context(|| format!("failed to add `{}` to the build context", full.display()))?;
-    }
-    builder
-        .into_inner()
-        .context("failed to finish the build-context tar")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,26 +756,27 @@ mod tests {
     }
 
     #[test]
-    fn context_tar_is_deterministic_and_sorted() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("b"), "2").expect("write");
-        std::fs::create_dir(dir.path().join("a")).expect("mkdir");
-        std::fs::write(dir.path().join("a/x"), "1").expect("write");
-        let one = context_tar(dir.path()).expect("tar");
-        let two = context_tar(dir.path()).expect("tar");
-        assert_eq!(one, two);
-        let mut archive = tar::Archive::new(one.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .expect("path")
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        assert_eq!(names, vec!["a", "a/x", "b"]);
+    fn builds_sharing_their_start_are_serial_others_alone() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let starts = [Some(a), None, Some(b), Some(a), None];
+        assert_eq!(
+            serial_groups(&starts),
+            vec![vec![0, 3], vec![1], vec![2], vec![4]]
+        );
+        assert!(serial_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn service_namespaces_append_the_service_name() {
+        let base: Namespace = "acme/main".parse().unwrap();
+        assert_eq!(
+            service_namespace(&base, "app").unwrap().as_str(),
+            "acme/main/app"
+        );
+        // Characters a namespace refuses become `-`, as for branches.
+        assert_eq!(
+            service_namespace(&base, "my app").unwrap().as_str(),
+            "acme/main/my-app"
+        );
     }
 }

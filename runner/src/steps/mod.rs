@@ -6,7 +6,8 @@
 //! - [`exec`]: the engine side through bollard: builds, networks, containers, push, cleanup.
 //! - [`output`]: prefixed log lines, the summary table and `--json`.
 //!
-//! Order of a run: parse both files (nothing runs on an error) → build services → make sure the
+//! Order of a run: parse both files (nothing runs on an error) → build services through the layer
+//! cache (`<namespace>/<service>`; a down server only warns) → make sure the
 //! other images exist → execute the plan (Ctrl-C stops it) → remove everything labelled with the
 //! run id → print the summary. Exit code 0 only when every step that ran passed.
 
@@ -21,8 +22,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use self::exec::{CiEnv, Engine};
-use self::output::{Printer, Summary, SummaryStep};
+use self::exec::{CacheTarget, CiEnv, Engine};
+use self::output::{Printer, Summary, SummaryService, SummaryStep};
 use self::plan::{PlanNode, StepFuture};
 
 /// Flags of `layercache steps`.
@@ -47,9 +48,14 @@ pub struct StepsArgs {
     /// Print the summary as JSON on stdout (logs go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Build service images without reusing any cached layer.
+    /// Build service images without reusing any cached layer (no restore; the results are still
+    /// pushed).
     #[arg(long)]
     pub no_cache_build: bool,
+    /// Where service images are cached: `--namespace` (default: the branch; each service uses
+    /// `<namespace>/<service>`), `--fallback`, `--server`, `--token`.
+    #[command(flatten)]
+    pub cache: crate::cli::CacheOpts,
 }
 
 /// Runs `layercache steps`. Configuration errors are returned before anything starts; once the
@@ -73,6 +79,7 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or(2)
         })
         .max(1);
+    let cache = cache_target(&args.cache, &branch, &services.dir)?;
     let plan = plan::build_plan(&nodes, &branch);
     let printer = Printer::new(args.json);
     let run_id = uuid::Uuid::new_v4().to_string();
@@ -80,12 +87,13 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
         commit_id,
         branch: branch.clone(),
     };
-    let engine = Arc::new(Engine::connect(run_id.clone(), services.clone(), ci, printer).await?);
+    let engine =
+        Arc::new(Engine::connect(run_id.clone(), services.clone(), ci, printer, cache).await?);
 
     let outcome = run_with_engine(&engine, &plan, jobs, args.no_cache_build).await;
     // Cleanup runs whatever happened above: failure, error or Ctrl-C.
     let cleaned = engine.cleanup_twice().await;
-    let outcome = outcome?;
+    let (outcome, built) = outcome?;
     if let Err(e) = &cleaned {
         printer.line("cleanup", 0, &format!("{e:#}"));
     }
@@ -96,6 +104,7 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
         branch,
         passed,
         interrupted: outcome.interrupted,
+        services: built,
         steps: outcome.results.iter().map(SummaryStep::from).collect(),
     };
     printer.summary(&summary);
@@ -106,35 +115,63 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The cache settings of a run: `--namespace`, else the branch the steps run for, else the
+/// project's git branch (or `default`).
+fn cache_target(
+    opts: &crate::cli::CacheOpts,
+    branch: &str,
+    project_dir: &Path,
+) -> anyhow::Result<CacheTarget> {
+    let namespace = match &opts.namespace {
+        Some(ns) => ns
+            .parse::<layercache_shared::Namespace>()
+            .context("bad --namespace / LAYERCACHE_NAMESPACE")?,
+        None => layercache_shared::Namespace::sanitize(branch)
+            .unwrap_or_else(|| crate::build::default_namespace(project_dir)),
+    };
+    let fallbacks =
+        crate::build::parse_fallbacks(&namespace, &opts.fallbacks).context("bad --fallback")?;
+    let client = opts.server.client()?;
+    Ok(CacheTarget {
+        client,
+        namespace,
+        fallbacks,
+    })
+}
+
 /// Builds, checks images, executes; Ctrl-C or SIGTERM during any of it ends the run as
-/// interrupted.
+/// interrupted. Returns the outcome and the built services.
 async fn run_with_engine(
     engine: &Arc<Engine>,
     plan: &PlanNode,
     jobs: usize,
     no_cache: bool,
-) -> anyhow::Result<plan::Outcome> {
+) -> anyhow::Result<(plan::Outcome, Vec<SummaryService>)> {
     let interrupted = interrupt_signal;
     let steps = plan::leaves(plan);
     let prepare = async {
-        engine
+        let built = engine
             .build_services(jobs, no_cache)
             .await
             .context("building the services failed")?;
-        engine.ensure_images(&plan::runnable(plan)).await
+        engine.ensure_images(&plan::runnable(plan)).await?;
+        anyhow::Ok(built)
     };
-    tokio::select! {
+    let built = tokio::select! {
         r = prepare => r?,
         () = interrupted() => {
             anyhow::bail!("interrupted while building services; containers and networks were removed")
         }
-    }
+    };
     let slots: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
     let run_step = |step: &config::Step| -> StepFuture {
         let slot = slots.iter().position(|n| n == &step.name).unwrap_or(0);
         Box::pin(engine.clone().run_step(step.clone(), slot))
     };
-    Ok(plan::execute(plan, jobs, run_step, interrupted()).await)
+    Ok((
+        plan::execute(plan, jobs, run_step, interrupted()).await,
+        built,
+    ))
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM (what CI systems send when a build is cancelled).

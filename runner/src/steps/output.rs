@@ -50,8 +50,14 @@ impl Printer {
         let text = if self.json {
             serde_json::to_string_pretty(summary)
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-        } else {
+        } else if summary.services.is_empty() {
             format_table(&summary.steps, self.color)
+        } else {
+            format!(
+                "{}\n\n{}",
+                format_services(&summary.services),
+                format_table(&summary.steps, self.color)
+            )
         };
         let _ = writeln!(std::io::stdout().lock(), "{text}");
     }
@@ -107,8 +113,86 @@ pub struct Summary {
     pub passed: bool,
     /// The run was stopped by Ctrl-C.
     pub interrupted: bool,
+    /// One row per built service, in name order (services with only `image:` are not built).
+    pub services: Vec<SummaryService>,
     /// One row per step, in file order.
     pub steps: Vec<SummaryStep>,
+}
+
+/// One built service of the `--json` document: how the layer cache served its build.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SummaryService {
+    /// The service's name.
+    pub name: String,
+    /// The tag its containers run (`layercache-steps/<project>-<service>:latest`).
+    pub image: String,
+    /// The built image's ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// `exact`, `fallback`, `prefix`, `miss`, or `off` (`cached: false` or `--no-cache-build`).
+    pub cache: String,
+    /// Namespace the build was looked up in first and pushed to.
+    pub namespace: String,
+    /// Whether the result was pushed to the cache.
+    pub pushed: bool,
+    /// Wall time of restore, build and push.
+    pub seconds: f64,
+    /// Problems that did not fail the build (cache server down, token refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl SummaryService {
+    /// The row of service `name`, built as `req` asked, from the build's summary.
+    pub fn new(
+        name: &str,
+        image: &str,
+        req: &crate::build::BuildRequest,
+        summary: &crate::report::Summary,
+    ) -> SummaryService {
+        SummaryService {
+            name: name.to_string(),
+            image: image.to_string(),
+            image_id: summary.image_id.clone(),
+            cache: if req.no_cache {
+                "off".into()
+            } else {
+                summary.cache.clone()
+            },
+            namespace: summary.namespace.clone(),
+            pushed: summary.pushed,
+            seconds: summary.seconds,
+            warnings: summary.warnings.clone(),
+        }
+    }
+
+    /// The one line printed when the build is done.
+    pub fn describe(&self) -> String {
+        let pushed = if self.pushed { ", pushed" } else { "" };
+        let warned = match self.warnings.len() {
+            0 => String::new(),
+            n => format!(", {n} warning(s): built without the cache server"),
+        };
+        format!(
+            "built {} in {:.1}s, cache {}{pushed}{warned}",
+            self.image, self.seconds, self.cache
+        )
+    }
+}
+
+/// The services table printed above the steps table: service, cache result, duration.
+pub fn format_services(rows: &[SummaryService]) -> String {
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(7).max(7);
+    let mut out = format!("{:<width$}  {:<8}  {:>9}\n", "SERVICE", "CACHE", "DURATION");
+    for r in rows {
+        let duration = format!("{:.1}s", r.seconds);
+        out.push_str(&format!(
+            "{:<width$}  {:<8}  {duration:>9}\n",
+            r.name, r.cache
+        ));
+    }
+    out.pop();
+    out
 }
 
 /// One step of the `--json` document.
@@ -228,6 +312,40 @@ mod tests {
             lines[2],
             "deploy  skipped       0.0s  (tag `^main$` does not match the branch)"
         );
+    }
+
+    fn service(name: &str, cache: &str) -> SummaryService {
+        SummaryService {
+            name: name.into(),
+            image: format!("layercache-steps/p-{name}:latest"),
+            image_id: None,
+            cache: cache.into(),
+            namespace: format!("main/{name}"),
+            pushed: false,
+            seconds: 2.25,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn services_table_and_line_name_the_cache_result() {
+        let rows = [service("app", "exact"), service("db", "off")];
+        let t = format_services(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "SERVICE  CACHE      DURATION");
+        assert_eq!(lines[1], "app      exact          2.2s");
+        assert_eq!(lines[2], "db       off            2.2s");
+        let mut warned = service("app", "miss");
+        warned.warnings.push("server down".into());
+        assert_eq!(
+            warned.describe(),
+            "built layercache-steps/p-app:latest in 2.2s, cache miss, 1 warning(s): built without the cache server"
+        );
+        let v = serde_json::to_value(&rows[0]).expect("serializes");
+        for field in ["name", "image", "cache", "seconds", "namespace", "pushed"] {
+            assert!(v.get(field).is_some(), "missing {field}: {v}");
+        }
+        assert!(v.get("warnings").is_none());
     }
 
     #[test]
