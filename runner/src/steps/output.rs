@@ -171,7 +171,7 @@ impl SummaryService {
         let pushed = if self.pushed { ", pushed" } else { "" };
         let warned = match self.warnings.len() {
             0 => String::new(),
-            n => format!(", {n} warning(s): built without the cache server"),
+            n => format!(", {n} warning(s) above"),
         };
         format!(
             "built {} in {:.1}s, cache {}{pushed}{warned}",
@@ -339,7 +339,7 @@ mod tests {
         warned.warnings.push("server down".into());
         assert_eq!(
             warned.describe(),
-            "built layercache-steps/p-app:latest in 2.2s, cache miss, 1 warning(s): built without the cache server"
+            "built layercache-steps/p-app:latest in 2.2s, cache miss, 1 warning(s) above"
         );
         let v = serde_json::to_value(&rows[0]).expect("serializes");
         for field in ["name", "image", "cache", "seconds", "namespace", "pushed"] {
