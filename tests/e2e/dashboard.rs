@@ -2,10 +2,12 @@
 //! Chromium: the numbers read off the rendered DOM match `/v1/stats`, the entry page shows the
 //! image chain, and a screenshot is kept in `target/test-artifacts/` for people to look at.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use crate::util::{Context, MULTI_STEP_DOCKERFILE, TestEngine, TestServer, bin_dir, run_logged};
+use crate::util::{
+    Context, MULTI_STEP_DOCKERFILE, TestEngine, TestServer, bin_dir, put_file, run_logged,
+};
 
 /// Where screenshots and dumped pages are kept after the run.
 fn artifacts_dir() -> PathBuf {
@@ -21,12 +23,22 @@ fn artifacts_dir() -> PathBuf {
 fn chromium(args: &[&str], url: &str) -> String {
     let profile = tempfile::tempdir().expect("chromium profile dir");
     let mut cmd = Command::new("timeout");
-    cmd.args(["120", "chromium", "--headless", "--no-sandbox", "--disable-gpu"])
-        .args(["--disable-dev-shm-usage", "--disable-background-networking"])
-        .args(["--disable-component-update", "--disable-sync", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url);
+    cmd.args([
+        "120",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+    ])
+    .args(["--disable-dev-shm-usage", "--disable-background-networking"])
+    .args([
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args)
+    .arg(url);
     let (ok, stdout, stderr) = run_logged(cmd, "chromium");
     assert!(
         ok,
@@ -49,16 +61,6 @@ fn data_value(dom: &str, id: &str) -> String {
     v[..v.find('"').expect("closing quote")].to_string()
 }
 
-fn put_file(url: &str, path: &Path) -> reqwest::blocking::Response {
-    let file = std::fs::File::open(path).unwrap();
-    let len = file.metadata().unwrap().len();
-    reqwest::blocking::Client::new()
-        .put(url)
-        .body(reqwest::blocking::Body::sized(file, len))
-        .send()
-        .expect("PUT")
-}
-
 #[test]
 fn dashboard_renders_in_chromium_with_the_numbers_of_v1_stats() {
     let engine = TestEngine::start();
@@ -67,7 +69,7 @@ fn dashboard_renders_in_chromium_with_the_numbers_of_v1_stats() {
     ctx.write("app.txt", "hello from the dashboard test\n");
     engine.docker_ok(&["build", "-t", "e2e/dash:1", ctx.path_str()]);
     let chain = engine.chain("e2e/dash:1");
-    let tar = ctx.path().join("../dash.tar");
+    let tar = ctx.scratch_file("dash.tar");
     let mut save = vec!["save", "-o", tar.to_str().unwrap(), "e2e/dash:1"];
     save.extend(chain.iter().skip(1).map(String::as_str));
     engine.docker_ok(&save);
@@ -75,7 +77,12 @@ fn dashboard_renders_in_chromium_with_the_numbers_of_v1_stats() {
     // The same chain in two entries (layers shared), one restore (a hit), one miss, two builds.
     for path in ["/v1/images/acme%2Fweb/key1", "/v1/images/main/key2"] {
         let r = put_file(&format!("{}{path}", server.url), &tar);
-        assert_eq!(r.status(), 201, "PUT {path}: {}", r.text().unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "PUT {path}: {}",
+            r.text().unwrap_or_default()
+        );
     }
     let client = reqwest::blocking::Client::new();
     let got = client
@@ -153,7 +160,10 @@ fn dashboard_renders_in_chromium_with_the_numbers_of_v1_stats() {
         &format!("{}/", server.url),
     );
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
 
     // The entry page: every image of the chain, parents before children, sharing with main/key2.
     let entry_url = format!("{}/entries/acme%2Fweb/key1", server.url);
@@ -172,7 +182,10 @@ fn dashboard_renders_in_chromium_with_the_numbers_of_v1_stats() {
         positions.windows(2).all(|w| w[0] < w[1]),
         "parents come before their children: {positions:?}"
     );
-    assert!(page.contains(r#"href="/entries/main/key2""#), "shared layers link the other entry");
+    assert!(
+        page.contains(r#"href="/entries/main/key2""#),
+        "shared layers link the other entry"
+    );
     assert!(page.contains("e2e/dash:1"), "the tag is shown");
     chromium(
         &[

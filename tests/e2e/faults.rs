@@ -6,9 +6,9 @@
 //! every restored tarball can be compared with what was pushed for its key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use layercache_shared::Digest;
 use layercache_shared::archive::{BlobSink, Limits, read_archive};
 use serde_json::{Value, json};
 
-use crate::util::{TestEngine, TestServer, bin};
+use crate::util::{TestEngine, TestServer, bin, load_from};
 
 /// Pseudo-random bytes from `seed`.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -336,7 +336,11 @@ fn disk_full_during_upload_is_a_507_and_the_server_keeps_serving() {
         .status()
         .is_ok_and(|s| s.success());
     // The suite runs as root (scripts/test.sh), so a failed mount is a real failure, never a skip.
-    assert!(mounted, "cannot mount a tmpfs at {} (the e2e suite runs as root)", mnt.display());
+    assert!(
+        mounted,
+        "cannot mount a tmpfs at {} (the e2e suite runs as root)",
+        mnt.display()
+    );
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -448,25 +452,7 @@ fn thirty_two_runners_restore_and_push_overlapping_images() {
 
     let engine = TestEngine::start();
     for k in [0u64, 5, 11] {
-        let mut resp = reqwest::blocking::get(format!("{}/v1/images/ns/k{k}", s.url)).unwrap();
-        let mut child = Command::new(crate::util::docker_cli())
-            .arg("load")
-            .env("DOCKER_HOST", &engine.host)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        resp.copy_to(&mut stdin).unwrap();
-        stdin.flush().unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "docker load k{k}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        load_from(&engine, &format!("{}/v1/images/ns/k{k}", s.url));
         let img = &images[&k];
         assert_eq!(engine.image_id(&img.tag), img.id().to_string(), "k{k}");
     }

@@ -1,57 +1,13 @@
 //! The cache server with a real engine: what `docker save` writes, the server takes; what the server
 //! serves, `docker load` takes, and the legacy builder then reuses every step.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use crate::util::{Context, MULTI_STEP_DOCKERFILE, TestEngine, TestServer};
+use crate::util::{
+    Context, MULTI_STEP_DOCKERFILE, TestEngine, TestServer, load_from, put_file, save_with_chain,
+};
 
 /// Builds `tag` from `ctx` with the engine's legacy builder and returns the build output.
 fn docker_build(engine: &TestEngine, ctx: &Context, tag: &str) -> String {
     engine.docker_ok(&["build", "-t", tag, ctx.path_str()])
-}
-
-/// `docker save` of `tag` plus its whole parent chain, so `manifest.json` carries `Parent` links.
-fn save_with_chain(engine: &TestEngine, tag: &str, out: &std::path::Path) {
-    let chain = engine.chain(tag);
-    let mut args = vec!["save", "-o", out.to_str().unwrap(), tag];
-    args.extend(chain.iter().skip(1).map(String::as_str));
-    engine.docker_ok(&args);
-}
-
-/// Streams `GET url` into `docker load` on `engine`.
-fn load_from(engine: &TestEngine, url: &str) -> String {
-    let mut resp = reqwest::blocking::get(url).expect("GET tarball");
-    assert_eq!(resp.status(), 200, "GET {url}");
-    let mut child = Command::new(crate::util::docker_cli())
-        .arg("load")
-        .env("DOCKER_HOST", &engine.host)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    resp.copy_to(&mut stdin).expect("stream into docker load");
-    stdin.flush().unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker load: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn put_file(url: &str, path: &std::path::Path) -> reqwest::blocking::Response {
-    let file = std::fs::File::open(path).unwrap();
-    let len = file.metadata().unwrap().len();
-    reqwest::blocking::Client::new()
-        .put(url)
-        .body(reqwest::blocking::Body::sized(file, len))
-        .send()
-        .expect("PUT")
 }
 
 /// The acceptance path: build, save with parents, PUT, wipe the engine, GET | docker load,

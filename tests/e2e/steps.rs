@@ -13,7 +13,10 @@ use crate::util::{TestEngine, TestServer, bin};
 fn sample_project() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("jet-sample");
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jet-sample"), &dest);
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jet-sample"),
+        &dest,
+    );
     std::fs::copy("/bin/busybox", dest.join("busybox")).unwrap();
     (tmp, dest)
 }
@@ -38,7 +41,12 @@ fn steps(engine: &TestEngine, dir: &Path, args: &[&str]) -> (i32, Value, String)
 }
 
 /// [`steps`] with the cache server at `server_url`.
-fn steps_with_server(engine: &TestEngine, dir: &Path, server_url: &str, args: &[&str]) -> (i32, Value, String) {
+fn steps_with_server(
+    engine: &TestEngine,
+    dir: &Path,
+    server_url: &str,
+    args: &[&str],
+) -> (i32, Value, String) {
     let mut cmd = Command::new(bin("layercache"));
     cmd.arg("steps")
         .args(["--jobs", "3", "--json", "--ci-commit-id", "abc"])
@@ -49,19 +57,31 @@ fn steps_with_server(engine: &TestEngine, dir: &Path, server_url: &str, args: &[
     let out = cmd.output().expect("run layercache steps");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("[layercache steps]\n{stderr}");
-    let summary = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(Value::Null);
+    let summary =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(Value::Null);
     (out.status.code().unwrap_or(-1), summary, stderr)
 }
 
 fn step<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("step {name} in {summary}"))
+    summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("step {name} in {summary}"))
 }
 
 fn assert_nothing_left(engine: &TestEngine) {
     let containers = engine.docker_ok(&["ps", "-aq", "--filter", "label=layercache.run"]);
     let networks = engine.docker_ok(&["network", "ls", "-q", "--filter", "label=layercache.run"]);
-    assert!(containers.trim().is_empty(), "containers left behind: {containers}");
-    assert!(networks.trim().is_empty(), "networks left behind: {networks}");
+    assert!(
+        containers.trim().is_empty(),
+        "containers left behind: {containers}"
+    );
+    assert!(
+        networks.trim().is_empty(),
+        "networks left behind: {networks}"
+    );
 }
 
 /// Containers on user-defined networks need the bridge driver: keep iptables on, no docker0.
@@ -80,20 +100,34 @@ fn parallel_steps_overlap_each_get_a_db_and_deploy_runs_on_main() {
         assert_eq!(step(&summary, n)["status"], "passed", "{summary}");
     }
     // Overlap: every test step started before the slow one ended.
-    let slow_end = step(&summary, "test-integration")["end_offset_ms"].as_u64().unwrap();
+    let slow_end = step(&summary, "test-integration")["end_offset_ms"]
+        .as_u64()
+        .unwrap();
     for n in names {
         let start = step(&summary, n)["start_offset_ms"].as_u64().unwrap();
-        assert!(start + 2000 < slow_end, "{n} started at {start} ms, slow step ended at {slow_end} ms: not parallel");
+        assert!(
+            start + 2000 < slow_end,
+            "{n} started at {start} ms, slow step ended at {slow_end} ms: not parallel"
+        );
     }
     // The deploy step runs after all of them.
     let deploy = step(&summary, "deploy");
     assert_eq!(deploy["status"], "passed", "{summary}");
-    let max_end = names.iter().map(|n| step(&summary, n)["end_offset_ms"].as_u64().unwrap()).max().unwrap();
+    let max_end = names
+        .iter()
+        .map(|n| step(&summary, n)["end_offset_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
     assert!(deploy["start_offset_ms"].as_u64().unwrap() >= max_end);
     // Each test step saw its own database container.
     let mut dbs: Vec<String> = names
         .iter()
-        .map(|n| std::fs::read_to_string(dir.join("out").join(format!("{n}.db"))).unwrap().trim().to_string())
+        .map(|n| {
+            std::fs::read_to_string(dir.join("out").join(format!("{n}.db")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
         .collect();
     dbs.sort();
     dbs.dedup();
@@ -117,12 +151,23 @@ fn tagged_step_is_skipped_on_other_branches() {
 fn failing_step_stops_the_serial_chain_and_fails_the_run() {
     let engine = networked_engine();
     let (_tmp, dir) = sample_project();
-    let (code, summary, stderr) = steps(&engine, &dir, &["--branch", "main", "--steps", "layercache-steps-fail.yml"]);
+    let (code, summary, stderr) = steps(
+        &engine,
+        &dir,
+        &["--branch", "main", "--steps", "layercache-steps-fail.yml"],
+    );
     assert_eq!(code, 1, "{stderr}");
-    assert_eq!(step(&summary, "test-integration")["status"], "failed", "{summary}");
+    assert_eq!(
+        step(&summary, "test-integration")["status"],
+        "failed",
+        "{summary}"
+    );
     assert_eq!(step(&summary, "test-unit")["status"], "passed");
     assert_eq!(step(&summary, "deploy")["status"], "skipped");
-    assert!(!dir.join("out/deployed").exists(), "deploy must not run after a failure");
+    assert!(
+        !dir.join("out/deployed").exists(),
+        "deploy must not run after a failure"
+    );
     assert_nothing_left(&engine);
 }
 
@@ -130,16 +175,31 @@ fn failing_step_stops_the_serial_chain_and_fails_the_run() {
 fn bad_steps_file_is_refused_with_file_line_and_column_before_anything_runs() {
     let engine = networked_engine();
     let (_tmp, dir) = sample_project();
-    std::fs::write(dir.join("bad.yml"), "- name: x\n  service: nosuch\n  command: true\n").unwrap();
+    std::fs::write(
+        dir.join("bad.yml"),
+        "- name: x\n  service: nosuch\n  command: true\n",
+    )
+    .unwrap();
     let (code, _, stderr) = steps(&engine, &dir, &["--steps", "bad.yml"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("bad.yml:2:"), "file and line named:\n{stderr}");
+    assert!(
+        stderr.contains("bad.yml:2:"),
+        "file and line named:\n{stderr}"
+    );
     assert!(stderr.contains("nosuch"), "{stderr}");
-    assert!(engine.docker_ok(&["images", "-q"]).trim().is_empty(), "nothing built before validation");
+    assert!(
+        engine.docker_ok(&["images", "-q"]).trim().is_empty(),
+        "nothing built before validation"
+    );
 }
 
 fn service<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["services"].as_array().unwrap_or_else(|| panic!("services in {summary}")).iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("service {name} in {summary}"))
+    summary["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("services in {summary}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("service {name} in {summary}"))
 }
 
 /// Issue 6: service images are built through the layer cache. The first run on a fresh worker
@@ -161,17 +221,26 @@ fn second_run_on_a_fresh_worker_restores_every_service_from_the_cache() {
             assert_eq!(s["cache"], expected, "run {run}, service {name}: {summary}");
             assert_eq!(s["namespace"], format!("jet/{name}").as_str(), "{summary}");
             assert_eq!(s["pushed"], true, "run {run}, service {name}: {summary}");
-            assert!(s.get("warnings").is_none(), "no server problem expected: {summary}");
+            assert!(
+                s.get("warnings").is_none(),
+                "no server problem expected: {summary}"
+            );
             let id = s["image_id"].as_str().unwrap().to_string();
             assert_eq!(engine.image_id(s["image"].as_str().unwrap()), id);
             run_ids.push(id);
         }
-        assert!(stderr.contains("build app "), "build lines are prefixed with the service:\n{stderr}");
+        assert!(
+            stderr.contains("build app "),
+            "build lines are prefixed with the service:\n{stderr}"
+        );
         ids.push(run_ids);
         assert_nothing_left(&engine);
     }
     assert_eq!(ids[0], ids[1], "the second worker got the cached images");
     let entries = server.get_json("/v1/entries");
     let text = entries.to_string();
-    assert!(text.contains("jet/app") && text.contains("jet/db"), "{entries}");
+    assert!(
+        text.contains("jet/app") && text.contains("jet/db"),
+        "{entries}"
+    );
 }

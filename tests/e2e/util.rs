@@ -4,7 +4,7 @@
 //! Every test owns what it starts: its server's data dir and its engine's data root live in temp dirs
 //! that go when the fixture is dropped, so tests run in parallel without seeing each other's images.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -292,11 +292,10 @@ impl Context {
         std::fs::copy("/bin/busybox", dir.path().join("busybox"))
             .expect("copy /bin/busybox (scripts/test.sh installs busybox-static)");
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-        Context { dir, scratch: tempfile::tempdir().expect("temp dir") }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
+        Context {
+            dir,
+            scratch: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     /// A path for `name` in this test's own scratch dir, outside the build context.
@@ -342,6 +341,49 @@ pub fn run_logged(mut cmd: Command, label: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         err,
     )
+}
+
+/// `docker save` of `tag` plus its whole parent chain, so `manifest.json` carries `Parent` links.
+pub fn save_with_chain(engine: &TestEngine, tag: &str, out: &std::path::Path) {
+    let chain = engine.chain(tag);
+    let mut args = vec!["save", "-o", out.to_str().unwrap(), tag];
+    args.extend(chain.iter().skip(1).map(String::as_str));
+    engine.docker_ok(&args);
+}
+
+/// Streams `GET url` into `docker load` on `engine`.
+pub fn load_from(engine: &TestEngine, url: &str) -> String {
+    let mut resp = reqwest::blocking::get(url).expect("GET tarball");
+    assert_eq!(resp.status(), 200, "GET {url}");
+    let mut child = Command::new(docker_cli())
+        .arg("load")
+        .env("DOCKER_HOST", &engine.host)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    resp.copy_to(&mut stdin).expect("stream into docker load");
+    stdin.flush().unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn put_file(url: &str, path: &std::path::Path) -> reqwest::blocking::Response {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    reqwest::blocking::Client::new()
+        .put(url)
+        .body(reqwest::blocking::Body::sized(file, len))
+        .send()
+        .expect("PUT")
 }
 
 /// The Dockerfile most tests build: FROM scratch, busybox, several steps each making a layer.

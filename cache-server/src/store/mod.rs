@@ -46,6 +46,11 @@ impl Store {
             fs::remove_dir_all(&tmp_dir)
                 .map_err(|e| ServerError::io("wiping temp dir", &tmp_dir, e))?;
         }
+        Self::assemble(data_dir, tmp_dir)
+    }
+
+    /// The blob dir and database under `data_dir`, with fresh pins.
+    fn assemble(data_dir: &Path, tmp_dir: PathBuf) -> Result<Store, ServerError> {
         let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
         let db = Db::open(&data_dir.join("layercache.db"))?;
         Ok(Store {
@@ -67,15 +72,7 @@ impl Store {
             )));
         }
         let tmp_dir = data_dir.join("tmp");
-        let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
-        let db = Db::open(&data_dir.join("layercache.db"))?;
-        Ok(Store {
-            db,
-            blobs: Arc::new(blobs),
-            tmp_dir,
-            pins: Arc::default(),
-            gc_wake: Arc::default(),
-        })
+        Self::assemble(data_dir, tmp_dir)
     }
 
     /// Runs blocking storage work off the async runtime.
