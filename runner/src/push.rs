@@ -3,22 +3,28 @@
 //!
 //! 1. Collect the images (parents first) and their diff_ids and config digests.
 //! 2. Ask the server which blobs it lacks; none → commit right away.
-//! 3. Otherwise `docker save` all images in one stream, read it with the shared archive reader
-//!    (layers spooled to a temp dir), upload the missing blobs a few at a time, then commit.
+//! 3. Otherwise `docker save` all images in one stream and read it with the shared archive reader.
+//!    Pipelined: each layer is hashed while it is spooled to a temp file and, if the server lacks
+//!    it, starts uploading (a few at a time) while the save streams the next ones; the configs
+//!    follow once the archive is verified. Then commit.
 //!
-//! Nothing is committed when any upload fails, so the server never holds a partial entry.
+//! Nothing is committed unless the archive checked out and every upload succeeded, so the server
+//! never holds a partial entry (blobs uploaded before a failure stay unreferenced until GC).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use layercache_shared::api::{CommitImage, CommitRequest};
-use layercache_shared::archive::{BlobSink, Limits, read_archive};
+use layercache_shared::archive::{ArchiveError, BlobSink, Limits, read_archive};
+use layercache_shared::digest::HashingWriter;
 use layercache_shared::{CacheKey, Digest, Namespace};
-use tempfile::TempPath;
+use tempfile::TempDir;
+use tokio::sync::mpsc;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use crate::client::{Client, ClientError};
@@ -27,6 +33,10 @@ use crate::report::{Log, Progress, Summary};
 
 /// Blob uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 3;
+/// Bytes read from a spool file per chunk of an upload body.
+const UPLOAD_CHUNK: usize = 256 << 10;
+/// Bytes copied per read while spooling a layer.
+const COPY_BUF: usize = 256 << 10;
 
 /// What to push and where.
 pub struct PushRequest<'a> {
@@ -127,46 +137,15 @@ pub async fn push(
             .map(|i| i.id.to_string())
             .collect();
         names.extend(final_tags);
-        let spool = tempfile::tempdir().context("failed to create a temp dir for the layers")?;
-        let parsed = export(engine, &names, spool.path().to_path_buf()).await?;
-        let mut uploads = Vec::new();
-        for digest in &missing {
-            if let Some(blob) = parsed.layers.get(digest) {
-                uploads.push(Upload::File {
-                    digest: *digest,
-                    size: blob.size,
-                    path: blob.handle.to_path_buf(),
-                });
-            } else if let Some(config) = parsed.configs.get(digest) {
-                uploads.push(Upload::Bytes {
-                    digest: *digest,
-                    data: config.clone(),
-                });
-            } else {
-                bail!(
-                    "the server lacks blob {digest}, which `docker save` did not produce; \
-                     the image changed during the push, run it again"
-                );
-            }
+        let missing_set: HashSet<Digest> = missing.iter().copied().collect();
+        let (uploaded, bytes) = save_and_upload(engine, client, &names, &missing_set, log).await?;
+        if let Some(absent) = missing.iter().find(|d| !uploaded.contains(d)) {
+            bail!(
+                "the server lacks blob {absent}, which `docker save` did not produce; \
+                 the image changed during the push, run it again"
+            );
         }
-        let total: u64 = uploads.iter().map(Upload::size).sum();
-        let progress = Progress::new(log, "uploading", Some(total));
-        let results: Vec<u64> = futures::stream::iter(uploads.into_iter().map(|u| {
-            let client = client.clone();
-            let progress = &progress;
-            async move {
-                let size = u.size();
-                u.send(&client).await?;
-                progress.inc(size);
-                Ok::<u64, anyhow::Error>(size)
-            }
-        }))
-        .buffer_unordered(PARALLEL_UPLOADS)
-        .try_collect()
-        .await?;
-        summary.bytes_uploaded = results.iter().sum();
-        progress.finish(summary.bytes_uploaded);
-        drop(parsed);
+        summary.bytes_uploaded = bytes;
     }
 
     let image_set: HashSet<Digest> = images.iter().map(|i| i.id).collect();
@@ -205,73 +184,182 @@ pub async fn push(
     Ok(())
 }
 
-/// A blob to upload.
-enum Upload {
-    File {
+/// `docker save` of `names` streamed through the archive reader while the blobs in `missing` are
+/// uploaded: each layer starts uploading as soon as it is spooled and hashed, while the save goes on
+/// with the next ones; configs follow once the archive is verified. Returns the digests uploaded
+/// and their bytes.
+///
+/// An error of either side ends both: a failed upload makes the reader stop at its next layer, a
+/// bad archive cancels the uploads in flight. Blobs already uploaded then stay on the server as
+/// unreferenced blobs (nothing is committed). The spool directory is removed once both are done.
+async fn save_and_upload(
+    engine: &Engine,
+    client: &Client,
+    names: &[String],
+    missing: &HashSet<Digest>,
+    log: &Log,
+) -> anyhow::Result<(HashSet<Digest>, u64)> {
+    let spool = Arc::new(
+        tempfile::tempdir().context("failed to create a temp dir for the layers to upload")?,
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress = Progress::new(log, "saving and uploading", None);
+    let reader = export(engine, names, Arc::clone(&spool), tx);
+    let uploads = upload_spooled(client, rx, missing, &progress);
+    let ((), (uploaded, bytes)) = tokio::try_join!(reader, uploads)?;
+    progress.finish(bytes);
+    Ok((uploaded, bytes))
+}
+
+/// A blob ready to upload, sent by the reader thread to the uploader.
+#[derive(Debug)]
+enum Ready {
+    /// A layer spooled to `path`: its diff_id and size.
+    Layer {
         digest: Digest,
         size: u64,
         path: PathBuf,
     },
-    Bytes {
-        digest: Digest,
-        data: Bytes,
-    },
+    /// An image config, sent once the archive is verified.
+    Config { digest: Digest, data: Bytes },
 }
 
-impl Upload {
+impl Ready {
+    fn digest(&self) -> Digest {
+        match self {
+            Ready::Layer { digest, .. } | Ready::Config { digest, .. } => *digest,
+        }
+    }
+
     fn size(&self) -> u64 {
         match self {
-            Upload::File { size, .. } => *size,
-            Upload::Bytes { data, .. } => data.len() as u64,
+            Ready::Layer { size, .. } => *size,
+            Ready::Config { data, .. } => data.len() as u64,
         }
     }
 
-    async fn send(self, client: &Client) -> Result<(), ClientError> {
+    /// Deletes a layer's spool file (uploaded, not needed, or a repeat); errors are harmless, the
+    /// spool directory goes at the end anyway.
+    fn discard(&self) {
+        if let Ready::Layer { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    async fn send(&self, client: &Client) -> Result<(), ClientError> {
         match self {
-            Upload::File { digest, size, path } => {
-                let file = tokio::fs::File::open(&path)
+            Ready::Layer { digest, size, path } => {
+                let file = tokio::fs::File::open(path)
                     .await
-                    .map_err(|source| ClientError::File { digest, source })?;
-                let body = reqwest::Body::wrap_stream(ReaderStream::new(file));
-                client.put_blob(digest, size, body).await
+                    .map_err(|source| ClientError::File {
+                        digest: *digest,
+                        source,
+                    })?;
+                let body =
+                    reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
+                client.put_blob(*digest, *size, body).await
             }
-            Upload::Bytes { digest, data } => {
+            Ready::Config { digest, data } => {
                 let len = data.len() as u64;
                 client
-                    .put_blob(digest, len, reqwest::Body::from(data))
+                    .put_blob(*digest, len, reqwest::Body::from(data.clone()))
                     .await
             }
         }
     }
 }
 
-/// Spools each layer to its own temp file in a directory; dropping the handle deletes it.
+/// Uploads what arrives on `rx` and the server lacks (each digest once), [`PARALLEL_UPLOADS`] at a
+/// time, until the reader closes the channel; deletes each spool file once it is done with.
+/// Returns the digests uploaded and their bytes; the first failed upload ends it with its error.
+async fn upload_spooled(
+    client: &Client,
+    mut rx: mpsc::UnboundedReceiver<Ready>,
+    missing: &HashSet<Digest>,
+    progress: &Progress,
+) -> anyhow::Result<(HashSet<Digest>, u64)> {
+    let mut taken: HashSet<Digest> = HashSet::new();
+    futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+        .filter_map(|ready| {
+            let wanted = missing.contains(&ready.digest()) && taken.insert(ready.digest());
+            if !wanted {
+                ready.discard();
+            }
+            futures::future::ready(wanted.then_some(ready))
+        })
+        .map(|ready| async move {
+            let result = ready.send(client).await;
+            ready.discard();
+            result?;
+            progress.inc(ready.size());
+            Ok::<_, anyhow::Error>((ready.digest(), ready.size()))
+        })
+        .buffer_unordered(PARALLEL_UPLOADS)
+        .try_fold((HashSet::new(), 0u64), |(mut done, bytes), (digest, size)| {
+            done.insert(digest);
+            futures::future::ok((done, bytes + size))
+        })
+        .await
+}
+
+/// Spools each layer to a file of the spool directory, hashing it on the way, and hands it to the
+/// uploader as soon as it is complete. The uploader owns the files from then on (it deletes them),
+/// so the handle the archive reader keeps is empty. No fsync: the files live only until uploaded.
 struct SpoolSink {
-    dir: PathBuf,
+    dir: Arc<TempDir>,
+    /// Numbers the spool files.
+    count: u64,
+    /// Reused copy buffer.
+    buf: Vec<u8>,
+    tx: mpsc::UnboundedSender<Ready>,
 }
 
 impl BlobSink for SpoolSink {
-    type Handle = TempPath;
-    fn store(&mut self, content: &mut dyn Read) -> io::Result<TempPath> {
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        io::copy(content, &mut file)?;
-        file.as_file().sync_data()?;
-        Ok(file.into_temp_path())
+    type Handle = ();
+    fn store(&mut self, content: &mut dyn Read) -> io::Result<()> {
+        self.count += 1;
+        let path = self.dir.path().join(format!("layer-{}", self.count));
+        let mut out = HashingWriter::new(std::fs::File::create(&path)?);
+        loop {
+            let n = match content.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            out.write_all(&self.buf[..n])?;
+        }
+        let (digest, size, _file) = out.finish();
+        self.tx
+            .send(Ready::Layer { digest, size, path })
+            .map_err(|_| io::Error::other("the blob uploads stopped (see their error)"))
     }
 }
 
-/// `docker save` of `names`, parsed and verified, layers spooled under `dir`.
+/// `docker save` of `names`, read and verified, each layer passed to the uploader through `tx` as
+/// soon as it is spooled under `dir`, the configs after the archive checked out.
 async fn export(
     engine: &Engine,
     names: &[String],
-    dir: PathBuf,
-) -> anyhow::Result<layercache_shared::archive::ParsedArchive<TempPath>> {
+    dir: Arc<TempDir>,
+    tx: mpsc::UnboundedSender<Ready>,
+) -> anyhow::Result<()> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let stream = engine.docker.export_images(&refs).map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
     tokio::task::spawn_blocking(move || {
-        let mut sink = SpoolSink { dir };
-        read_archive(reader, &mut sink, &Limits::default())
+        let mut sink = SpoolSink {
+            dir,
+            count: 0,
+            buf: vec![0; COPY_BUF],
+            tx,
+        };
+        let parsed = read_archive(reader, &mut sink, &Limits::default())?;
+        for (digest, data) in parsed.configs {
+            // A closed channel means an upload failed; its error is the one reported.
+            let _ = sink.tx.send(Ready::Config { digest, data });
+        }
+        Ok::<(), ArchiveError>(())
     })
     .await
     .context("the docker save reader panicked")?
