@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use layercache_shared::api::{CommitImage, CommitRequest};
 use layercache_shared::archive::{ArchiveError, BlobSink, Limits, read_archive};
-use layercache_shared::digest::HashingWriter;
 use layercache_shared::{CacheKey, Digest, Namespace};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -249,12 +248,13 @@ impl Ready {
     async fn send(&self, client: &Client) -> Result<(), ClientError> {
         match self {
             Ready::Layer { digest, size, path } => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|source| ClientError::File {
-                        digest: *digest,
-                        source,
-                    })?;
+                let file =
+                    tokio::fs::File::open(path)
+                        .await
+                        .map_err(|source| ClientError::File {
+                            digest: *digest,
+                            source,
+                        })?;
                 let body =
                     reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
                 client.put_blob(*digest, *size, body).await
@@ -295,16 +295,20 @@ async fn upload_spooled(
             Ok::<_, anyhow::Error>((ready.digest(), ready.size()))
         })
         .buffer_unordered(PARALLEL_UPLOADS)
-        .try_fold((HashSet::new(), 0u64), |(mut done, bytes), (digest, size)| {
-            done.insert(digest);
-            futures::future::ok((done, bytes + size))
-        })
+        .try_fold(
+            (HashSet::new(), 0u64),
+            |(mut done, bytes), (digest, size)| {
+                done.insert(digest);
+                futures::future::ok((done, bytes + size))
+            },
+        )
         .await
 }
 
-/// Spools each layer to a file of the spool directory, hashing it on the way, and hands it to the
-/// uploader as soon as it is complete. The uploader owns the files from then on (it deletes them),
-/// so the handle the archive reader keeps is empty. No fsync: the files live only until uploaded.
+/// Spools each layer to a file of the spool directory and hands it to the uploader as soon as the
+/// archive reader has hashed it ([`BlobSink::stored`]). The uploader owns the files from then on (it
+/// deletes them), so the handle the reader keeps is empty. No fsync: the files live only until
+/// uploaded.
 struct SpoolSink {
     dir: Arc<TempDir>,
     /// Numbers the spool files.
@@ -314,12 +318,21 @@ struct SpoolSink {
     tx: mpsc::UnboundedSender<Ready>,
 }
 
+/// A spooled layer until the reader names its digest: then its path goes to the uploader.
+struct Spooled(Option<PathBuf>);
+
 impl BlobSink for SpoolSink {
-    type Handle = ();
-    fn store(&mut self, content: &mut dyn Read) -> io::Result<()> {
+    type Handle = Spooled;
+
+    fn store(&mut self, content: &mut dyn Read) -> io::Result<Spooled> {
+        if self.tx.is_closed() {
+            return Err(io::Error::other(
+                "the blob uploads stopped (their error says why)",
+            ));
+        }
         self.count += 1;
         let path = self.dir.path().join(format!("layer-{}", self.count));
-        let mut out = HashingWriter::new(std::fs::File::create(&path)?);
+        let mut out = std::fs::File::create(&path)?;
         loop {
             let n = match content.read(&mut self.buf) {
                 Ok(0) => break,
@@ -329,10 +342,14 @@ impl BlobSink for SpoolSink {
             };
             out.write_all(&self.buf[..n])?;
         }
-        let (digest, size, _file) = out.finish();
-        self.tx
-            .send(Ready::Layer { digest, size, path })
-            .map_err(|_| io::Error::other("the blob uploads stopped (see their error)"))
+        Ok(Spooled(Some(path)))
+    }
+
+    fn stored(&mut self, handle: &mut Spooled, digest: Digest, size: u64) {
+        if let Some(path) = handle.0.take() {
+            // A closed channel means an upload failed: the next `store` reports it.
+            let _ = self.tx.send(Ready::Layer { digest, size, path });
+        }
     }
 }
 
@@ -382,6 +399,34 @@ mod tests {
                 tags: vec![],
             },
         )
+    }
+
+    #[test]
+    fn the_sink_hands_each_spooled_layer_over_once_and_stops_when_uploads_stopped() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sink = SpoolSink {
+            dir: Arc::clone(&dir),
+            count: 0,
+            buf: vec![0; 7],
+            tx,
+        };
+        let data = b"layer content longer than the buffer";
+        let mut handle = sink.store(&mut &data[..]).unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is sent before the digest is known"
+        );
+        sink.stored(&mut handle, Digest::of(data), data.len() as u64);
+        sink.stored(&mut handle, Digest::of(data), data.len() as u64);
+        let Ok(Ready::Layer { digest, size, path }) = rx.try_recv() else {
+            panic!("expected one layer");
+        };
+        assert_eq!((digest, size), (Digest::of(data), data.len() as u64));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(rx.try_recv().is_err(), "handed over once");
+        drop(rx);
+        assert!(sink.store(&mut &data[..]).is_err());
     }
 
     #[test]

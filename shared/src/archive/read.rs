@@ -61,6 +61,12 @@ pub trait BlobSink {
     /// An error from `content` itself (truncated input, bad gzip) must be passed on: the reader tells
     /// it apart from the sink's own errors.
     fn store(&mut self, content: &mut dyn Read) -> io::Result<Self::Handle>;
+
+    /// Called right after a successful [`BlobSink::store`] with the digest (the diff_id) and size
+    /// of the content it stored, so a sink can act on a layer (upload it) while the archive still
+    /// streams, without hashing it a second time. The content is not verified against any config
+    /// yet. The default does nothing.
+    fn stored(&mut self, _handle: &mut Self::Handle, _digest: Digest, _size: u64) {}
 }
 
 /// A layer streamed to the sink: its diff_id, uncompressed size and the sink's handle.
@@ -177,7 +183,8 @@ impl<R: Read> Read for CountingInput<R> {
 /// Hashes and counts what passes through, and remembers whether the inner reader failed.
 struct Tapped<R> {
     inner: R,
-    hasher: Hasher,
+    /// `None` when another tap already hashes the same bytes.
+    hasher: Option<Hasher>,
     failed: bool,
 }
 
@@ -185,7 +192,16 @@ impl<R: Read> Tapped<R> {
     fn new(inner: R) -> Self {
         Tapped {
             inner,
-            hasher: Hasher::new(),
+            hasher: Some(Hasher::new()),
+            failed: false,
+        }
+    }
+
+    /// Only notices failures; for bytes another [`Tapped`] hashes anyway.
+    fn unhashed(inner: R) -> Self {
+        Tapped {
+            inner,
+            hasher: None,
             failed: false,
         }
     }
@@ -195,7 +211,9 @@ impl<R: Read> Read for Tapped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(h) = &mut self.hasher {
+                    h.update(&buf[..n]);
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -441,19 +459,19 @@ fn store_content<S: BlobSink>(
     let gzip = got == 2 && magic == GZIP_MAGIC;
     let (result, content_failed, content_hash) = {
         let prefixed = io::Cursor::new(&magic[..got]).chain(&mut raw);
-        let decoded: Box<dyn Read + '_> = if gzip {
-            Box::new(MultiGzDecoder::new(prefixed))
+        // Uncompressed content is the raw bytes: `raw` hashes them once for both digests.
+        let mut content: Tapped<Box<dyn Read + '_>> = if gzip {
+            Tapped::new(Box::new(MultiGzDecoder::new(prefixed)))
         } else {
-            Box::new(prefixed)
+            Tapped::unhashed(Box::new(prefixed))
         };
-        let mut content = Tapped::new(decoded);
         // A sink that stops early must not leave the hashes short: drain what it left.
         let result = sink
             .store(&mut content)
             .and_then(|h| io::copy(&mut content, &mut io::sink()).map(|_| h));
         (result, content.failed, content.hasher)
     };
-    let handle = match result {
+    let mut handle = match result {
         Ok(h) => h,
         Err(e) if raw.failed => return Err(input_error(e)),
         Err(e) if state.is_some_and(|st| st.eof.get()) => return Err(input_error(e)),
@@ -470,8 +488,12 @@ fn store_content<S: BlobSink>(
             });
         }
     };
-    let (raw_digest, raw_size) = raw.hasher.finish();
-    let (digest, size) = content_hash.finish();
+    let (raw_digest, raw_size) = raw.hasher.unwrap_or_default().finish();
+    let (digest, size) = match content_hash {
+        Some(h) => h.finish(),
+        None => (raw_digest, raw_size),
+    };
+    sink.stored(&mut handle, digest, size);
     Ok(Streamed {
         handle,
         raw_digest,
