@@ -14,8 +14,9 @@ use std::time::Instant;
 use anyhow::Context;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
+use layercache_shared::api::{BuildCache, BuildReport, BuildSeconds};
 use layercache_shared::key::{self, CacheKeys};
-use layercache_shared::{Digest, Namespace};
+use layercache_shared::{CacheKey, Digest, Namespace};
 
 use crate::cli::{BuildArgs, CacheOpts, KeyArgs, KeyOpts, RestoreArgs, SaveArgs, parse_build_args};
 use crate::client::Client;
@@ -187,7 +188,9 @@ pub fn shared_start(req: &BuildRequest) -> Option<Digest> {
         .copied()
 }
 
-/// The core of `layercache build`: key → lookup and restore → `docker build` → push the new layers.
+/// The core of `layercache build`: key → lookup and restore → `docker build` → push the new layers
+/// → report the outcome to the server (`POST /v1/builds`, best effort, skipped when the server had
+/// a problem earlier in the run).
 ///
 /// Server problems (down, refused token, failed restore or push) never fail it: they become
 /// warnings in the returned summary and the build goes on uncached, without a push. Errors are
@@ -294,7 +297,48 @@ pub async fn build_through_cache(
         phase.end(&mut summary);
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    if summary.server_error.is_some() {
+        log.line("not reporting the build: the cache server had a problem earlier");
+    } else {
+        let report = build_report(&summary, &req.namespace, &keys.key);
+        let sent = match &report {
+            Some(report) => client.report_build(report).await.map(drop),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            summary.warn(
+                log,
+                format!("reporting the build to the cache server failed: {e}"),
+            );
+        }
+    }
     Ok(summary)
+}
+
+/// The `POST /v1/builds` body for a finished build: its cache result and seconds per phase.
+/// `None` when the summary's cache result is not one the server knows (a bug, not worth a failure).
+fn build_report(summary: &Summary, namespace: &Namespace, key: &CacheKey) -> Option<BuildReport> {
+    let cache = match summary.cache.as_str() {
+        "exact" => BuildCache::Exact,
+        "fallback" => BuildCache::Fallback,
+        "prefix" => BuildCache::Prefix,
+        "miss" => BuildCache::Miss,
+        _ => return None,
+    };
+    let phase = |name: &str| summary.phases.get(name).copied().unwrap_or(0.0);
+    Some(BuildReport {
+        namespace: namespace.clone(),
+        key: key.clone(),
+        cache,
+        seconds: BuildSeconds {
+            lookup: phase("lookup"),
+            restore: phase("restore"),
+            build: phase("build"),
+            push: phase("push"),
+            total: summary.seconds,
+        },
+        image_id: summary.image_id.as_deref().and_then(|id| id.parse().ok()),
+    })
 }
 
 /// `layercache build`: flags → [`BuildRequest`] → [`build_through_cache`] → summary.
@@ -387,4 +431,71 @@ pub fn key(args: KeyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_report_carries_the_cache_result_and_seconds_per_phase() {
+        let ns: Namespace = "acme/web".parse().unwrap();
+        let key: CacheKey = "sha256:abc".parse().unwrap();
+        let image = Digest::of(b"config");
+        let mut summary = Summary {
+            cache: "prefix".into(),
+            image_id: Some(image.to_string()),
+            seconds: 9.5,
+            ..Summary::default()
+        };
+        for (name, secs) in [
+            ("key", 0.1),
+            ("lookup", 0.2),
+            ("restore", 3.0),
+            ("build", 5.0),
+            ("push", 1.0),
+        ] {
+            summary.phases.insert(name.into(), secs);
+        }
+        let report = build_report(&summary, &ns, &key).unwrap();
+        let body = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "namespace": "acme/web",
+                "key": "sha256:abc",
+                "cache": "prefix",
+                "seconds": {"lookup": 0.2, "restore": 3.0, "build": 5.0, "push": 1.0, "total": 9.5},
+                "image_id": image.to_string(),
+            })
+        );
+
+        // A miss without a push or an image: the phases it skipped are 0, no image_id.
+        let miss = Summary {
+            cache: "miss".into(),
+            seconds: 2.0,
+            ..Summary::default()
+        };
+        let report = build_report(&miss, &ns, &key).unwrap();
+        assert_eq!(report.cache, BuildCache::Miss);
+        assert_eq!(
+            report.seconds,
+            BuildSeconds {
+                total: 2.0,
+                ..BuildSeconds::default()
+            }
+        );
+        assert_eq!(report.image_id, None);
+        assert!(
+            build_report(
+                &Summary {
+                    cache: "weird".into(),
+                    ..Summary::default()
+                },
+                &ns,
+                &key
+            )
+            .is_none()
+        );
+    }
 }

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use layercache_shared::api::{
-    CommitRequest, EntryList, ErrorBody, LookupRequest, LookupResponse, MissingRequest,
-    MissingResponse, PutReport, Stats,
+    BuildRecorded, BuildReport, CommitRequest, EntryList, ErrorBody, LookupRequest, LookupResponse,
+    MissingRequest, MissingResponse, PutReport, Stats,
 };
 use layercache_shared::{CacheKey, Digest, Namespace};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -335,6 +335,22 @@ impl Client {
             .send("the commit", &url, self.http.put(&url).json(req))
             .await?;
         self.json("the commit", &url, resp).await
+    }
+
+    /// `POST /v1/builds`: reports how a build went, for the dashboard's time-saved figures.
+    pub async fn report_build(&self, report: &BuildReport) -> Result<BuildRecorded, ClientError> {
+        let body = serde_json::to_value(report).map_err(|e| ClientError::Garbage {
+            what: "the build report",
+            url: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        self.call(
+            "the build report",
+            Method::POST,
+            format!("{}/v1/builds", self.base),
+            Some(body),
+        )
+        .await
     }
 
     /// `GET /healthz`: whether the server answers.

@@ -69,7 +69,8 @@ pub struct Summary {
     pub pushed: bool,
     /// Total wall time.
     pub seconds: f64,
-    /// Wall time of each phase (`key`, `restore`, `build`, `push`).
+    /// Wall time of each phase (`key`, `lookup`, `restore`, `build`, `push`); `restore` is the
+    /// download and load after a hit, without the lookup.
     pub phases: BTreeMap<String, f64>,
     /// Problems that did not fail the run (server down, restore failed).
     pub warnings: Vec<String>,

@@ -34,13 +34,16 @@ pub async fn restore(
     log: &Log,
 ) {
     summary.cache = "miss".into();
-    let phase = Phase::start("restore");
     let req = LookupRequest {
         namespaces: lookup.namespaces,
         key: lookup.key.clone(),
         prefixes: lookup.prefixes.to_vec(),
     };
-    match client.lookup(&req).await {
+    let phase = Phase::start("lookup");
+    let found = client.lookup(&req).await;
+    phase.end(summary);
+    let phase = Phase::start("restore");
+    match found {
         Err(e) => summary.server_problem(log, format!("{e}; building without the cache")),
         Ok(None) => log.line(&format!(
             "cache miss for {} in {}",

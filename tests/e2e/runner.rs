@@ -61,6 +61,27 @@ fn cold_build_then_wiped_worker_gets_exact_hit_and_same_image() {
         warm["bytes_downloaded"].as_u64().unwrap() > 256 * 1024,
         "{warm}"
     );
+
+    // Each build reported its outcome: the server lists both, newest first, with the cold build
+    // as the baseline the hit is credited against.
+    let builds = server.get_json("/v1/builds?namespace=acme%2Fweb");
+    assert_eq!(builds["builds"], 2, "{builds}");
+    let recent = builds["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 2, "{builds}");
+    let key = cold["key"].as_str().unwrap();
+    for (report, cache, summary) in [(&recent[0], "exact", &warm), (&recent[1], "miss", &cold)] {
+        assert_eq!(report["cache"], cache, "{builds}");
+        assert_eq!(report["key"], key, "{builds}");
+        assert_eq!(report["namespace"], "acme/web", "{builds}");
+        assert_eq!(report["image_id"], id.as_str(), "{builds}");
+        let total = report["total_seconds"].as_f64().unwrap();
+        let seconds = summary["seconds"].as_f64().unwrap();
+        assert!((total - seconds).abs() < 1e-6, "{total} vs {summary}");
+    }
+    assert_eq!(
+        recent[1]["seconds_saved"], 0.0,
+        "a miss saves nothing: {builds}"
+    );
 }
 
 /// Changing only the last instruction: the unchanged steps come from the cache and the push
