@@ -1150,9 +1150,11 @@ async fn a_blob_of_the_wrong_size_is_never_served() {
         .unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(error_code(&r.json().await.unwrap()), "corrupt_blob");
-    let r = s.client.get(s.at("/v1/images/ns/k")).send().await.unwrap();
-    assert!(
-        r.bytes().await.is_err(),
-        "the tarball transfer must break off"
-    );
+    // The server may break off before or after the response head reaches the client: either way
+    // the client never gets a whole tarball.
+    let broke = match s.client.get(s.at("/v1/images/ns/k")).send().await {
+        Err(_) => true,
+        Ok(r) => r.bytes().await.is_err(),
+    };
+    assert!(broke, "the tarball transfer must break off");
 }
