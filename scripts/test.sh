@@ -49,4 +49,13 @@ log "building the workspace"
 cargo build --workspace --bins --locked
 
 log "running the tests"
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+out="$state/cargo-test.log"
+set +e
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo's last line is a doc-test run that may hold none).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\nall: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"
