@@ -137,12 +137,26 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+CONTENT = "mixed"
+
+
+def layer_step(i, layer_mib):
+    """A RUN step writing about `layer_mib` MiB. `random` is incompressible; `mixed` (the default)
+    is half random bytes, half hex text (gzip ≈ 2.5x on that half), closer to real images whose
+    binaries and text compress, which is what `docker push` spends its time gzipping."""
+    if CONTENT == "random":
+        return f"RUN dd if=/dev/urandom of=/data{i}.bin bs=1048576 count={layer_mib} 2>/dev/null\n"
+    half = max(1, layer_mib // 2)
+    text_bytes = (layer_mib - half) * 1048576
+    return (f"RUN dd if=/dev/urandom of=/data{i}.bin bs=1048576 count={half} 2>/dev/null && "
+            f"head -c {text_bytes // 3 + 4096} /dev/urandom | od -An -tx1 | head -c {text_bytes} > /text{i}.txt\n")
+
+
 def make_context(work, name, layers, layer_mib, extra_steps=""):
     ctx = work / name
     ctx.mkdir(exist_ok=True)
     shutil.copy("/bin/busybox", ctx / "busybox")
-    steps = "".join(
-        f"RUN dd if=/dev/urandom of=/data{i}.bin bs=1048576 count={layer_mib} 2>/dev/null\n" for i in range(layers))
+    steps = "".join(layer_step(i, layer_mib) for i in range(layers))
     (ctx / "Dockerfile").write_text(
         "FROM scratch\nCOPY busybox /bin/busybox\n"
         'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n' + steps + extra_steps)
@@ -178,7 +192,11 @@ def main():
     ap.add_argument("--rss-gib", type=float, default=1.0, help="tarball size for the RSS check (0 skips)")
     ap.add_argument("--slow-step", type=int, default=20, help="seconds of the slow step in the warm-build check")
     ap.add_argument("--only", choices=["server", "runner"], help="run one half")
+    ap.add_argument("--content", choices=["mixed", "random"], default="mixed",
+                    help="layer data: half random + half hex text (default), or all random")
     args = ap.parse_args()
+    global CONTENT
+    CONTENT = args.content
 
     ensure_packages()
     log("building release binaries")
