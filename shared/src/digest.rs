@@ -114,6 +114,11 @@ impl<W: Write> HashingWriter<W> {
         self.len
     }
 
+    /// The inner writer (e.g. to reach the file under a buffer).
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// Whether nothing was written yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
