@@ -21,6 +21,12 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
+# Seeds: a real Engine 20.10 `docker save` and real-world Dockerfiles, so the fuzzer starts past
+# the tar header and the FROM line.
+mkdir -p fuzz/corpus/read_archive fuzz/corpus/dockerfile_key
+cp shared/tests/fixtures/*.tar fuzz/corpus/read_archive/
+cp shared/tests/dockerfiles/* fuzz/corpus/dockerfile_key/
+
 for target in $(cargo fuzz list --fuzz-dir fuzz); do
   echo "==> fuzzing $target for ${seconds}s" >&2
   mkdir -p "fuzz/corpus/$target"

@@ -55,7 +55,15 @@ set +e
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary (cargo's last line is a doc-test run that may hold none).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "\nall: %d passed, %d failed\n", p, f }' "$out"
-exit "$status"
+# One closing line over every test binary (cargo's last line is a doc-test run that may hold none),
+# printed last, after the fuzzing.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all: %d passed, %d failed", p, f }' "$out")
+if [ "$status" != 0 ]; then
+  printf '\n%s\n' "$summary"
+  exit "$status"
+fi
+
+log "fuzzing the tarball reader and the Dockerfile key parser (${FUZZ_SECONDS:-30} s each)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+printf '\n%s\n' "$summary"
