@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
@@ -84,9 +85,32 @@ fn assert_nothing_left(engine: &TestEngine) {
     );
 }
 
+/// An engine whose containers talk over user-defined networks, held with this process's turn.
+///
+/// Such engines need iptables on, and all of them share the host's `DOCKER` nat chain: one
+/// shutting down removes the chain under another ("Chain 'DOCKER' does not exist"). So the tests
+/// that need one take turns; the engine is stopped before the turn passes (fields drop in order).
+struct NetworkedEngine {
+    engine: TestEngine,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for NetworkedEngine {
+    type Target = TestEngine;
+    fn deref(&self) -> &TestEngine {
+        &self.engine
+    }
+}
+
 /// Containers on user-defined networks need the bridge driver: keep iptables on, no docker0.
-fn networked_engine() -> TestEngine {
-    TestEngine::start_with(&["--bridge=none"])
+fn networked_engine() -> NetworkedEngine {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that panicked while holding the turn still stopped its engine: the lock is free to use.
+    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    NetworkedEngine {
+        engine: TestEngine::start_with(&["--bridge=none"]),
+        _turn: turn,
+    }
 }
 
 #[test]
