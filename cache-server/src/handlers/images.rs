@@ -66,10 +66,9 @@ pub async fn get_image(
     };
     let (manifest, pins) = state
         .store
-        .blocking(move |s| match s.db.find_entry(&ns, &key)? {
-            Some(id) => {
+        .blocking(move |s| match s.db.find_manifest(&ns, &key)? {
+            Some((id, manifest)) => {
                 s.db.record_hit(id, None)?;
-                let manifest = s.db.manifest(id)?;
                 // Pin, then confirm the rows: an entry evicted between the manifest and the pin
                 // has lost them, and is answered as not found rather than half served.
                 let blobs: Vec<_> = manifest
@@ -139,8 +138,8 @@ pub async fn get_manifest(
     let (ns, key) = entry_name(path)?;
     let m = state
         .store
-        .blocking(move |s| match s.db.find_entry(&ns, &key)? {
-            Some(id) => Ok(s.db.manifest(id)?),
+        .blocking(move |s| match s.db.find_manifest(&ns, &key)? {
+            Some((_, manifest)) => Ok(manifest),
             None => Err(entry_not_found(&ns, &key)),
         })
         .await?;

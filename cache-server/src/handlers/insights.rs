@@ -151,11 +151,18 @@ pub async fn load_entry_detail(
 ) -> Result<EntryDetail, ServerError> {
     state
         .store
-        .blocking(move |s| match s.db.find_entry(&ns, &key)? {
-            Some(id) => Ok(s.db.entry_detail(id)?),
-            None => Err(ServerError::not_found(format!(
-                "entry `{ns}` `{key}` (list entries with GET /v1/entries)"
-            ))),
+        .blocking(move |s| {
+            // A concurrent re-PUT may replace the entry between the two reads: look again.
+            let detail = crate::store::sqlite::retry_replaced(|| {
+                s.db.find_entry(&ns, &key)?
+                    .map(|id| s.db.entry_detail(id))
+                    .transpose()
+            })?;
+            detail.ok_or_else(|| {
+                ServerError::not_found(format!(
+                    "entry `{ns}` `{key}` (list entries with GET /v1/entries)"
+                ))
+            })
         })
         .await
 }

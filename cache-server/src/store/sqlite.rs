@@ -379,6 +379,24 @@ impl Db {
         find_entry_tx(&tx, namespace, key)
     }
 
+    /// The id and manifest of `namespace`/`key`, if stored.
+    ///
+    /// A re-PUT replaces an entry by deleting its row and inserting a new one; a reader that found
+    /// the old id just before may then find no row. That is a lost race, not a missing entry:
+    /// look the name up again.
+    pub fn find_manifest(
+        &self,
+        namespace: &Namespace,
+        key: &CacheKey,
+    ) -> rusqlite::Result<Option<(i64, EntryManifest)>> {
+        retry_replaced(|| {
+            let Some(id) = self.find_entry(namespace, key)? else {
+                return Ok(None);
+            };
+            Ok(Some((id, self.manifest(id)?)))
+        })
+    }
+
     /// Deletes an entry (refcounts drop with it); false when absent.
     pub fn delete_entry(&self, namespace: &Namespace, key: &CacheKey) -> rusqlite::Result<bool> {
         let mut conn = self.conn();
@@ -805,6 +823,18 @@ impl Db {
         Ok(self
             .blob_sizes(std::slice::from_ref(digest))?
             .remove(digest))
+    }
+}
+
+/// Runs `read` again (a few times) when an entry row it found vanished before it was read: the
+/// entry was replaced or evicted at that moment (see [`Db::find_manifest`]).
+pub fn retry_replaced<T>(mut read: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut tries = 0;
+    loop {
+        match read() {
+            Err(rusqlite::Error::QueryReturnedNoRows) if tries < 5 => tries += 1,
+            other => return other,
+        }
     }
 }
 

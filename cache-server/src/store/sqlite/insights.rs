@@ -100,9 +100,16 @@ pub(super) fn count_lookup_tx(
     kind: Option<MatchKind>,
     now: u64,
 ) -> rusqlite::Result<()> {
-    let ns: String = conn.query_row("SELECT namespace FROM entries WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
+    // The entry may have been replaced by a concurrent re-PUT since it was found: the hit still
+    // counts in the totals, only its per-namespace activity is lost.
+    let Some(ns): Option<String> = conn
+        .query_row("SELECT namespace FROM entries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+    else {
+        return Ok(());
+    };
     let kind = kind.map_or(ActivityKind::Get, ActivityKind::Lookup);
     count_event(conn, &ns, kind, now)
 }
