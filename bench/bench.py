@@ -272,6 +272,9 @@ def run(args, work, procs, server_bin, runner_bin):
         log("GET | docker load")
         get_load, _ = timed(lambda: sh(f"curl -sf {srv_url}/v1/images/bench/warm | "
                                        f"DOCKER_HOST={engine.host} {DOCKER} load -q"), runs, setup=engine.wipe)
+        log("cat | docker load (the stdin path without the server)")
+        cat_load, _ = timed(lambda: sh(f"cat {tarball} | DOCKER_HOST={engine.host} {DOCKER} load -q"), runs,
+                            setup=engine.wipe)
         log("docker push (fresh registry each run)")
 
         def fresh_registry():
@@ -330,6 +333,8 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         rows = [
             ["GET tarball \\| docker load (s)", f"{get_load:.2f}", f"docker load -i {load_i:.2f}",
              f"{get_load / load_i:.2f}x", "<= 1.10x", "yes" if get_load <= 1.10 * load_i else "NO"],
+            ["  (reference) cat file \\| docker load (s)", f"{get_load:.2f}", f"cat \\| load {cat_load:.2f}",
+             f"{get_load / cat_load:.2f}x", "report", "-"],
             ["  (reference) docker pull (s)", f"{get_load:.2f}", f"docker pull {pull:.2f}",
              f"{get_load / pull:.2f}x", "report", "-"],
             ["ingest PUT of the tarball (s)", f"{ingest:.2f}", f"docker push {push:.2f}",
