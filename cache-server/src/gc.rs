@@ -88,13 +88,14 @@ pub fn collect(
     // 1. Plan and evict.
     let rows = store.db.blob_rows()?;
     let sizes = rows.iter().map(|r| (r.digest, r.size)).collect();
-    let kept_bytes: u64 = {
-        let pins = store.pins.lock();
-        rows.iter()
-            .filter(|r| r.refcount == 0 && (pins.is_pinned(&r.digest) || fresh(r.created)))
-            .map(|r| r.size)
-            .sum()
-    };
+    // Fresh unreferenced blobs are a push about to commit: they count against the quota. Blobs
+    // only pinned by a transfer of an entry already evicted (their `created` was reset) go when
+    // it ends; counting them would evict live entries for space that is about to be free.
+    let kept_bytes: u64 = rows
+        .iter()
+        .filter(|r| r.refcount == 0 && fresh(r.created))
+        .map(|r| r.size)
+        .sum();
     let entries = store.db.entry_usage()?;
     let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
     for (id, last_used, reason) in &plan.evict {
@@ -444,6 +445,32 @@ mod tests {
         let stats = s.db.stats().unwrap();
         assert_eq!(stats.evicted_entries, 1);
         assert!(stats.evicted_bytes >= 1000);
+    }
+
+    #[test]
+    fn blobs_pinned_by_a_transfer_of_an_evicted_entry_do_not_evict_more_entries() {
+        let (_dir, s) = store();
+        let (old, old_blobs) = commit(&s, "old", &[&[1u8; 1000][..]]);
+        let (new, _) = commit(&s, "new", &[&[2u8; 1000][..]]);
+        s.db.record_hit(new, None).unwrap();
+        let policy = Policy {
+            max_size: Some(1500),
+            ttl_secs: None,
+        };
+        // A restore of "old" is streaming: its blobs stay pinned while "old" is evicted.
+        let guard = s.pins.pin(old_blobs.clone());
+        let r = collect(&s, &policy, no_grace(), now()).unwrap();
+        assert_eq!(r.entries_evicted, 1);
+        assert!(s.db.manifest(old).is_err());
+        // Collections during the transfer leave "new" alone although the disk is over quota.
+        let r = collect(&s, &policy, no_grace(), now()).unwrap();
+        assert_eq!(r.entries_evicted, 0, "{r:?}");
+        assert!(s.db.manifest(new).is_ok());
+        assert!(s.blobs.contains(&old_blobs[1]).unwrap(), "pinned");
+        drop(guard);
+        let r = collect(&s, &policy, no_grace(), now()).unwrap();
+        assert_eq!((r.entries_evicted, r.blobs_deleted), (0, 2), "{r:?}");
+        assert!(s.db.manifest(new).is_ok());
     }
 
     #[test]

@@ -67,10 +67,10 @@ impl Plan {
 
 /// Decides which entries to evict at time `now` (seconds since the epoch).
 ///
-/// `sizes` holds every blob's size; `kept_bytes` are bytes of unreferenced blobs the collector
-/// cannot delete yet (pinned or too fresh) and so still count against the quota. Expired entries
-/// go first; then, while the bytes exceed `max_size`, the least recently used (ties: lower id, the
-/// older commit).
+/// `sizes` holds every blob's size; `kept_bytes` are bytes of unreferenced blobs uploaded within
+/// the grace period (a push about to commit), which the collector keeps and so count against the
+/// quota. Expired entries go first; then, while the bytes exceed `max_size`, the least recently
+/// used (ties: lower id, the older commit).
 pub fn plan(
     entries: &[EntryUse],
     sizes: &HashMap<Digest, u64>,
