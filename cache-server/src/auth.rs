@@ -11,7 +11,7 @@
 //! - Without a valid token: 401 `unauthorized` with `WWW-Authenticate: Bearer`, on every other
 //!   route, unknown ones included, so nothing leaks to an anonymous caller.
 //! - `read`: GET/HEAD of images, manifests and blobs, `POST /v1/lookup`, `/v1/stats`,
-//!   `/v1/entries`. `write`: read + image PUT, manifest commit, blob PUT, `POST /v1/blobs/missing`.
+//!   `/v1/entries`. `write`: read + image PUT, manifest commit, blob PUT and POST, `POST /v1/blobs/missing`.
 //!   `admin`: everything, including DELETE. A route this module does not know needs `admin`.
 //! - Namespaces: routes naming one (`/v1/images/{ns}/...`) need the role in that namespace.
 //!   `POST /v1/lookup` is refused (403) if any namespace it lists is not readable: a misconfigured
@@ -254,7 +254,7 @@ pub fn need_of<'a>(
                 Need::Namespace(Role::Admin, ns())
             }
         }
-        "/v1/blobs/missing" if method == Method::POST => Need::Role(Role::Write),
+        "/v1/blobs" | "/v1/blobs/missing" if method == Method::POST => Need::Role(Role::Write),
         "/v1/blobs/{digest}" if read => {
             Need::BlobRead(param("digest").unwrap_or_default().to_string())
         }
@@ -266,9 +266,8 @@ pub fn need_of<'a>(
         // operators, as are the dashboard pages, `/metrics`, history and largest (the default below).
         "/v1/builds" if method == Method::POST => Need::Role(Role::Write),
         // A known route with a method it lacks: any caller may learn it is a 405.
-        "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats" | "/v1/entries" => {
-            Need::Authenticated
-        }
+        "/v1/blobs" | "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats"
+        | "/v1/entries" => Need::Authenticated,
         _ => Need::Role(Role::Admin),
     }
 }
@@ -511,6 +510,8 @@ mod tests {
                 ns(Role::Write),
             ),
             (Method::POST, "/v1/blobs/missing", Need::Role(Role::Write)),
+            (Method::POST, "/v1/blobs", Need::Role(Role::Write)),
+            (Method::GET, "/v1/blobs", Need::Authenticated),
             (Method::PUT, "/v1/blobs/{digest}", Need::Role(Role::Write)),
             (
                 Method::GET,

@@ -278,20 +278,33 @@ fn ingest_blocking(
     })
 }
 
-/// `PUT /v1/blobs/{digest}`: stores the body as `digest`. Returns whether it was newly stored.
+/// A blob upload that checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobUpload {
+    /// What the content hashed to (the digest asked for, when one was).
+    pub digest: Digest,
+    /// Bytes of the blob.
+    pub size: u64,
+    /// False when the blob was already stored (this copy was deduplicated).
+    pub new: bool,
+}
+
+/// `PUT /v1/blobs/{digest}` (`expected` is the digest, refused on a mismatch) and `POST /v1/blobs`
+/// (`expected` is `None`: the content is stored under whatever it hashes to, for a client that
+/// uploads while it reads and learns the digest only at the end).
 pub async fn upload_blob(
     store: Arc<Store>,
-    digest: Digest,
+    expected: Option<Digest>,
     body: Body,
     limit: u64,
-) -> Result<bool, ServerError> {
+) -> Result<BlobUpload, ServerError> {
     let (reader, meter) = upload_reader(body, limit);
     let mut bridge = SyncIoBridge::new(reader);
     store
         .blocking(move |s| {
-            let result = store_blob(s, &mut bridge, &digest).map_err(|e| upload_error(e, &meter));
+            let result = store_blob(s, &mut bridge, expected).map_err(|e| upload_error(e, &meter));
             let (dedup, failed) = match &result {
-                Ok((false, size)) => (*size, 0),
+                Ok(up) if !up.new => (up.size, 0),
                 Ok(_) => (0, 0),
                 Err(_) => (0, 1),
             };
@@ -303,20 +316,21 @@ pub async fn upload_blob(
             if let Err(e) = &result {
                 s.db.count_upload_failure(e.status_and_code().1)?;
             }
-            result.map(|(new, _)| new)
+            result
         })
         .await
 }
 
-/// Streams `body` into the blob store as `digest`; returns whether it was new, and its size.
+/// Streams `body` into the blob store as `expected`, or under its own digest when `None`.
 fn store_blob(
     store: &Store,
     body: &mut dyn BufRead,
-    digest: &Digest,
-) -> Result<(bool, u64), ServerError> {
+    expected: Option<Digest>,
+) -> Result<BlobUpload, ServerError> {
     let tmp = &store.tmp_dir;
-    // Held from before the file is found or renamed until its row is (re)inserted.
-    let _pin = store.pins.pin([*digest]);
+    // Held from before the file is found or renamed until its row is (re)inserted. An upload
+    // without a digest pins once its content is hashed, still before the rename.
+    let mut pin = expected.map(|d| store.pins.pin([d]));
     let mut w = store
         .blobs
         .begin_write()
@@ -333,10 +347,23 @@ fn store_blob(
             .map_err(|e| ServerError::io("writing upload to", tmp, e))?;
         body.consume(n);
     }
-    let c = w.commit(digest)?;
-    let row_new = store.db.insert_blob(digest, c.size)?;
+    let digest = match expected {
+        Some(d) => d,
+        None => {
+            let d = w.digest();
+            pin = Some(store.pins.pin([d]));
+            d
+        }
+    };
+    let c = w.commit(&digest)?;
+    let row_new = store.db.insert_blob(&digest, c.size)?;
+    drop(pin);
     store.gc_wake.notify_one();
-    Ok((c.newly_stored || row_new, c.size))
+    Ok(BlobUpload {
+        digest,
+        size: c.size,
+        new: c.newly_stored || row_new,
+    })
 }
 
 /// The part of an image config the server reads.

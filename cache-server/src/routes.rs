@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/images/{ns}/{key}/manifest",
             get(images::get_manifest).put(images::put_manifest),
         )
+        .route("/v1/blobs", post(blobs::post_blob))
         .route("/v1/blobs/missing", post(blobs::missing))
         .route(
             "/v1/blobs/{digest}",

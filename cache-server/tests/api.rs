@@ -566,6 +566,55 @@ async fn blob_upload_with_wrong_digest_is_refused_and_leaves_no_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn blobs_posted_without_a_digest_are_stored_under_what_they_hash_to() {
+    let s = TestServer::start_with_limit(1 << 20).await;
+    let content = noise(11, 600 << 10);
+    let digest = Digest::of(&content);
+    // Chunked, as the runner sends a layer it is still reading.
+    let post = |body: Vec<u8>| {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+        s.client
+            .post(s.at("/v1/blobs"))
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+    };
+    let r = post(content.clone()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(
+        stored,
+        json!({"digest": digest.to_string(), "size": content.len()})
+    );
+    let r = post(content.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "already stored");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["digest"],
+        digest.to_string()
+    );
+    let got = s
+        .client
+        .get(s.at(&format!("/v1/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &content[..]);
+    assert_eq!(s.stats().await["bytes_deduplicated"], content.len());
+
+    // Over the limit, streamed: refused while reading, nothing kept.
+    let r = post(noise(12, 2 << 20)).await;
+    assert_refused_413(r, "posted blob over the limit");
+    assert!(s.files_under("tmp").is_empty());
+    assert_eq!(s.files_under("blobs").len(), 1, "only the first blob");
+    let r = reqwest::Client::new()
+        .get(s.at("/v1/blobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn blobs_upload_once_and_serve_ranges_and_heads() {
     let s = TestServer::start().await;
     let content = noise(9, (1 << 20) + 4321);

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use layercache_shared::api::{
-    BuildRecorded, BuildReport, CommitRequest, EntryList, ErrorBody, LookupRequest, LookupResponse,
-    MissingRequest, MissingResponse, PutReport, Stats,
+    BlobStored, BuildRecorded, BuildReport, CommitRequest, EntryList, ErrorBody, LookupRequest,
+    LookupResponse, MissingRequest, MissingResponse, PutReport, Stats,
 };
 use layercache_shared::{CacheKey, Digest, Namespace};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -321,6 +321,17 @@ impl Client {
             .body(body);
         self.send("a blob upload", &url, req).await?;
         Ok(())
+    }
+
+    /// `POST /v1/blobs`: uploads `body` (of a length not known up front) and returns the digest
+    /// the server computed; the caller compares it with its own.
+    pub async fn post_blob(&self, body: reqwest::Body) -> Result<BlobStored, ClientError> {
+        let what = "a blob upload";
+        let url = format!("{}/v1/blobs", self.base);
+        let resp = self
+            .send(what, &url, self.http.post(&url).body(body))
+            .await?;
+        self.json(what, &url, resp).await
     }
 
     /// `PUT /v1/images/{ns}/{key}/manifest`.

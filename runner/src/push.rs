@@ -3,10 +3,17 @@
 //!
 //! 1. Collect the images (parents first) and their diff_ids and config digests.
 //! 2. Ask the server which blobs it lacks; none → commit right away.
-//! 3. Otherwise `docker save` all images in one stream and read it with the shared archive reader.
-//!    Pipelined: each layer is hashed while it is spooled to a temp file and, if the server lacks
-//!    it, starts uploading (a few at a time) while the save streams the next ones; the configs
-//!    follow once the archive is verified. Then commit.
+//! 3. Otherwise `docker save` all images in one stream and read it with the shared archive reader,
+//!    uploading while it streams. A legacy save names layers by v1 ids, so a layer's diff_id is
+//!    known only once its bytes went by; what the runner does know up front is how many distinct
+//!    layers the save holds and which of them the server lacks. So for each layer:
+//!    - once every missing layer went by, the rest are only hashed (the reader verifies them);
+//!    - while every layer still to come is missing (a first push), it is uploaded as it is read,
+//!      with `POST /v1/blobs`, and the server's digest is checked against the reader's;
+//!    - otherwise it is spooled to a temp file and, once hashed, uploaded if the server lacks it
+//!      (a few at a time) while the save streams the next ones.
+//!
+//!    The configs follow once the archive is verified. Then commit.
 //!
 //! Nothing is committed unless the archive checked out and every upload succeeded, so the server
 //! never holds a partial entry (blobs uploaded before a failure stay unreferenced until GC).
@@ -17,13 +24,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use layercache_shared::api::{CommitImage, CommitRequest};
+use layercache_shared::api::{BlobStored, CommitImage, CommitRequest};
 use layercache_shared::archive::{ArchiveError, BlobSink, Limits, read_archive};
 use layercache_shared::{CacheKey, Digest, Namespace};
 use tempfile::TempDir;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use crate::client::{Client, ClientError};
@@ -32,8 +42,10 @@ use crate::report::{Log, Progress, Summary};
 
 /// Blob uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 3;
-/// Bytes read from a spool file per chunk of an upload body.
+/// Bytes per chunk of an upload body (read from a spool file, or from the save stream).
 const UPLOAD_CHUNK: usize = 256 << 10;
+/// Chunks of a streamed layer buffered between the reader and its upload.
+const STREAM_DEPTH: usize = 8;
 /// Bytes copied per read while spooling a layer.
 const COPY_BUF: usize = 256 << 10;
 
@@ -137,7 +149,16 @@ pub async fn push(
             .collect();
         names.extend(final_tags);
         let missing_set: HashSet<Digest> = missing.iter().copied().collect();
-        let (uploaded, bytes) = save_and_upload(engine, client, &names, &missing_set, log).await?;
+        let expected = Expected::new(
+            layer_set.len(),
+            layer_set
+                .iter()
+                .filter(|d| missing_set.contains(d))
+                .copied()
+                .collect(),
+        );
+        let (uploaded, bytes) =
+            save_and_upload(engine, client, &names, &missing_set, expected, log).await?;
         if let Some(absent) = missing.iter().find(|d| !uploaded.contains(d)) {
             bail!(
                 "the server lacks blob {absent}, which `docker save` did not produce; \
@@ -184,9 +205,8 @@ pub async fn push(
 }
 
 /// `docker save` of `names` streamed through the archive reader while the blobs in `missing` are
-/// uploaded: each layer starts uploading as soon as it is spooled and hashed, while the save goes on
-/// with the next ones; configs follow once the archive is verified. Returns the digests uploaded
-/// and their bytes.
+/// uploaded as [`Expected`] plans each layer, while the save goes on with the next ones; configs
+/// follow once the archive is verified. Returns the digests uploaded and their bytes.
 ///
 /// An error of either side ends both: a failed upload makes the reader stop at its next layer, a
 /// bad archive cancels the uploads in flight. Blobs already uploaded then stay on the server as
@@ -196,21 +216,31 @@ async fn save_and_upload(
     client: &Client,
     names: &[String],
     missing: &HashSet<Digest>,
+    expected: Expected,
     log: &Log,
 ) -> anyhow::Result<(HashSet<Digest>, u64)> {
     let spool = Arc::new(
         tempfile::tempdir().context("failed to create a temp dir for the layers to upload")?,
     );
     let (tx, rx) = mpsc::unbounded_channel();
+    let sink = PushSink {
+        expected,
+        dir: Arc::clone(&spool),
+        count: 0,
+        buf: vec![0; COPY_BUF],
+        tx,
+        client: client.clone(),
+        rt: Handle::current(),
+    };
     let progress = Progress::new(log, "saving and uploading", None);
-    let reader = export(engine, names, Arc::clone(&spool), tx);
-    let uploads = upload_spooled(client, rx, missing, &progress);
+    let reader = export(engine, names, sink);
+    let uploads = upload_ready(client, rx, missing, &progress);
     let ((), (uploaded, bytes)) = tokio::try_join!(reader, uploads)?;
     progress.finish(bytes);
     Ok((uploaded, bytes))
 }
 
-/// A blob ready to upload, sent by the reader thread to the uploader.
+/// A blob ready to upload (or uploading), sent by the reader thread to the uploader.
 #[derive(Debug)]
 enum Ready {
     /// A layer spooled to `path`: its diff_id and size.
@@ -219,6 +249,12 @@ enum Ready {
         size: u64,
         path: PathBuf,
     },
+    /// A layer uploaded while it was read: the reader's diff_id and size, and the upload.
+    Streamed {
+        digest: Digest,
+        size: u64,
+        upload: JoinHandle<Result<BlobStored, ClientError>>,
+    },
     /// An image config, sent once the archive is verified.
     Config { digest: Digest, data: Bytes },
 }
@@ -226,53 +262,64 @@ enum Ready {
 impl Ready {
     fn digest(&self) -> Digest {
         match self {
-            Ready::Layer { digest, .. } | Ready::Config { digest, .. } => *digest,
+            Ready::Layer { digest, .. }
+            | Ready::Streamed { digest, .. }
+            | Ready::Config { digest, .. } => *digest,
         }
     }
 
-    fn size(&self) -> u64 {
-        match self {
-            Ready::Layer { size, .. } => *size,
-            Ready::Config { data, .. } => data.len() as u64,
-        }
-    }
-
-    /// Deletes a layer's spool file (uploaded, not needed, or a repeat); errors are harmless, the
-    /// spool directory goes at the end anyway.
+    /// Deletes a layer's spool file (not needed, or a repeat); errors are harmless, the spool
+    /// directory goes at the end anyway.
     fn discard(&self) {
         if let Ready::Layer { path, .. } = self {
             let _ = std::fs::remove_file(path);
         }
     }
 
-    async fn send(&self, client: &Client) -> Result<(), ClientError> {
+    /// Uploads the blob (or waits for its streamed upload); returns its digest and size.
+    async fn upload(self, client: &Client) -> anyhow::Result<(Digest, u64)> {
         match self {
             Ready::Layer { digest, size, path } => {
-                let file =
-                    tokio::fs::File::open(path)
-                        .await
-                        .map_err(|source| ClientError::File {
-                            digest: *digest,
-                            source,
-                        })?;
+                let file = tokio::fs::File::open(&path).await;
+                let _ = std::fs::remove_file(&path);
+                let file = file.map_err(|source| ClientError::File { digest, source })?;
                 let body =
                     reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
-                client.put_blob(*digest, *size, body).await
+                client.put_blob(digest, size, body).await?;
+                Ok((digest, size))
+            }
+            Ready::Streamed {
+                digest,
+                size,
+                upload,
+            } => {
+                let stored = upload.await.context("a layer upload panicked")??;
+                if (stored.digest, stored.size) != (digest, size) {
+                    bail!(
+                        "the server stored the layer streamed to it as {} ({} bytes), but it \
+                         hashed to {digest} ({size} bytes) here: the upload was corrupted on the \
+                         way; push again",
+                        stored.digest,
+                        stored.size
+                    );
+                }
+                Ok((digest, size))
             }
             Ready::Config { digest, data } => {
                 let len = data.len() as u64;
                 client
-                    .put_blob(*digest, len, reqwest::Body::from(data.clone()))
-                    .await
+                    .put_blob(digest, len, reqwest::Body::from(data))
+                    .await?;
+                Ok((digest, len))
             }
         }
     }
 }
 
 /// Uploads what arrives on `rx` and the server lacks (each digest once), [`PARALLEL_UPLOADS`] at a
-/// time, until the reader closes the channel; deletes each spool file once it is done with.
+/// time, until the reader closes the channel, and waits for the uploads the reader streamed.
 /// Returns the digests uploaded and their bytes; the first failed upload ends it with its error.
-async fn upload_spooled(
+async fn upload_ready(
     client: &Client,
     mut rx: mpsc::UnboundedReceiver<Ready>,
     missing: &HashSet<Digest>,
@@ -281,18 +328,19 @@ async fn upload_spooled(
     let mut taken: HashSet<Digest> = HashSet::new();
     futures::stream::poll_fn(|cx| rx.poll_recv(cx))
         .filter_map(|ready| {
-            let wanted = missing.contains(&ready.digest()) && taken.insert(ready.digest());
+            let digest = ready.digest();
+            // A streamed layer is on its way already: wait for it whatever it is.
+            let streamed = matches!(ready, Ready::Streamed { .. });
+            let wanted = (missing.contains(&digest) && taken.insert(digest)) || streamed;
             if !wanted {
                 ready.discard();
             }
             futures::future::ready(wanted.then_some(ready))
         })
         .map(|ready| async move {
-            let result = ready.send(client).await;
-            ready.discard();
-            result?;
-            progress.inc(ready.size());
-            Ok::<_, anyhow::Error>((ready.digest(), ready.size()))
+            let (digest, size) = ready.upload(client).await?;
+            progress.inc(size);
+            Ok::<_, anyhow::Error>((digest, size))
         })
         .buffer_unordered(PARALLEL_UPLOADS)
         .try_fold(
@@ -305,31 +353,85 @@ async fn upload_spooled(
         .await
 }
 
-/// Spools each layer to a file of the spool directory and hands it to the uploader as soon as the
-/// archive reader has hashed it ([`BlobSink::stored`]). The uploader owns the files from then on (it
-/// deletes them), so the handle the reader keeps is empty. No fsync: the files live only until
-/// uploaded.
-struct SpoolSink {
+/// What the layers still to come in the save are, as far as the runner knows before their bytes.
+#[derive(Debug)]
+struct Expected {
+    /// Distinct layers not seen yet. An upper bound: layers of at most
+    /// [`Limits::inline_threshold`] reach the sink only after the whole archive was read.
+    layers_left: usize,
+    /// Layers the server lacks that have not gone by yet.
+    missing_left: HashSet<Digest>,
+    /// Layers seen, so a repeat is not counted twice.
+    seen: HashSet<Digest>,
+}
+
+/// What to do with the next layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Every missing layer went by: only hash it.
+    Skip,
+    /// Every layer still to come is missing: upload it while reading it.
+    Stream,
+    /// It may or may not be missing: spool it, decide once it is hashed.
+    Spool,
+}
+
+impl Expected {
+    fn new(layers: usize, missing: HashSet<Digest>) -> Self {
+        Expected {
+            layers_left: layers,
+            missing_left: missing,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        if self.missing_left.is_empty() {
+            Plan::Skip
+        } else if self.missing_left.len() >= self.layers_left {
+            Plan::Stream
+        } else {
+            Plan::Spool
+        }
+    }
+
+    fn went_by(&mut self, digest: Digest) {
+        if self.seen.insert(digest) {
+            self.layers_left = self.layers_left.saturating_sub(1);
+        }
+        self.missing_left.remove(&digest);
+    }
+}
+
+/// The archive reader's sink while pushing: skips, streams or spools each layer as [`Expected`]
+/// plans it, and hands what is to be uploaded to the uploader as soon as the reader has hashed it
+/// ([`BlobSink::stored`]). Spool files belong to the uploader from then on (it deletes them). No
+/// fsync: the files live only until uploaded.
+struct PushSink {
+    expected: Expected,
     dir: Arc<TempDir>,
     /// Numbers the spool files.
     count: u64,
     /// Reused copy buffer.
     buf: Vec<u8>,
     tx: mpsc::UnboundedSender<Ready>,
+    client: Client,
+    /// The runtime the streamed uploads run on (the sink runs on a blocking thread).
+    rt: Handle,
 }
 
-/// A spooled layer until the reader names its digest: then its path goes to the uploader.
-struct Spooled(Option<PathBuf>);
+/// A layer the sink took, until the reader names its digest.
+#[derive(Debug)]
+enum Taken {
+    Skipped,
+    /// Spooled to this file (`None` once handed over).
+    Spooled(Option<PathBuf>),
+    /// Uploading (`None` once handed over).
+    Streaming(Option<JoinHandle<Result<BlobStored, ClientError>>>),
+}
 
-impl BlobSink for SpoolSink {
-    type Handle = Spooled;
-
-    fn store(&mut self, content: &mut dyn Read) -> io::Result<Spooled> {
-        if self.tx.is_closed() {
-            return Err(io::Error::other(
-                "the blob uploads stopped (their error says why)",
-            ));
-        }
+impl PushSink {
+    fn spool(&mut self, content: &mut dyn Read) -> io::Result<Taken> {
         self.count += 1;
         let path = self.dir.path().join(format!("layer-{}", self.count));
         let mut out = std::fs::File::create(&path)?;
@@ -342,35 +444,102 @@ impl BlobSink for SpoolSink {
             };
             out.write_all(&self.buf[..n])?;
         }
-        Ok(Spooled(Some(path)))
+        Ok(Taken::Spooled(Some(path)))
     }
 
-    fn stored(&mut self, handle: &mut Spooled, digest: Digest, size: u64) {
-        if let Some(path) = handle.0.take() {
+    /// Uploads `content` as it is read. A read error aborts the upload (the server keeps nothing
+    /// of it) and is passed on as it is; an upload that fails stops the reading with its error.
+    fn stream(&mut self, content: &mut dyn Read) -> io::Result<Taken> {
+        let (chunks, rx) = mpsc::channel::<io::Result<Bytes>>(STREAM_DEPTH);
+        let body = reqwest::Body::wrap_stream(ReceiverStream::new(rx));
+        let client = self.client.clone();
+        let upload = self.rt.spawn(async move { client.post_blob(body).await });
+        loop {
+            let mut chunk = BytesMut::zeroed(UPLOAD_CHUNK);
+            let n = match read_up_to(content, &mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = chunks.blocking_send(Err(io::Error::other("the layer read failed")));
+                    upload.abort();
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            if chunks.blocking_send(Ok(chunk.freeze())).is_err() {
+                // The request ended before the layer did: its error says why.
+                let why = match self.rt.block_on(upload) {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "the server answered before the upload ended".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(io::Error::other(format!(
+                    "uploading a layer while reading it failed: {why}"
+                )));
+            }
+        }
+        Ok(Taken::Streaming(Some(upload)))
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_up_to(content: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match content.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+impl BlobSink for PushSink {
+    type Handle = Taken;
+
+    fn store(&mut self, content: &mut dyn Read) -> io::Result<Taken> {
+        if self.tx.is_closed() {
+            return Err(io::Error::other(
+                "the blob uploads stopped (their error says why)",
+            ));
+        }
+        match self.expected.plan() {
+            // The reader drains and hashes what the sink leaves unread.
+            Plan::Skip => Ok(Taken::Skipped),
+            Plan::Stream => self.stream(content),
+            Plan::Spool => self.spool(content),
+        }
+    }
+
+    fn stored(&mut self, handle: &mut Taken, digest: Digest, size: u64) {
+        self.expected.went_by(digest);
+        let ready = match handle {
+            Taken::Skipped => None,
+            Taken::Spooled(path) => path.take().map(|path| Ready::Layer { digest, size, path }),
+            Taken::Streaming(upload) => upload.take().map(|upload| Ready::Streamed {
+                digest,
+                size,
+                upload,
+            }),
+        };
+        if let Some(ready) = ready {
             // A closed channel means an upload failed: the next `store` reports it.
-            let _ = self.tx.send(Ready::Layer { digest, size, path });
+            let _ = self.tx.send(ready);
         }
     }
 }
 
-/// `docker save` of `names`, read and verified, each layer passed to the uploader through `tx` as
-/// soon as it is spooled under `dir`, the configs after the archive checked out.
-async fn export(
-    engine: &Engine,
-    names: &[String],
-    dir: Arc<TempDir>,
-    tx: mpsc::UnboundedSender<Ready>,
-) -> anyhow::Result<()> {
+/// `docker save` of `names`, read and verified through `sink`, which passes each layer to the
+/// uploader as soon as it is hashed; the configs follow once the archive checked out.
+async fn export(engine: &Engine, names: &[String], mut sink: PushSink) -> anyhow::Result<()> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let stream = engine.docker.export_images(&refs).map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
     tokio::task::spawn_blocking(move || {
-        let mut sink = SpoolSink {
-            dir,
-            count: 0,
-            buf: vec![0; COPY_BUF],
-            tx,
-        };
         let parsed = read_archive(reader, &mut sink, &Limits::default())?;
         for (digest, data) in parsed.configs {
             // A closed channel means an upload failed; its error is the one reported.
@@ -402,16 +571,75 @@ mod tests {
     }
 
     #[test]
-    fn the_sink_hands_each_spooled_layer_over_once_and_stops_when_uploads_stopped() {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut sink = SpoolSink {
-            dir: Arc::clone(&dir),
+    fn a_first_push_streams_every_layer() {
+        let layers: Vec<Digest> = ["a", "b", "c"].iter().map(|s| d(s)).collect();
+        let mut e = Expected::new(3, layers.iter().copied().collect());
+        for l in &layers {
+            assert_eq!(e.plan(), Plan::Stream);
+            e.went_by(*l);
+        }
+        assert_eq!(e.plan(), Plan::Skip);
+    }
+
+    #[test]
+    fn layers_that_may_be_stored_are_spooled_and_the_rest_skipped_once_all_missing_went_by() {
+        let (a, b, c, n) = (d("a"), d("b"), d("c"), d("new"));
+        let mut e = Expected::new(4, [n].into());
+        assert_eq!(e.plan(), Plan::Spool);
+        e.went_by(a);
+        e.went_by(a); // a repeat counts once
+        assert_eq!(e.plan(), Plan::Spool, "3 layers to come, 1 of them missing");
+        e.went_by(n);
+        assert_eq!(e.plan(), Plan::Skip);
+        e.went_by(b);
+        e.went_by(c);
+        assert_eq!(e.plan(), Plan::Skip);
+
+        // The missing layer comes last: once only it can be left, it streams.
+        let mut e = Expected::new(3, [n].into());
+        e.went_by(a);
+        assert_eq!(e.plan(), Plan::Spool);
+        e.went_by(b);
+        assert_eq!(e.plan(), Plan::Stream);
+    }
+
+    #[test]
+    fn small_layers_arriving_late_never_make_a_stored_layer_stream() {
+        // `s` (small, missing) reaches the sink only after the archive; `big` is stored already.
+        // While `big` goes by, 2 layers may come and 1 is missing: spool, not stream.
+        let (s, big) = (d("small"), d("big"));
+        let mut e = Expected::new(2, [s].into());
+        assert_eq!(e.plan(), Plan::Spool);
+        e.went_by(big);
+        assert_eq!(e.plan(), Plan::Stream);
+        e.went_by(s);
+        assert_eq!(e.plan(), Plan::Skip);
+    }
+
+    fn sink(
+        rt: &tokio::runtime::Runtime,
+        expected: Expected,
+    ) -> (PushSink, mpsc::UnboundedReceiver<Ready>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = PushSink {
+            expected,
+            dir: Arc::new(tempfile::tempdir().unwrap()),
             count: 0,
             buf: vec![0; 7],
             tx,
+            // Nothing listens on port 1: a streamed upload fails to connect.
+            client: Client::new("http://127.0.0.1:1", None).unwrap(),
+            rt: rt.handle().clone(),
         };
+        (sink, rx)
+    }
+
+    #[test]
+    fn the_sink_hands_each_spooled_layer_over_once_and_stops_when_uploads_stopped() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
         let data = b"layer content longer than the buffer";
+        let stored = d("stored");
+        let (mut sink, mut rx) = sink(&rt, Expected::new(2, [Digest::of(data)].into()));
         let mut handle = sink.store(&mut &data[..]).unwrap();
         assert!(
             rx.try_recv().is_err(),
@@ -425,8 +653,29 @@ mod tests {
         assert_eq!((digest, size), (Digest::of(data), data.len() as u64));
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert!(rx.try_recv().is_err(), "handed over once");
+
+        // Every missing layer went by: the next is not even read.
+        let mut skipped = sink.store(&mut &b"more"[..]).unwrap();
+        assert!(matches!(skipped, Taken::Skipped));
+        sink.stored(&mut skipped, stored, 4);
+        assert!(rx.try_recv().is_err(), "a skipped layer is not uploaded");
+
         drop(rx);
         assert!(sink.store(&mut &data[..]).is_err());
+    }
+
+    #[test]
+    fn a_streamed_upload_that_fails_stops_the_reading_with_its_error() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (mut sink, _rx) = sink(&rt, Expected::new(1, [d("layer")].into()));
+        // More than the chunks buffered between reader and upload, so the reader waits on it.
+        let data = vec![7u8; (STREAM_DEPTH + 4) * UPLOAD_CHUNK];
+        let err = sink.store(&mut &data[..]).unwrap_err().to_string();
+        assert!(
+            err.contains("uploading a layer while reading it failed")
+                && err.contains("cannot reach the cache server"),
+            "{err}"
+        );
     }
 
     #[test]

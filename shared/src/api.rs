@@ -96,6 +96,13 @@ pub struct MissingResponse {
     pub missing: Vec<Digest>,
 }
 
+/// `POST /v1/blobs` answer: what the uploaded content hashed to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobStored {
+    pub digest: Digest,
+    pub size: u64,
+}
+
 /// `POST /v1/lookup` body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LookupRequest {

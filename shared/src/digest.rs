@@ -124,6 +124,11 @@ impl<W: Write> HashingWriter<W> {
         self.len == 0
     }
 
+    /// The digest of everything written so far; writing may go on.
+    pub fn digest(&self) -> Digest {
+        Digest(self.hasher.clone().finalize().into())
+    }
+
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
         (Digest(self.hasher.finalize().into()), self.len, self.inner)

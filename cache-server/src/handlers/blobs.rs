@@ -1,4 +1,5 @@
-//! `/v1/blobs/...`: which blobs are missing, uploads verified by digest, downloads with `Range`.
+//! `/v1/blobs/...`: which blobs are missing, uploads (verified by digest, or named by it),
+//! downloads with `Range`.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -7,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use layercache_shared::Digest;
-use layercache_shared::api::{MissingRequest, MissingResponse};
+use layercache_shared::api::{BlobStored, MissingRequest, MissingResponse};
 
 use super::{check_content_length, json_body};
 use crate::error::ServerError;
@@ -55,12 +56,37 @@ pub async fn put_blob(
     let digest = blob_digest(path)?;
     let limit = state.settings.max_upload_bytes;
     check_content_length(&headers, limit)?;
-    let new = ingest::upload_blob(state.store.clone(), digest, body, limit).await?;
-    Ok(if new {
+    let up = ingest::upload_blob(state.store.clone(), Some(digest), body, limit).await?;
+    Ok(created_or_ok(up.new))
+}
+
+/// `POST /v1/blobs`: stores the body under the digest it hashes to and answers with it, 201 when
+/// stored, 200 when already there. For clients that upload a layer while they still read it (the
+/// runner during `docker save`) and so cannot name its digest up front; they compare the answer
+/// with their own hash.
+pub async fn post_blob(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BlobStored>), ServerError> {
+    let limit = state.settings.max_upload_bytes;
+    check_content_length(&headers, limit)?;
+    let up = ingest::upload_blob(state.store.clone(), None, body, limit).await?;
+    Ok((
+        created_or_ok(up.new),
+        Json(BlobStored {
+            digest: up.digest,
+            size: up.size,
+        }),
+    ))
+}
+
+fn created_or_ok(new: bool) -> StatusCode {
+    if new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    })
+    }
 }
 
 /// Why a `Range` header cannot be served.

@@ -61,6 +61,9 @@ pub struct Committed {
 pub trait BlobWriter: Write + Send {
     /// Bytes written so far.
     fn written(&self) -> u64;
+    /// The digest of the bytes written so far: what an upload whose digest the client does not
+    /// name commits as.
+    fn digest(&self) -> Digest;
     /// Stores the content as `expected` if its digest matches; otherwise discards it with
     /// [`BlobError::Mismatch`]. Dropping a writer without committing discards the content.
     fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError>;
@@ -204,6 +207,10 @@ impl Write for FsBlobWriter {
 impl BlobWriter for FsBlobWriter {
     fn written(&self) -> u64 {
         self.inner.len()
+    }
+
+    fn digest(&self) -> Digest {
+        self.inner.digest()
     }
 
     fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
