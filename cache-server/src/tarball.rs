@@ -1,12 +1,12 @@
 //! Streaming response bodies made of inline bytes and stored blob ranges: a tarball assembled from
 //! a [`TarPlan`], or one blob (or a range of it).
 //!
-//! A blocking thread reads blob files in [`CHUNK`]-sized pieces into a bounded channel that the
-//! response body drains: one `read` syscall per MiB instead of many small async file reads keeps
-//! loopback throughput close to `sendfile`, and the bound keeps memory per response at a few MiB
-//! however slow the client is.
+//! A blocking thread takes blob files in [`CHUNK`]-sized pieces (mapped, not copied:
+//! [`crate::store::blobs::BlobRead::chunk`]) into a bounded channel that the response body drains,
+//! which keeps loopback throughput close to `sendfile`; the bound keeps memory per response at a
+//! few MiB however slow the client is.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -130,13 +130,13 @@ fn send_blob(
     len: u64,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> io::Result<(u64, bool)> {
-    let mut file = store.blobs.open(digest)?.ok_or_else(|| {
+    let blob = store.blobs.open(digest)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("blob {digest} is not stored"),
         )
     })?;
-    let on_disk = file.seek(SeekFrom::End(0))?;
+    let on_disk = blob.len();
     if on_disk != size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -146,19 +146,15 @@ fn send_blob(
             ),
         ));
     }
-    file.seek(SeekFrom::Start(offset))?;
     let mut remaining = len;
     let mut sent = 0;
     while remaining > 0 {
         let n = remaining.min(CHUNK as u64) as usize;
-        let mut buf = BytesMut::zeroed(n);
-        file.read_exact(&mut buf).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("reading blob {digest} at {}: {e}", offset + sent),
-            )
+        let at = offset + sent;
+        let chunk = blob.chunk(at, n).map_err(|e| {
+            io::Error::new(e.kind(), format!("reading blob {digest} at {at}: {e}"))
         })?;
-        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+        if tx.blocking_send(Ok(chunk)).is_err() {
             return Ok((sent, false));
         }
         sent += n as u64;
