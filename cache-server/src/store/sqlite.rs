@@ -417,7 +417,11 @@ impl Db {
 
     /// The manifest of entry `id`.
     pub fn manifest(&self, id: i64) -> rusqlite::Result<EntryManifest> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        // One read transaction, so the statements below see one snapshot: a `gc` run by hand is
+        // another process, and an eviction it commits between them would otherwise leave images
+        // without their layer rows in the answer.
+        let conn = conn.transaction()?;
         let (namespace, key, created, last_used, hits, total_size) = conn.query_row(
             "SELECT namespace, key, created, last_used, hits, total_size FROM entries WHERE id = ?1",
             [id],
