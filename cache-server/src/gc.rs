@@ -3,7 +3,8 @@
 //!
 //! A collection:
 //! 1. plans evictions from the index (time-to-live, then least recently used over `--max-size`)
-//!    and evicts each planned entry in its own transaction, unless it was used meanwhile;
+//!    and evicts each planned entry in its own transaction, unless it was used meanwhile (its
+//!    images no other entry uses go in that transaction too, see `release_entry`);
 //! 2. deletes unreferenced blobs: under the pin lock, rows with refcount 0 (re-checked in the
 //!    deleting transaction) that are not pinned and older than the upload grace period; files
 //!    are unlinked after the rows are gone (see [`crate::store::pins`] for the rule);
@@ -379,6 +380,23 @@ mod tests {
         (id, digests)
     }
 
+    /// The ids in `images` and the image ids `image_layers` rows name, sorted.
+    fn image_rows(s: &Store) -> (Vec<String>, Vec<String>) {
+        let conn = s.db.conn();
+        let ids = |sql: &str| -> Vec<String> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        (
+            ids("SELECT id FROM images ORDER BY id"),
+            ids("SELECT DISTINCT image_id FROM image_layers ORDER BY image_id"),
+        )
+    }
+
     fn no_grace() -> Sweep {
         Sweep {
             grace_secs: 0,
@@ -445,6 +463,9 @@ mod tests {
         let stats = s.db.stats().unwrap();
         assert_eq!(stats.evicted_entries, 1);
         assert!(stats.evicted_bytes >= 1000);
+        // Regression: the evicted entry's image and its layer rows go with it.
+        let new_image = vec![s.db.manifest(new).unwrap().images[0].id.to_string()];
+        assert_eq!(image_rows(&s), (new_image.clone(), new_image));
     }
 
     #[test]
@@ -511,7 +532,7 @@ mod tests {
     fn verify_quarantines_corrupt_blobs_and_drops_their_entries() {
         let (dir, s) = store();
         let (id, blobs) = commit(&s, "k", &[b"good layer", b"bad layer"]);
-        let (other, _) = commit(&s, "other", &[b"good layer"]);
+        let (other, blobs_of_other) = commit(&s, "other", &[b"good layer"]);
         let bad = Digest::of(b"bad layer");
         let fsb = FsBlobStore::new(&dir.path().join("blobs"), &dir.path().join("tmp")).unwrap();
         fs::write(fsb.path(&bad), b"bad layeR").unwrap();
@@ -528,6 +549,15 @@ mod tests {
         assert_eq!(r.blobs_deleted, 1);
         assert!(s.blobs.contains(&blobs[1]).unwrap());
         assert_eq!(s.db.stats().unwrap().quarantined_blobs, 1);
-        assert_eq!(verify(&s, dir.path()).unwrap().corrupt, vec![]);
+        assert_eq!(
+            verify(&s, dir.path()).unwrap(),
+            VerifyReport {
+                checked: 2,
+                ..VerifyReport::default()
+            }
+        );
+        // Only the image of the entry left is recorded.
+        let other_image = vec![blobs_of_other[0].to_string()];
+        assert_eq!(image_rows(&s), (other_image.clone(), other_image));
     }
 }

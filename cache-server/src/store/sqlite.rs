@@ -119,6 +119,12 @@ CREATE INDEX builds_by_at ON builds (at);
 CREATE INDEX blobs_by_size ON blobs (size);
 CREATE INDEX entries_by_size ON entries (total_size);
 "#,
+    // Images no entry uses, which earlier versions kept after their last entry went (now
+    // `release_entry` removes them with it).
+    r#"
+DELETE FROM image_layers WHERE image_id NOT IN (SELECT image_id FROM entry_images);
+DELETE FROM images WHERE id NOT IN (SELECT image_id FROM entry_images);
+"#,
 ];
 
 mod insights;
@@ -288,7 +294,7 @@ impl Db {
         Ok(out)
     }
 
-    /// Whether an image (by config digest) is recorded.
+    /// Whether an image (by config digest) is recorded, i.e. some entry uses it.
     pub fn image_known(&self, id: &Digest) -> rusqlite::Result<bool> {
         self.conn()
             .query_row(
@@ -411,7 +417,11 @@ impl Db {
 
     /// The manifest of entry `id`.
     pub fn manifest(&self, id: i64) -> rusqlite::Result<EntryManifest> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        // One read transaction, so the statements below see one snapshot: a `gc` run by hand is
+        // another process, and an eviction it commits between them would otherwise leave images
+        // without their layer rows in the answer.
+        let conn = conn.transaction()?;
         let (namespace, key, created, last_used, hits, total_size) = conn.query_row(
             "SELECT namespace, key, created, last_used, hits, total_size FROM entries WHERE id = ?1",
             [id],
@@ -651,7 +661,14 @@ fn find_entry_tx(
     .optional()
 }
 
-/// Drops entry `id` and its references: each blob it used loses one refcount.
+/// Drops entry `id` and its references: each blob it used loses one refcount, and each image it
+/// used that no other entry uses loses its `images` and `image_layers` rows.
+///
+/// Refcounts count entries per distinct blob, not images, so the image rows go without touching
+/// them; the blobs themselves stay for the collector (refcount 0). Doing it in this transaction
+/// keeps "an image row exists while an entry uses it": a commit re-using the image (a replace, in
+/// the same transaction, or a later PUT) inserts its rows again, and commits and releases are
+/// serialised by the connection lock and SQLite's write lock, so none sees the other half done.
 fn release_entry(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
     tx.execute(
         // A blob losing its last reference loses its upload grace too (`created` = 0): the
@@ -665,9 +682,26 @@ fn release_entry(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
             WHERE ei.entry_id = ?1)",
         [id],
     )?;
+    let images: Vec<String> = tx
+        .prepare_cached("SELECT DISTINCT image_id FROM entry_images WHERE entry_id = ?1")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     tx.execute("DELETE FROM entry_images WHERE entry_id = ?1", [id])?;
     tx.execute("DELETE FROM entry_prefixes WHERE entry_id = ?1", [id])?;
     tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
+    // After the entry's `entry_images` rows went: they reference `images`.
+    let mut del_layers = tx.prepare_cached(
+        "DELETE FROM image_layers WHERE image_id = ?1
+         AND NOT EXISTS (SELECT 1 FROM entry_images WHERE image_id = ?1)",
+    )?;
+    let mut del_image = tx.prepare_cached(
+        "DELETE FROM images WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM entry_images WHERE image_id = ?1)",
+    )?;
+    for image in &images {
+        del_layers.execute([image])?;
+        del_image.execute([image])?;
+    }
     Ok(())
 }
 
@@ -841,6 +875,7 @@ pub fn retry_replaced<T>(mut read: impl FnMut() -> rusqlite::Result<T>) -> rusql
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     pub(super) fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
@@ -857,7 +892,7 @@ mod tests {
             namespace: ns.parse().unwrap(),
             key: key.parse().unwrap(),
             images: vec![NewImage {
-                id: d(&format!("config-{}", layers.join("+"))),
+                id: image_of(layers),
                 parent: None,
                 tags: vec!["a:1".into()],
                 config_size: 10,
@@ -875,6 +910,28 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap()
+    }
+
+    /// The ids in `images` and the image ids `image_layers` rows name.
+    fn image_rows(db: &Db) -> (BTreeSet<Digest>, BTreeSet<Digest>) {
+        let conn = db.conn();
+        let ids = |sql: &str| -> BTreeSet<Digest> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| digest_at(r, 0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        (
+            ids("SELECT id FROM images"),
+            ids("SELECT DISTINCT image_id FROM image_layers"),
+        )
+    }
+
+    /// The config digest [`entry`] gives an image of these layers.
+    fn image_of(layers: &[&str]) -> Digest {
+        d(&format!("config-{}", layers.join("+")))
     }
 
     #[test]
@@ -912,6 +969,90 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(db.stats().unwrap().entries, 1);
+    }
+
+    /// Regression: `images` and `image_layers` rows outlived the last entry using them (after a
+    /// delete or a replace), so the index grew with every image ever pushed.
+    #[test]
+    fn images_go_with_the_last_entry_using_them() {
+        let (_dir, db) = db();
+        let ns = |s: &str| -> Namespace { s.parse().unwrap() };
+        let k: CacheKey = "k".parse().unwrap();
+        db.commit_entry(&entry("a", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        db.commit_entry(&entry("b", "k", &["l1"], &[])).unwrap();
+        // c/k shares a/k's image.
+        db.commit_entry(&entry("c", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        // Replacing a/k with a different image keeps the shared one (c/k uses it).
+        db.commit_entry(&entry("a", "k", &["l1", "l3"], &[]))
+            .unwrap();
+        let all = BTreeSet::from([
+            image_of(&["l1", "l2"]),
+            image_of(&["l1"]),
+            image_of(&["l1", "l3"]),
+        ]);
+        assert_eq!(image_rows(&db), (all.clone(), all));
+        // Deleting its last user removes the shared image and its layer rows.
+        assert!(db.delete_entry(&ns("c"), &k).unwrap());
+        assert!(db.delete_entry(&ns("b"), &k).unwrap());
+        let left = BTreeSet::from([image_of(&["l1", "l3"])]);
+        assert_eq!(image_rows(&db), (left.clone(), left));
+        assert!(!db.image_known(&image_of(&["l1", "l2"])).unwrap());
+        // Refcounts are per entry, untouched by the image rows going.
+        assert_eq!(refcount(&db, &d("l1")), 1);
+        assert_eq!(refcount(&db, &d("l2")), 0);
+        assert_eq!(refcount(&db, &image_of(&["l1", "l2"])), 0);
+        // An image pushed again after its rows went comes back whole.
+        let id = db
+            .commit_entry(&entry("c", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        assert_eq!(db.manifest(id).unwrap().images[0].layers.len(), 2);
+        assert_eq!(refcount(&db, &d("l2")), 1);
+        assert!(db.delete_entry(&ns("c"), &k).unwrap());
+        assert_eq!(refcount(&db, &d("l2")), 0);
+        assert_eq!(image_rows(&db).0, BTreeSet::from([image_of(&["l1", "l3"])]));
+    }
+
+    /// Replacing an entry with one of the same image (a re-PUT of the same build) releases the
+    /// image and takes it again in one transaction: its rows stay whole.
+    #[test]
+    fn replacing_an_entry_with_the_same_image_keeps_it() {
+        let (_dir, db) = db();
+        db.commit_entry(&entry("a", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        let id = db
+            .commit_entry(&entry("a", "k", &["l1", "l2"], &[]))
+            .unwrap();
+        let m = db.manifest(id).unwrap();
+        assert_eq!(m.images[0].id, image_of(&["l1", "l2"]));
+        assert_eq!(m.images[0].layers.len(), 2);
+        assert_eq!(refcount(&db, &d("l1")), 1);
+        let one = BTreeSet::from([image_of(&["l1", "l2"])]);
+        assert_eq!(image_rows(&db), (one.clone(), one));
+    }
+
+    /// Databases of earlier versions hold images no entry uses; opening one removes them.
+    #[test]
+    fn opening_removes_images_left_by_earlier_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let db = Db::open(&path).unwrap();
+            db.commit_entry(&entry("a", "k", &["l1"], &[])).unwrap();
+            let conn = db.conn();
+            conn.execute_batch(&format!(
+                "INSERT INTO images (id, parent, config_size) VALUES ('{0}', NULL, 10);
+                 INSERT INTO image_layers (image_id, idx, diff_id) VALUES ('{0}', 0, '{1}');
+                 PRAGMA user_version = 3;",
+                image_of(&["old"]),
+                d("old"),
+            ))
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let kept = BTreeSet::from([image_of(&["l1"])]);
+        assert_eq!(image_rows(&db), (kept.clone(), kept));
     }
 
     #[test]
