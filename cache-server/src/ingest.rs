@@ -388,11 +388,11 @@ fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError>
         .open(id)
         .map_err(|e| ServerError::io("opening config blob", id.to_string(), e))?
         .ok_or_else(|| ServerError::MissingBlobs { missing: vec![*id] })?;
-    if file.len() > MAX_CONFIG_BYTES {
+    if file.size() > MAX_CONFIG_BYTES {
         return Err(bad(format!("it is larger than {MAX_CONFIG_BYTES} bytes")));
     }
     let json = file
-        .chunk(0, file.len() as usize)
+        .chunk(0, file.size() as usize)
         .map_err(|e| ServerError::io("reading config blob", id.to_string(), e))?;
     let cfg: ConfigRootfs = serde_json::from_slice(&json)
         .map_err(|e| bad(format!("no valid `rootfs.diff_ids` in it: {e}")))?;

@@ -136,7 +136,7 @@ fn send_blob(
             format!("blob {digest} is not stored"),
         )
     })?;
-    let on_disk = blob.len();
+    let on_disk = blob.size();
     if on_disk != size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -151,9 +151,9 @@ fn send_blob(
     while remaining > 0 {
         let n = remaining.min(CHUNK as u64) as usize;
         let at = offset + sent;
-        let chunk = blob.chunk(at, n).map_err(|e| {
-            io::Error::new(e.kind(), format!("reading blob {digest} at {at}: {e}"))
-        })?;
+        let chunk = blob
+            .chunk(at, n)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading blob {digest} at {at}: {e}")))?;
         if tx.blocking_send(Ok(chunk)).is_err() {
             return Ok((sent, false));
         }

@@ -421,7 +421,7 @@ fn thirty_two_runners_restore_and_push_overlapping_images() {
                         assert_restores(&body, img, &key);
                         restores.fetch_add(1, Ordering::Relaxed);
                     }
-                    if status == 404 || round % 4 == 0 {
+                    if status == 404 || round.is_multiple_of(4) {
                         assert_eq!(put(&c, &url, &key, img.tarball()), Some(201), "push {key}");
                         pushes.fetch_add(1, Ordering::Relaxed);
                     }

@@ -82,10 +82,10 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::blocking::Client::new();
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/healthz", self.url)).send() {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client.get(format!("{}/healthz", self.url)).send()
+                && r.status().is_success()
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

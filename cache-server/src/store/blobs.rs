@@ -47,9 +47,9 @@ pub enum BlobError {
 
 /// A stored blob opened for sending.
 pub trait BlobRead: Send {
-    /// Its length as stored (the caller compares it with the recorded size).
-    fn len(&self) -> u64;
-    /// Bytes `offset..offset + len` (within [`BlobRead::len`]), as memory a response body can
+    /// Its size as stored (the caller compares it with the recorded size).
+    fn size(&self) -> u64;
+    /// Bytes `offset..offset + len` (within [`BlobRead::size`]), as memory a response body can
     /// hand to the socket without another copy. May block on disk: call it on a blocking thread.
     fn chunk(&self, offset: u64, len: usize) -> io::Result<Bytes>;
 }
@@ -168,7 +168,7 @@ struct FsBlobRead {
 }
 
 impl BlobRead for FsBlobRead {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
@@ -350,7 +350,7 @@ mod tests {
         }
         assert_eq!(s.len(&d).unwrap(), Some(5));
         let blob = s.open(&d).unwrap().unwrap();
-        assert_eq!(blob.len(), 5);
+        assert_eq!(blob.size(), 5);
         assert_eq!(blob.chunk(0, 5).unwrap(), "hello");
         assert_eq!(blob.chunk(1, 3).unwrap(), "ell");
         assert_eq!(blob.chunk(5, 0).unwrap(), "");
