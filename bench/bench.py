@@ -75,6 +75,21 @@ def timed(fn, runs, setup=None):
     return statistics.median(times), times
 
 
+def interleaved(fns, runs, setup=None):
+    """Median seconds of each named fn, the fns taking turns within every run (A B C, A B C, ...)
+    so that drift in a noisy machine's load weighs on all of them alike; setup() runs untimed
+    before each call."""
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            if setup:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 class Procs:
     """Background processes, all stopped at exit."""
 
@@ -120,6 +135,8 @@ class Engine:
     def wipe(self):
         # prune -a removes a parent chain children-first; rmi of the chain would refuse parents.
         self.docker("image", "prune", "-a", "-f")
+        # The next measurement should not pay for writing back what the last one left dirty.
+        os.sync()
 
     def chain(self, ref):
         ids = [self.docker("image", "inspect", "-f", "{{.Id}}", ref).strip()]
@@ -267,14 +284,14 @@ def run(args, work, procs, server_bin, runner_bin):
     put_tarball("warm")
 
     if args.only in (None, "server"):
-        log("docker load -i")
-        load_i, _ = timed(lambda: engine.docker("load", "-q", "-i", str(tarball)), runs, setup=engine.wipe)
-        log("GET | docker load")
-        get_load, _ = timed(lambda: sh(f"curl -sf {srv_url}/v1/images/bench/warm | "
-                                       f"DOCKER_HOST={engine.host} {DOCKER} load -q"), runs, setup=engine.wipe)
-        log("cat | docker load (the stdin path without the server)")
-        cat_load, _ = timed(lambda: sh(f"cat {tarball} | DOCKER_HOST={engine.host} {DOCKER} load -q"), runs,
-                            setup=engine.wipe)
+        log("docker load -i, GET | docker load, cat | docker load (the stdin path without the server), in turns")
+        loads = interleaved({
+            "load_i": lambda: engine.docker("load", "-q", "-i", str(tarball)),
+            "get_load": lambda: sh(f"curl -sf {srv_url}/v1/images/bench/warm | "
+                                   f"DOCKER_HOST={engine.host} {DOCKER} load -q"),
+            "cat_load": lambda: sh(f"cat {tarball} | DOCKER_HOST={engine.host} {DOCKER} load -q"),
+        }, runs, setup=engine.wipe)
+        load_i, get_load, cat_load = loads["load_i"], loads["get_load"], loads["cat_load"]
         log("docker push (fresh registry each run)")
 
         def fresh_registry():
@@ -315,9 +332,11 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         wait_http(f"http://127.0.0.1:{nginx_port}/blob.bin")
         sh(["curl", "-sf", "-o", "/dev/null", "-T", str(blob), f"{srv_url}/v1/blobs/{digest}"])
         size_mb = blob.stat().st_size / 1e6
-        get_blob, _ = timed(lambda: sh(["curl", "-sf", "-o", "/dev/null", f"{srv_url}/v1/blobs/{digest}"]), runs * 2)
-        get_nginx, _ = timed(lambda: sh(["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{nginx_port}/blob.bin"]),
-                             runs * 2)
+        gets = interleaved({
+            "blob": lambda: sh(["curl", "-sf", "-o", "/dev/null", f"{srv_url}/v1/blobs/{digest}"]),
+            "nginx": lambda: sh(["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{nginx_port}/blob.bin"]),
+        }, runs * 2)
+        get_blob, get_nginx = gets["blob"], gets["nginx"]
         openssl, _ = timed(lambda: sh(["openssl", "dgst", "-sha256", str(blob)]), runs * 2)
 
         put_times = []
@@ -430,10 +449,13 @@ def run_runner(args, work, engine, runner_bin, srv_url, reg_ref, start_registry,
         push_docker.append(time.perf_counter() - t0)
     first_push, push = statistics.median(push_lc), statistics.median(push_docker)
 
-    log("restore: layercache restore vs docker load -i vs docker pull")
-    load_i, _ = timed(lambda: engine.docker("load", "-q", "-i", str(tarball)), runs, setup=engine.wipe)
-    pull, _ = timed(lambda: engine.docker("pull", "-q", reg_ref), runs, setup=engine.wipe)
-    restore, _ = timed(lambda: lc("restore", "--namespace", "bench", str(ctx)), runs, setup=engine.wipe)
+    log("restore: layercache restore vs docker load -i vs docker pull, in turns")
+    restores = interleaved({
+        "load_i": lambda: engine.docker("load", "-q", "-i", str(tarball)),
+        "pull": lambda: engine.docker("pull", "-q", reg_ref),
+        "restore": lambda: lc("restore", "--namespace", "bench", str(ctx)),
+    }, runs, setup=engine.wipe)
+    load_i, pull, restore = restores["load_i"], restores["pull"], restores["restore"]
 
     log("one-layer change: push after adding a last step")
     engine.wipe()
