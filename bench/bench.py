@@ -87,6 +87,7 @@ def interleaved(fns, runs, setup=None):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    log("  runs: " + ", ".join(f"{name} {[round(t, 2) for t in ts]}" for name, ts in times.items()))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -439,14 +440,18 @@ def run_runner(args, work, engine, runner_bin, srv_url, reg_ref, start_registry,
     push_lc, push_docker = [], []
     for _ in range(runs):
         restart_server()
+        # Each push starts with nothing left to write back from the previous one.
+        os.sync()
         t0 = time.perf_counter()
         lc("save", "--json", "--namespace", "bench", "--image", "bench/app:1", str(ctx))
         push_lc.append(time.perf_counter() - t0)
         start_registry()
         engine.docker("tag", "bench/app:1", reg_ref)
+        os.sync()
         t0 = time.perf_counter()
         engine.docker("push", reg_ref)
         push_docker.append(time.perf_counter() - t0)
+    log(f"  layercache push runs: {[round(t, 2) for t in push_lc]}, docker push: {[round(t, 2) for t in push_docker]}")
     first_push, push = statistics.median(push_lc), statistics.median(push_docker)
 
     log("restore: layercache restore vs docker load -i vs docker pull, in turns")
