@@ -149,14 +149,7 @@ pub async fn push(
             .collect();
         names.extend(final_tags);
         let missing_set: HashSet<Digest> = missing.iter().copied().collect();
-        let expected = Expected::new(
-            layer_set.len(),
-            layer_set
-                .iter()
-                .filter(|d| missing_set.contains(d))
-                .copied()
-                .collect(),
-        );
+        let expected = Expected::new(layer_set.iter().copied().collect(), missing_set.clone());
         let (uploaded, bytes) =
             save_and_upload(engine, client, &names, &missing_set, expected, log).await?;
         if let Some(absent) = missing.iter().find(|d| !uploaded.contains(d)) {
@@ -356,13 +349,12 @@ async fn upload_ready(
 /// What the layers still to come in the save are, as far as the runner knows before their bytes.
 #[derive(Debug)]
 struct Expected {
-    /// Distinct layers not seen yet. An upper bound: layers of at most
-    /// [`Limits::inline_threshold`] reach the sink only after the whole archive was read.
-    layers_left: usize,
-    /// Layers the server lacks that have not gone by yet.
+    /// Distinct layers (diff_ids) not seen yet. An upper bound of what the sink still gets before
+    /// the archive ends: layers of at most [`Limits::inline_threshold`] reach the sink only after
+    /// the whole archive was read.
+    layers_left: HashSet<Digest>,
+    /// Of those, the ones the server lacks.
     missing_left: HashSet<Digest>,
-    /// Layers seen, so a repeat is not counted twice.
-    seen: HashSet<Digest>,
 }
 
 /// What to do with the next layer.
@@ -377,28 +369,27 @@ enum Plan {
 }
 
 impl Expected {
-    fn new(layers: usize, missing: HashSet<Digest>) -> Self {
+    /// `layers`: every distinct layer of the images saved; `missing`: those the server lacks.
+    fn new(layers: HashSet<Digest>, missing: HashSet<Digest>) -> Self {
         Expected {
+            missing_left: missing.intersection(&layers).copied().collect(),
             layers_left: layers,
-            missing_left: missing,
-            seen: HashSet::new(),
         }
     }
 
     fn plan(&self) -> Plan {
         if self.missing_left.is_empty() {
             Plan::Skip
-        } else if self.missing_left.len() >= self.layers_left {
+        } else if self.missing_left.len() >= self.layers_left.len() {
             Plan::Stream
         } else {
             Plan::Spool
         }
     }
 
+    /// Content with this digest went by (a layer, a repeat, or something else the sink got).
     fn went_by(&mut self, digest: Digest) {
-        if self.seen.insert(digest) {
-            self.layers_left = self.layers_left.saturating_sub(1);
-        }
+        self.layers_left.remove(&digest);
         self.missing_left.remove(&digest);
     }
 }
@@ -573,7 +564,8 @@ mod tests {
     #[test]
     fn a_first_push_streams_every_layer() {
         let layers: Vec<Digest> = ["a", "b", "c"].iter().map(|s| d(s)).collect();
-        let mut e = Expected::new(3, layers.iter().copied().collect());
+        let all: HashSet<Digest> = layers.iter().copied().collect();
+        let mut e = Expected::new(all.clone(), all);
         for l in &layers {
             assert_eq!(e.plan(), Plan::Stream);
             e.went_by(*l);
@@ -584,10 +576,12 @@ mod tests {
     #[test]
     fn layers_that_may_be_stored_are_spooled_and_the_rest_skipped_once_all_missing_went_by() {
         let (a, b, c, n) = (d("a"), d("b"), d("c"), d("new"));
-        let mut e = Expected::new(4, [n].into());
+        // The server also lacks a config, which is no layer.
+        let mut e = Expected::new([a, b, c, n].into(), [n, d("config")].into());
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(a);
         e.went_by(a); // a repeat counts once
+        e.went_by(d("not a layer"));
         assert_eq!(e.plan(), Plan::Spool, "3 layers to come, 1 of them missing");
         e.went_by(n);
         assert_eq!(e.plan(), Plan::Skip);
@@ -596,7 +590,7 @@ mod tests {
         assert_eq!(e.plan(), Plan::Skip);
 
         // The missing layer comes last: once only it can be left, it streams.
-        let mut e = Expected::new(3, [n].into());
+        let mut e = Expected::new([a, b, n].into(), [n].into());
         e.went_by(a);
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(b);
@@ -608,7 +602,7 @@ mod tests {
         // `s` (small, missing) reaches the sink only after the archive; `big` is stored already.
         // While `big` goes by, 2 layers may come and 1 is missing: spool, not stream.
         let (s, big) = (d("small"), d("big"));
-        let mut e = Expected::new(2, [s].into());
+        let mut e = Expected::new([s, big].into(), [s].into());
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(big);
         assert_eq!(e.plan(), Plan::Stream);
@@ -639,7 +633,10 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let data = b"layer content longer than the buffer";
         let stored = d("stored");
-        let (mut sink, mut rx) = sink(&rt, Expected::new(2, [Digest::of(data)].into()));
+        let (mut sink, mut rx) = sink(
+            &rt,
+            Expected::new([Digest::of(data), stored].into(), [Digest::of(data)].into()),
+        );
         let mut handle = sink.store(&mut &data[..]).unwrap();
         assert!(
             rx.try_recv().is_err(),
@@ -667,7 +664,7 @@ mod tests {
     #[test]
     fn a_streamed_upload_that_fails_stops_the_reading_with_its_error() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (mut sink, _rx) = sink(&rt, Expected::new(1, [d("layer")].into()));
+        let (mut sink, _rx) = sink(&rt, Expected::new([d("layer")].into(), [d("layer")].into()));
         // More than the chunks buffered between reader and upload, so the reader waits on it.
         let data = vec![7u8; (STREAM_DEPTH + 4) * UPLOAD_CHUNK];
         let err = sink.store(&mut &data[..]).unwrap_err().to_string();
