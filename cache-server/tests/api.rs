@@ -1,5 +1,5 @@
 //! The server in-process on `127.0.0.1:0` with a temp data dir, driven over HTTP with reqwest,
-//! using small legacy `docker save` tarballs built here with the `tar` crate.
+//! using small legacy `docker save` tarballs from `layercache_test_support::tarball`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use layercache_server::{Settings, serve};
 use layercache_shared::Digest;
 use layercache_shared::archive::{BlobSink, Limits, ParsedArchive, read_archive};
+use layercache_test_support::tarball::{Image, layer, noise, save};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -174,124 +175,16 @@ impl Drop for TestServer {
     }
 }
 
-/// A layer: an uncompressed tar of the given files.
-fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, name, *content).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-/// Pseudo-random bytes (so layers do not compress or collide).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// An image to save: its layers (content), build steps and tags.
-struct Img {
-    layers: Vec<Vec<u8>>,
-    steps: Vec<&'static str>,
-    tags: Vec<&'static str>,
-    parent: Option<Digest>,
-}
-
-impl Img {
-    fn diff_ids(&self) -> Vec<Digest> {
-        self.layers.iter().map(|l| Digest::of(l)).collect()
-    }
-    fn config(&self) -> Vec<u8> {
-        let history: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| json!({ "created_by": s }))
-            .collect();
-        serde_json::to_vec(&json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {},
-            "rootfs": { "type": "layers", "diff_ids": self.diff_ids() },
-            "history": history,
-        }))
-        .unwrap()
-    }
-    fn id(&self) -> Digest {
-        Digest::of(&self.config())
-    }
-}
-
-fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-}
-
-/// A legacy-layout `docker save` tarball of `images`.
-fn save(images: &[&Img]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut written = std::collections::HashSet::new();
-    let mut manifest = Vec::new();
-    for img in images {
-        let mut layer_paths = Vec::new();
-        for l in &img.layers {
-            let hex = Digest::of(l).hex();
-            let path = format!("{hex}/layer.tar");
-            if written.insert(hex.clone()) {
-                add_file(&mut b, &format!("{hex}/VERSION"), b"1.0");
-                add_file(&mut b, &path, l);
-            }
-            layer_paths.push(path);
-        }
-        let config_name = format!("{}.json", img.id().hex());
-        add_file(&mut b, &config_name, &img.config());
-        let mut item =
-            json!({ "Config": config_name, "RepoTags": img.tags, "Layers": layer_paths });
-        if let Some(p) = img.parent {
-            item["Parent"] = json!(p.to_string());
-        }
-        manifest.push(item);
-    }
-    add_file(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    b.into_inner().unwrap()
-}
-
 /// Base image A (one layer) and child B (A's layer + a 3 MiB layer), B's parent is A.
-fn chain() -> (Img, Img) {
+fn chain() -> (Image, Image) {
     let base = layer(&[("etc/base", b"base layer")]);
-    let a = Img {
-        layers: vec![base.clone()],
-        steps: vec!["ADD base"],
-        tags: vec!["app:base"],
-        parent: None,
-    };
-    let b = Img {
-        layers: vec![base, layer(&[("app/big.bin", &noise(1, 3 << 20))])],
-        steps: vec!["ADD base", "COPY big"],
-        tags: vec!["app:1"],
-        parent: Some(a.id()),
-    };
+    let a = Image::new(vec![base.clone()], &["ADD base"]).tagged("app:base");
+    let b = Image::new(
+        vec![base, layer(&[("app/big.bin", &noise(1, 3 << 20))])],
+        &["ADD base", "COPY big"],
+    )
+    .tagged("app:1")
+    .child_of(&a);
     (a, b)
 }
 
@@ -772,12 +665,7 @@ async fn truncated_reput_is_refused_and_previous_entry_still_served() {
             .status(),
         201
     );
-    let other = Img {
-        layers: vec![layer(&[("x", &noise(3, 2 << 20))])],
-        steps: vec!["ADD x"],
-        tags: vec!["other:1"],
-        parent: None,
-    };
+    let other = Image::new(vec![layer(&[("x", &noise(3, 2 << 20))])], &["ADD x"]).tagged("other:1");
     let replacement = save(&[&other]);
     for cut in [replacement.len() / 2, replacement.len() - 1024] {
         let r = s
@@ -989,15 +877,11 @@ async fn start_with_quota(max_size: u64) -> TestServer {
 }
 
 /// One image of `n` layers of `mib` MiB of noise each (seeded, so images differ).
-fn big_image(seed: u64, n: usize, mib: usize) -> Img {
-    Img {
-        layers: (0..n)
-            .map(|i| layer(&[("data.bin", &noise(seed * 100 + i as u64, mib << 20))]))
-            .collect(),
-        steps: vec!["RUN big"],
-        tags: vec!["big:1"],
-        parent: None,
-    }
+fn big_image(seed: u64, n: usize, mib: usize) -> Image {
+    let layers = (0..n)
+        .map(|i| layer(&[("data.bin", &noise(seed * 100 + i as u64, mib << 20))]))
+        .collect();
+    Image::new(layers, &["RUN big"]).tagged("big:1")
 }
 
 /// Polls `/v1/stats` until `field` reaches `at_least` (the collector runs in the background).

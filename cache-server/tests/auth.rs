@@ -9,6 +9,7 @@ use layercache_server::store::sqlite::Db;
 use layercache_server::store::tokens::TokenSelector;
 use layercache_server::{Settings, serve, serve_tls, tls};
 use layercache_shared::Digest;
+use layercache_test_support::tarball::{Image, layer, save};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -78,45 +79,11 @@ impl Drop for TestServer {
     }
 }
 
-fn tar_file(b: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-}
-
 /// A one-image, one-layer legacy `docker save` tarball; returns it with the layer digest and
 /// the image id (config digest).
 fn image(content: &[u8]) -> (Vec<u8>, Digest, Digest) {
-    let mut layer = tar::Builder::new(Vec::new());
-    tar_file(&mut layer, "data.bin", content);
-    let layer = layer.into_inner().unwrap();
-    let diff_id = Digest::of(&layer);
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-        "history": [{ "created_by": "ADD data" }],
-    }))
-    .unwrap();
-    let id = Digest::of(&config);
-    let mut b = tar::Builder::new(Vec::new());
-    tar_file(&mut b, &format!("{}/layer.tar", diff_id.hex()), &layer);
-    tar_file(&mut b, &format!("{}.json", id.hex()), &config);
-    let manifest = json!([{
-        "Config": format!("{}.json", id.hex()),
-        "RepoTags": ["app:1"],
-        "Layers": [format!("{}/layer.tar", diff_id.hex())],
-    }]);
-    tar_file(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    (b.into_inner().unwrap(), diff_id, id)
+    let img = Image::new(vec![layer(&[("data.bin", content)])], &["ADD data"]).tagged("app:1");
+    (save(&[&img]), img.diff_ids()[0], img.id())
 }
 
 fn token(data_dir: &Path, role: Role, patterns: &[&str], name: &str) -> String {
@@ -208,9 +175,7 @@ async fn every_route_and_role_gets_401_403_or_through() {
             .unwrap();
         assert_eq!(r.status(), 201, "seeding {path}");
     }
-    let mut layer_a_tar = tar::Builder::new(Vec::new());
-    tar_file(&mut layer_a_tar, "data.bin", b"acme layer");
-    let layer_a_bytes = layer_a_tar.into_inner().unwrap();
+    let layer_a_bytes = layer(&[("data.bin", b"acme layer")]);
 
     use Expect::{A, F, U};
     // Callers, in this order: none, unknown, read acme, write acme, admin, read other.

@@ -4,6 +4,7 @@
 
 use layercache_server::{Settings, serve};
 use layercache_shared::Digest;
+use layercache_test_support::tarball::{Image, layer, save};
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -99,58 +100,14 @@ fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn tar_file(b: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-}
-
-/// A layer tar holding one file.
-fn layer(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    tar_file(&mut b, name, content);
-    b.into_inner().unwrap()
-}
-
-/// A legacy `docker save` tarball: a base image of `base` and a child adding `top`, tagged `tag`.
+/// A legacy `docker save` tarball: a base image of `base` and a child adding `top`, tagged `tag`;
+/// returns it with the base's and the child's image IDs.
 fn save_chain(base: &[u8], top: &[u8], tag: &str) -> (Vec<u8>, Digest, Digest) {
-    let config = |layers: &[&[u8]]| {
-        let ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
-        serde_json::to_vec(&json!({
-            "architecture": "amd64", "os": "linux", "config": {},
-            "rootfs": {"type": "layers", "diff_ids": ids},
-            "history": ids.iter().map(|_| json!({"created_by": "step"})).collect::<Vec<_>>(),
-        }))
-        .unwrap()
-    };
-    let base_cfg = config(&[base]);
-    let child_cfg = config(&[base, top]);
-    let (base_id, child_id) = (Digest::of(&base_cfg), Digest::of(&child_cfg));
-    let mut b = tar::Builder::new(Vec::new());
-    for l in [base, top] {
-        let hex = Digest::of(l).hex();
-        tar_file(&mut b, &format!("{hex}/VERSION"), b"1.0");
-        tar_file(&mut b, &format!("{hex}/layer.tar"), l);
-    }
-    tar_file(&mut b, &format!("{}.json", base_id.hex()), &base_cfg);
-    tar_file(&mut b, &format!("{}.json", child_id.hex()), &child_cfg);
-    let manifest = json!([
-        {"Config": format!("{}.json", base_id.hex()), "RepoTags": [],
-         "Layers": [format!("{}/layer.tar", Digest::of(base).hex())]},
-        {"Config": format!("{}.json", child_id.hex()), "RepoTags": [tag],
-         "Parent": base_id.to_string(),
-         "Layers": [format!("{}/layer.tar", Digest::of(base).hex()),
-                    format!("{}/layer.tar", Digest::of(top).hex())]},
-    ]);
-    tar_file(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    (b.into_inner().unwrap(), base_id, child_id)
+    let base_img = Image::new(vec![base.to_vec()], &["step"]);
+    let child = Image::new(vec![base.to_vec(), top.to_vec()], &["step", "step"])
+        .tagged(tag)
+        .child_of(&base_img);
+    (save(&[&base_img, &child]), base_img.id(), child.id())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,8 +116,8 @@ async fn metrics_parse_and_counters_move_as_requests_are_made() {
     let before = s.scrape().await;
     assert_eq!(value(&before, "layercache_hits_total", &[]), 0.0);
 
-    let base = layer("etc/base", b"base");
-    let (tarball, _, _) = save_chain(&base, &layer("app/bin", &[7u8; 5000]), "app:1");
+    let base = layer(&[("etc/base", b"base")]);
+    let (tarball, _, _) = save_chain(&base, &layer(&[("app/bin", &[7u8; 5000])]), "app:1");
     assert_eq!(
         s.put("/v1/images/acme%2Fweb/k1", tarball.clone()).await,
         201
@@ -326,9 +283,9 @@ async fn build_reports_credit_time_saved_against_the_last_cold_build() {
 #[tokio::test(flavor = "multi_thread")]
 async fn largest_entry_detail_and_disk_show_what_fills_the_disk() {
     let s = Server::start().await;
-    let base = layer("etc/base", b"shared base");
-    let (t1, base_id, child1) = save_chain(&base, &layer("app/a", &[1u8; 9000]), "app:1");
-    let (t2, _, _) = save_chain(&base, &layer("app/b", &[2u8; 3000]), "app:2");
+    let base = layer(&[("etc/base", b"shared base")]);
+    let (t1, base_id, child1) = save_chain(&base, &layer(&[("app/a", &[1u8; 9000])]), "app:1");
+    let (t2, _, _) = save_chain(&base, &layer(&[("app/b", &[2u8; 3000])]), "app:2");
     assert_eq!(s.put("/v1/images/acme%2Fweb/k1", t1).await, 201);
     assert_eq!(s.put("/v1/images/main/k2", t2).await, 201);
 
@@ -388,9 +345,9 @@ fn data_value(html: &str, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_pages_show_the_numbers_of_the_json_api() {
     let s = Server::start().await;
-    let base = layer("etc/base", b"base");
-    let (t1, base_id, _) = save_chain(&base, &layer("app/a", &[1u8; 4000]), "app:<one>");
-    let (t2, _, _) = save_chain(&base, &layer("app/b", &[2u8; 100]), "app:2");
+    let base = layer(&[("etc/base", b"base")]);
+    let (t1, base_id, _) = save_chain(&base, &layer(&[("app/a", &[1u8; 4000])]), "app:<one>");
+    let (t2, _, _) = save_chain(&base, &layer(&[("app/b", &[2u8; 100])]), "app:2");
     assert_eq!(s.put("/v1/images/acme%2Fweb/k1", t1).await, 201);
     assert_eq!(s.put("/v1/images/main/k2", t2).await, 201);
     let (st, _) = s

@@ -15,90 +15,19 @@ use std::time::{Duration, Instant};
 
 use layercache_shared::Digest;
 use layercache_shared::archive::{BlobSink, Limits, read_archive};
+use layercache_test_support::tarball::{Image, layer, noise, save};
 use serde_json::{Value, json};
 
 use crate::util::{TestEngine, TestServer, bin, load_from};
 
-/// Pseudo-random bytes from `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn tar_file(b: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-}
-
-/// A generated image: a shared base layer plus one layer of `kib` KiB unique to `seed`.
-struct GenImage {
-    layers: Vec<Vec<u8>>,
-    config: Vec<u8>,
-    tag: String,
-}
-
-impl GenImage {
-    fn new(seed: u64, kib: usize) -> GenImage {
-        let layer = |files: &[(&str, Vec<u8>)]| {
-            let mut b = tar::Builder::new(Vec::new());
-            for (n, c) in files {
-                tar_file(&mut b, n, c);
-            }
-            b.into_inner().unwrap()
-        };
-        let layers = vec![
-            layer(&[("base/shared.bin", noise(1, 256 << 10))]),
-            layer(&[(&format!("app/{seed}.bin"), noise(seed + 1000, kib << 10))]),
-        ];
-        let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
-        let config = serde_json::to_vec(&json!({
-            "architecture": "amd64", "os": "linux", "config": {},
-            "rootfs": { "type": "layers", "diff_ids": diff_ids },
-            "history": [{ "created_by": "base" }, { "created_by": format!("app {seed}") }],
-        }))
-        .unwrap();
-        GenImage {
-            layers,
-            config,
-            tag: format!("gen{seed}:latest"),
-        }
-    }
-
-    fn id(&self) -> Digest {
-        Digest::of(&self.config)
-    }
-
-    /// The image as a legacy `docker save` tarball.
-    fn tarball(&self) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut paths = Vec::new();
-        for l in &self.layers {
-            let hex = Digest::of(l).hex();
-            tar_file(&mut b, &format!("{hex}/VERSION"), b"1.0");
-            tar_file(&mut b, &format!("{hex}/layer.tar"), l);
-            paths.push(format!("{hex}/layer.tar"));
-        }
-        let cfg = format!("{}.json", self.id().hex());
-        tar_file(&mut b, &cfg, &self.config);
-        let manifest = json!([{ "Config": cfg, "RepoTags": [self.tag], "Layers": paths }]);
-        tar_file(
-            &mut b,
-            "manifest.json",
-            &serde_json::to_vec(&manifest).unwrap(),
-        );
-        b.into_inner().unwrap()
-    }
+/// A generated image: a shared base layer plus one layer of `kib` KiB unique to `seed`, tagged
+/// `gen<seed>:latest`.
+fn gen_image(seed: u64, kib: usize) -> Image {
+    let layers = vec![
+        layer(&[("base/shared.bin", &noise(1, 256 << 10))]),
+        layer(&[(&format!("app/{seed}.bin"), &noise(seed + 1000, kib << 10))]),
+    ];
+    Image::new(layers, &["base", &format!("app {seed}")]).tagged(&format!("gen{seed}:latest"))
 }
 
 /// Layer digests only (the reader itself checks content against the config's diff_ids).
@@ -113,7 +42,7 @@ impl BlobSink for DigestSink {
 }
 
 /// Checks that `body` is a whole tarball of exactly `img`.
-fn assert_restores(body: &[u8], img: &GenImage, what: &str) {
+fn assert_restores(body: &[u8], img: &Image, what: &str) {
     let parsed = read_archive(body, &mut DigestSink, &Limits::default())
         .unwrap_or_else(|e| panic!("{what}: the restored tarball does not parse: {e}"));
     assert_eq!(parsed.images.len(), 1, "{what}");
@@ -122,8 +51,7 @@ fn assert_restores(body: &[u8], img: &GenImage, what: &str) {
         img.id(),
         "{what}: another image was served"
     );
-    let want: Vec<Digest> = img.layers.iter().map(|l| Digest::of(l)).collect();
-    assert_eq!(parsed.images[0].diff_ids, want, "{what}");
+    assert_eq!(parsed.images[0].diff_ids, img.diff_ids(), "{what}");
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -181,7 +109,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// After a restart: every listed entry restores whole, no temp files, one file per blob row.
-fn assert_consistent(s: &TestServer, images: &HashMap<String, GenImage>, committed: &[String]) {
+fn assert_consistent(s: &TestServer, images: &HashMap<String, Image>, committed: &[String]) {
     let c = client();
     let listed = s.get_json("/v1/entries");
     let listed: Vec<String> = listed["entries"]
@@ -214,8 +142,8 @@ fn sigkill_during_uploads_loses_nothing_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let server = TestServer::start_on(&data, &[]);
-    let images: HashMap<String, GenImage> = (0..40)
-        .map(|i| (format!("k{i}"), GenImage::new(i, 512 + 64 * i as usize)))
+    let images: HashMap<String, Image> = (0..40)
+        .map(|i| (format!("k{i}"), gen_image(i, 512 + 64 * i as usize)))
         .collect();
     let images = Arc::new(images);
     let committed = Arc::new(Mutex::new(Vec::new()));
@@ -230,7 +158,7 @@ fn sigkill_during_uploads_loses_nothing_committed() {
                 let c = client();
                 for i in (t..40).step_by(8) {
                     let key = format!("k{i}");
-                    if put(&c, &url, &key, images[&key].tarball()) == Some(201) {
+                    if put(&c, &url, &key, save(&[&images[&key]])) == Some(201) {
                         committed.lock().unwrap().push(key);
                     }
                 }
@@ -272,8 +200,8 @@ fn sigkill_during_eviction_and_collection_leaves_a_consistent_store() {
         "--upload-grace-secs",
         "0",
     ];
-    let images: HashMap<String, GenImage> = (0..30)
-        .map(|i| (format!("k{i}"), GenImage::new(100 + i, 1024)))
+    let images: HashMap<String, Image> = (0..30)
+        .map(|i| (format!("k{i}"), gen_image(100 + i, 1024)))
         .collect();
     for round in 0..3 {
         let server = TestServer::start_on(&data, &flags);
@@ -285,7 +213,7 @@ fn sigkill_during_eviction_and_collection_leaves_a_consistent_store() {
         for i in 0..10 {
             let key = format!("k{}", (round * 10 + i) % 30);
             assert_eq!(
-                put(&c, &server.url, &key, images[&key].tarball()),
+                put(&c, &server.url, &key, save(&[&images[&key]])),
                 Some(201)
             );
         }
@@ -351,12 +279,12 @@ fn disk_full_during_upload_is_a_507_and_the_server_keeps_serving() {
     let data = mnt.join("data");
     let s = TestServer::start_on(&data, &[]);
     let c = client();
-    let small = GenImage::new(1, 1024);
-    assert_eq!(put(&c, &s.url, "small", small.tarball()), Some(201));
-    let huge = GenImage::new(2, 40 << 10);
+    let small = gen_image(1, 1024);
+    assert_eq!(put(&c, &s.url, "small", save(&[&small])), Some(201));
+    let huge = gen_image(2, 40 << 10);
     let r = c
         .put(format!("{}/v1/images/ns/huge", s.url))
-        .body(huge.tarball())
+        .body(save(&[&huge]))
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 507);
@@ -374,8 +302,8 @@ fn disk_full_during_upload_is_a_507_and_the_server_keeps_serving() {
     assert_eq!(status, 200);
     assert_restores(&restored, &small, "small");
     assert_eq!(files_in(&data.join("tmp")), 0);
-    let other = GenImage::new(3, 2048);
-    assert_eq!(put(&c, &s.url, "other", other.tarball()), Some(201));
+    let other = gen_image(3, 2048);
+    assert_eq!(put(&c, &s.url, "other", save(&[&other])), Some(201));
     let (_, restored) = get_bytes(&c, &s.url, "other");
     assert_restores(&restored, &other, "other");
     s.kill();
@@ -390,11 +318,8 @@ fn disk_full_during_upload_is_a_507_and_the_server_keeps_serving() {
 fn thirty_two_runners_restore_and_push_overlapping_images() {
     let s = TestServer::start();
     let keys = 12u64;
-    let images: Arc<BTreeMap<u64, GenImage>> = Arc::new(
-        (0..keys)
-            .map(|i| (i, GenImage::new(500 + i, 256)))
-            .collect(),
-    );
+    let images: Arc<BTreeMap<u64, Image>> =
+        Arc::new((0..keys).map(|i| (i, gen_image(500 + i, 256))).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let (restores, pushes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let threads: Vec<_> = (0..32u64)
@@ -422,7 +347,7 @@ fn thirty_two_runners_restore_and_push_overlapping_images() {
                         restores.fetch_add(1, Ordering::Relaxed);
                     }
                     if status == 404 || round.is_multiple_of(4) {
-                        assert_eq!(put(&c, &url, &key, img.tarball()), Some(201), "push {key}");
+                        assert_eq!(put(&c, &url, &key, save(&[img])), Some(201), "push {key}");
                         pushes.fetch_add(1, Ordering::Relaxed);
                     }
                     round += 1;
@@ -454,6 +379,6 @@ fn thirty_two_runners_restore_and_push_overlapping_images() {
     for k in [0u64, 5, 11] {
         load_from(&engine, &format!("{}/v1/images/ns/k{k}", s.url));
         let img = &images[&k];
-        assert_eq!(engine.image_id(&img.tag), img.id().to_string(), "k{k}");
+        assert_eq!(engine.image_id(&img.tags[0]), img.id().to_string(), "k{k}");
     }
 }

@@ -1,0 +1,11 @@
+//! Dev-only fixtures for layercache's tests; no shipped crate depends on this one.
+//!
+//! Tests of the server (`cache-server/tests`) and the end-to-end tests (`tests/e2e`) need
+//! `docker save` tarballs whose every byte they know, so they can compare what the server stores
+//! and serves with what was sent. They are built here by hand, independently of
+//! `layercache_shared::archive` (the code under test).
+//!
+//! - [`tarball`]: deterministic [`noise`](tarball::noise), layer tars, image configs and the legacy
+//!   `docker save` layout.
+
+pub mod tarball;
