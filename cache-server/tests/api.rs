@@ -593,7 +593,11 @@ async fn blobs_upload_once_and_serve_ranges_and_heads() {
         )
         .await;
     assert_eq!(st, 200);
-    assert_eq!(r, json!({ "missing": [Digest::of(b"absent")] }));
+    assert_eq!(
+        r,
+        json!({ "missing": [Digest::of(b"absent")], "streamed_uploads": true }),
+        "the answer also tells runners they may POST /v1/blobs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

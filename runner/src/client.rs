@@ -288,7 +288,7 @@ impl Client {
     }
 
     /// `POST /v1/blobs/missing`.
-    pub async fn missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ClientError> {
+    pub async fn missing(&self, digests: Vec<Digest>) -> Result<MissingResponse, ClientError> {
         let body =
             serde_json::to_value(MissingRequest { digests }).map_err(|e| ClientError::Garbage {
                 what: "the missing-blobs query",
@@ -303,7 +303,7 @@ impl Client {
                 Some(body),
             )
             .await?;
-        Ok(resp.missing)
+        Ok(resp)
     }
 
     /// `PUT /v1/blobs/{digest}` with `body` of `len` bytes.

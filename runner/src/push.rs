@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use layercache_shared::api::{BlobStored, CommitImage, CommitRequest};
+use layercache_shared::api::{BlobStored, CommitImage, CommitRequest, MissingResponse};
 use layercache_shared::archive::{ArchiveError, BlobSink, Limits, read_archive};
 use layercache_shared::{CacheKey, Digest, Namespace};
 use tempfile::TempDir;
@@ -128,7 +128,10 @@ pub async fn push(
     }
     let mut wanted = layer_set.clone();
     wanted.extend(images.iter().map(|i| i.id));
-    let missing = client.missing(wanted).await?;
+    let MissingResponse {
+        missing,
+        streamed_uploads,
+    } = client.missing(wanted).await?;
     let missing_layers = missing.iter().filter(|d| layer_set.contains(d)).count() as u64;
     log.line(&format!(
         "pushing {} images ({} layers); the server lacks {} blobs",
@@ -149,7 +152,17 @@ pub async fn push(
             .collect();
         names.extend(final_tags);
         let missing_set: HashSet<Digest> = missing.iter().copied().collect();
-        let expected = Expected::new(layer_set.iter().copied().collect(), missing_set.clone());
+        if !streamed_uploads {
+            log.line(
+                "the cache server takes no streamed uploads (it predates POST /v1/blobs): \
+                 layers are spooled before they are uploaded; upgrade it for faster pushes",
+            );
+        }
+        let expected = Expected::new(
+            layer_set.iter().copied().collect(),
+            missing_set.clone(),
+            streamed_uploads,
+        );
         let (uploaded, bytes) =
             save_and_upload(engine, client, &names, &missing_set, expected, log).await?;
         if let Some(absent) = missing.iter().find(|d| !uploaded.contains(d)) {
@@ -355,6 +368,8 @@ struct Expected {
     layers_left: HashSet<Digest>,
     /// Of those, the ones the server lacks.
     missing_left: HashSet<Digest>,
+    /// Whether the server takes `POST /v1/blobs`; without it nothing streams.
+    can_stream: bool,
 }
 
 /// What to do with the next layer.
@@ -369,18 +384,20 @@ enum Plan {
 }
 
 impl Expected {
-    /// `layers`: every distinct layer of the images saved; `missing`: those the server lacks.
-    fn new(layers: HashSet<Digest>, missing: HashSet<Digest>) -> Self {
+    /// `layers`: every distinct layer of the images saved; `missing`: those the server lacks;
+    /// `can_stream`: whether the server takes `POST /v1/blobs`.
+    fn new(layers: HashSet<Digest>, missing: HashSet<Digest>, can_stream: bool) -> Self {
         Expected {
             missing_left: missing.intersection(&layers).copied().collect(),
             layers_left: layers,
+            can_stream,
         }
     }
 
     fn plan(&self) -> Plan {
         if self.missing_left.is_empty() {
             Plan::Skip
-        } else if self.missing_left.len() >= self.layers_left.len() {
+        } else if self.can_stream && self.missing_left.len() >= self.layers_left.len() {
             Plan::Stream
         } else {
             Plan::Spool
@@ -565,7 +582,7 @@ mod tests {
     fn a_first_push_streams_every_layer() {
         let layers: Vec<Digest> = ["a", "b", "c"].iter().map(|s| d(s)).collect();
         let all: HashSet<Digest> = layers.iter().copied().collect();
-        let mut e = Expected::new(all.clone(), all);
+        let mut e = Expected::new(all.clone(), all, true);
         for l in &layers {
             assert_eq!(e.plan(), Plan::Stream);
             e.went_by(*l);
@@ -574,10 +591,21 @@ mod tests {
     }
 
     #[test]
+    fn a_server_without_streamed_uploads_gets_spooled_layers() {
+        let all: HashSet<Digest> = [d("a"), d("b")].into();
+        let mut e = Expected::new(all.clone(), all, false);
+        assert_eq!(e.plan(), Plan::Spool);
+        e.went_by(d("a"));
+        assert_eq!(e.plan(), Plan::Spool);
+        e.went_by(d("b"));
+        assert_eq!(e.plan(), Plan::Skip);
+    }
+
+    #[test]
     fn layers_that_may_be_stored_are_spooled_and_the_rest_skipped_once_all_missing_went_by() {
         let (a, b, c, n) = (d("a"), d("b"), d("c"), d("new"));
         // The server also lacks a config, which is no layer.
-        let mut e = Expected::new([a, b, c, n].into(), [n, d("config")].into());
+        let mut e = Expected::new([a, b, c, n].into(), [n, d("config")].into(), true);
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(a);
         e.went_by(a); // a repeat counts once
@@ -590,7 +618,7 @@ mod tests {
         assert_eq!(e.plan(), Plan::Skip);
 
         // The missing layer comes last: once only it can be left, it streams.
-        let mut e = Expected::new([a, b, n].into(), [n].into());
+        let mut e = Expected::new([a, b, n].into(), [n].into(), true);
         e.went_by(a);
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(b);
@@ -602,7 +630,7 @@ mod tests {
         // `s` (small, missing) reaches the sink only after the archive; `big` is stored already.
         // While `big` goes by, 2 layers may come and 1 is missing: spool, not stream.
         let (s, big) = (d("small"), d("big"));
-        let mut e = Expected::new([s, big].into(), [s].into());
+        let mut e = Expected::new([s, big].into(), [s].into(), true);
         assert_eq!(e.plan(), Plan::Spool);
         e.went_by(big);
         assert_eq!(e.plan(), Plan::Stream);
@@ -635,7 +663,11 @@ mod tests {
         let stored = d("stored");
         let (mut sink, mut rx) = sink(
             &rt,
-            Expected::new([Digest::of(data), stored].into(), [Digest::of(data)].into()),
+            Expected::new(
+                [Digest::of(data), stored].into(),
+                [Digest::of(data)].into(),
+                true,
+            ),
         );
         let mut handle = sink.store(&mut &data[..]).unwrap();
         assert!(
@@ -664,7 +696,10 @@ mod tests {
     #[test]
     fn a_streamed_upload_that_fails_stops_the_reading_with_its_error() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (mut sink, _rx) = sink(&rt, Expected::new([d("layer")].into(), [d("layer")].into()));
+        let (mut sink, _rx) = sink(
+            &rt,
+            Expected::new([d("layer")].into(), [d("layer")].into(), true),
+        );
         // More than the chunks buffered between reader and upload, so the reader waits on it.
         let data = vec![7u8; (STREAM_DEPTH + 4) * UPLOAD_CHUNK];
         let err = sink.store(&mut &data[..]).unwrap_err().to_string();

@@ -94,6 +94,10 @@ pub struct MissingRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MissingResponse {
     pub missing: Vec<Digest>,
+    /// Whether the server takes `POST /v1/blobs` (an upload whose digest comes last). Servers from
+    /// before it leave the field out, so a newer runner knows to spool layers for them instead.
+    #[serde(default)]
+    pub streamed_uploads: bool,
 }
 
 /// `POST /v1/blobs` answer: what the uploaded content hashed to.
@@ -382,4 +386,18 @@ pub struct DiskUse {
     /// The server's size limit; absent when none is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_answer_from_an_older_server_means_no_streamed_uploads() {
+        let old: MissingResponse = serde_json::from_str(r#"{"missing": []}"#).unwrap();
+        assert!(!old.streamed_uploads);
+        let new: MissingResponse =
+            serde_json::from_str(r#"{"missing": [], "streamed_uploads": true}"#).unwrap();
+        assert!(new.streamed_uploads);
+    }
 }

@@ -43,7 +43,10 @@ pub async fn missing(
                 .collect())
         })
         .await?;
-    Ok(Json(MissingResponse { missing }))
+    Ok(Json(MissingResponse {
+        missing,
+        streamed_uploads: true,
+    }))
 }
 
 /// `PUT /v1/blobs/{digest}`: 201 when stored, 200 when already there.
