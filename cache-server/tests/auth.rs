@@ -371,6 +371,13 @@ async fn read_token_cannot_poison_the_main_branch_cache() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    let r = s
+        .req(Method::POST, "/v1/blobs", Some(&read))
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a read token cannot post blobs either");
 
     let after: Value = s
         .req(Method::GET, &format!("{path}/manifest"), Some(&read))
