@@ -142,7 +142,7 @@ impl IntoResponse for OciError {
                 message: err.client_message(),
             }],
         };
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = super::with_version((status, axum::Json(body)).into_response());
         let h = resp.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
             h.insert(

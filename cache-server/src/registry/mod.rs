@@ -6,6 +6,7 @@
 //! - [`blobs`]: blob GET/HEAD/DELETE, uploads (monolithic, chunked sessions) and mounts.
 //! - [`uploads`]: upload sessions between requests, and their expiry.
 //! - [`manifests`]: manifests by tag or digest, tags list, referrers, catalog.
+//! - [`liveness`]: which tags hold which blobs, which manifests are garbage (no I/O).
 //! - [`error`]: the spec's error codes and body.
 //!
 //! Repositories are layercache namespaces: a token for `acme/*` pushes to `acme/web/cache`.
@@ -13,6 +14,7 @@
 
 pub mod blobs;
 pub mod error;
+pub mod liveness;
 pub mod manifests;
 pub mod path;
 pub mod uploads;
@@ -70,10 +72,10 @@ pub async fn dispatch(
             e.body_text()
         ))),
     };
-    with_version(match result {
-        Ok(resp) => resp,
+    match result {
+        Ok(resp) => with_version(resp),
         Err(e) => OciError(e).into_response(),
-    })
+    }
 }
 
 async fn route(
@@ -135,7 +137,7 @@ async fn route(
 }
 
 /// Adds `Docker-Distribution-API-Version`, which clients check on every answer.
-fn with_version(mut resp: Response) -> Response {
+pub(crate) fn with_version(mut resp: Response) -> Response {
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),

@@ -782,7 +782,7 @@ impl Db {
             out.insert(
                 id,
                 crate::lru::EntryUse {
-                    id,
+                    id: crate::lru::Holder::Entry(id),
                     last_used,
                     blobs: Vec::new(),
                 },

@@ -443,8 +443,14 @@ impl Db {
         let mut gone = 0;
         {
             let mut del = tx.prepare_cached(
-                "DELETE FROM manifests WHERE id = ?1 AND created < ?2
+                // Re-checked here, against what was committed since the graph was read: a tag
+                // or an index pushed meanwhile may name the manifest again.
+                "DELETE FROM manifests AS m WHERE id = ?1 AND created < ?2
                  AND NOT EXISTS (SELECT 1 FROM tags WHERE manifest_id = ?1)
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p
+                                 ON p.id = r.manifest_id
+                                 WHERE r.digest = m.digest AND r.is_manifest = 1
+                                 AND p.repo = m.repo AND p.id <> m.id)
                  RETURNING repo, digest",
             )?;
             let mut unlink =
