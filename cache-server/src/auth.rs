@@ -260,7 +260,7 @@ pub fn need_of<'a>(
         }
         "/v1/blobs/{digest}" if method == Method::PUT => Need::Role(Role::Write),
         "/v1/lookup" if method == Method::POST => Need::Role(Role::Read),
-        "/v1/stats" | "/v1/entries" | "/v1/disk" if read => Need::Role(Role::Read),
+        "/v1/stats" | "/v1/entries" | "/v1/tags" | "/v1/disk" if read => Need::Role(Role::Read),
         // The registry's version check: any valid token (it is how `docker login` tests one).
         "/v2" | "/v2/" => Need::Authenticated,
         "/v2/{*rest}" => registry_need(method, param("rest").unwrap_or_default()),
@@ -270,7 +270,7 @@ pub fn need_of<'a>(
         "/v1/builds" if method == Method::POST => Need::Role(Role::Write),
         // A known route with a method it lacks: any caller may learn it is a 405.
         "/v1/blobs" | "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats"
-        | "/v1/entries" => Need::Authenticated,
+        | "/v1/entries" | "/v1/tags" => Need::Authenticated,
         _ => Need::Role(Role::Admin),
     }
 }

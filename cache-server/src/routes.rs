@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lookup", post(lookup::lookup))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/entries", get(stats::entries))
+        .route("/v1/tags", get(stats::tags))
         // Operator views (issue 4).
         .route("/", get(dashboard::index))
         .route("/entries/{ns}/{key}", get(dashboard::entry_page))

@@ -610,6 +610,51 @@ async fn a_replaced_cache_manifest_and_the_blobs_only_it_used_are_collected() {
         .await
         .unwrap();
     assert_eq!(stats["hits"], 1);
+    assert_eq!(
+        (stats["tags"].as_u64(), stats["manifests"].as_u64()),
+        (Some(2), Some(3))
+    );
+    // Operators see the tags: JSON, the dashboard, /metrics.
+    let tags: Value = s
+        .client
+        .get(format!("{}/v1/tags?namespace=acme/cache", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"].as_array().unwrap().len(), 1, "{tags}");
+    let t = &tags["tags"][0];
+    assert_eq!(
+        (t["tag"].as_str(), t["hits"].as_u64()),
+        (Some("buildcache"), Some(1))
+    );
+    let want_size = [config, base, fresh, &new]
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>();
+    assert_eq!(t["total_size"].as_u64(), Some(want_size as u64));
+    let page = s
+        .client
+        .get(&s.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"id="registry-tags""#) && page.contains("buildcache"));
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("layercache_registry_tags 2"), "{metrics}");
 
     // A collection past the grace period.
     let store = Store::open_for_maintenance(&s.data_dir).unwrap();

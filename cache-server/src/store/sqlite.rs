@@ -648,6 +648,8 @@ impl Db {
             collected_blobs: c(counter::COLLECTED_BLOBS),
             quarantined_blobs: c(counter::QUARANTINED_BLOBS),
             max_size: None,
+            tags: conn.query_row("SELECT COUNT(*) FROM tags", [], |r| u64_at(r, 0))?,
+            manifests: conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| u64_at(r, 0))?,
         })
     }
 

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use layercache_shared::Digest;
+use layercache_shared::api::TagSummary;
 use layercache_shared::oci::Reference;
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -469,6 +470,43 @@ impl Db {
         }
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// The tags of `repo` (every repository when `None`), by repository and tag.
+    pub fn list_tags(&self, repo: Option<&str>) -> rusqlite::Result<Vec<TagSummary>> {
+        let conn = self.conn();
+        // The size counts the manifest, its blobs and its children's blobs: for an image index
+        // that is every platform's layers, for a BuildKit cache index every cached layer.
+        let mut stmt = conn.prepare_cached(
+            "SELECT t.repo, t.tag, m.digest, m.media_type, t.updated, t.last_used, t.hits,
+                m.size + COALESCE((
+                    SELECT SUM(b.size) FROM blobs b WHERE b.digest IN (
+                        SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
+                        UNION
+                        SELECT cr.digest FROM manifest_refs r
+                        JOIN manifests c ON c.repo = m.repo AND c.digest = r.digest
+                        JOIN manifest_refs cr ON cr.manifest_id = c.id
+                        WHERE r.manifest_id = m.id AND r.is_manifest = 1
+                        UNION
+                        SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
+                        AND r.is_manifest = 1)), 0)
+             FROM tags t JOIN manifests m ON m.id = t.manifest_id
+             WHERE ?1 IS NULL OR t.repo = ?1
+             ORDER BY t.repo, t.tag",
+        )?;
+        stmt.query_map([repo], |r| {
+            Ok(TagSummary {
+                repository: r.get(0)?,
+                tag: r.get(1)?,
+                digest: digest_at(r, 2)?,
+                media_type: r.get(3)?,
+                updated: u64_at(r, 4)?,
+                last_used: u64_at(r, 5)?,
+                hits: u64_at(r, 6)?,
+                total_size: u64_at(r, 7)?,
+            })
+        })?
+        .collect()
     }
 
     /// Number of tags and manifests (for stats).
