@@ -178,8 +178,30 @@ impl Access {
         }
     }
 
+    /// The token's id (who uploaded a blob), `None` on an open server.
+    pub fn token_id(&self) -> Option<i64> {
+        match self {
+            Access::Open => None,
+            Access::Token(t) => Some(t.id),
+        }
+    }
+
+    /// Of `digests`, the stored blobs this caller may learn exist and name in a commit (see
+    /// [`Db::visible_blobs`]); every stored one for a caller reading every namespace.
+    pub fn visible_blobs(
+        &self,
+        db: &Db,
+        digests: &[layercache_shared::Digest],
+    ) -> Result<std::collections::HashSet<layercache_shared::Digest>, ServerError> {
+        if self.reads_all() {
+            return Ok(db.blob_sizes(digests)?.into_keys().collect());
+        }
+        let stored: Vec<_> = db.blob_sizes(digests)?.into_keys().collect();
+        Ok(db.visible_blobs(&stored, self.token_id(), |ns| self.allows(Role::Read, ns))?)
+    }
+
     /// Whether the caller reads every namespace.
-    fn reads_all(&self) -> bool {
+    pub fn reads_all(&self) -> bool {
         match self {
             Access::Open => true,
             Access::Token(t) => t.namespaces.iter().any(NamespacePattern::is_all),

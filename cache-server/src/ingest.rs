@@ -19,6 +19,7 @@ use layercache_shared::{CacheKey, Digest, Namespace};
 use tokio::io::AsyncBufRead;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::auth::Access;
 use crate::error::{ServerError, is_storage_full};
 use crate::store::Store;
 use crate::store::blobs::{BlobStore, BlobWriter};
@@ -451,8 +452,12 @@ pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, Serve
 }
 
 /// `PUT /v1/images/{ns}/{key}/manifest`: commits an entry from blobs already on the server.
+///
+/// The commit may name only blobs `access` may see (its namespaces' content, or what it uploaded
+/// itself, see [`Access::visible_blobs`]); others count as missing, exactly as if absent.
 pub fn commit_blocking(
     store: &Store,
+    access: &Access,
     namespace: Namespace,
     key: CacheKey,
     request: CommitRequest,
@@ -466,7 +471,9 @@ pub fn commit_blocking(
     let config_ids: Vec<Digest> = images.iter().map(|i| i.id).collect();
     // Pins before the rows are looked up: a blob found here stays until the entry references it.
     let mut pins = store.pins.pin(config_ids.iter().copied());
-    let config_sizes = store.db.blob_sizes(&config_ids)?;
+    let visible = access.visible_blobs(&store.db, &config_ids)?;
+    let mut config_sizes = store.db.blob_sizes(&config_ids)?;
+    config_sizes.retain(|d, _| visible.contains(d));
     let mut missing: Vec<Digest> = config_ids
         .iter()
         .filter(|d| !config_sizes.contains_key(d))
@@ -486,7 +493,9 @@ pub fn commit_blocking(
         }
     }
     pins.extend(all_layers.iter().copied());
-    let layer_sizes = store.db.blob_sizes(&all_layers)?;
+    let visible = access.visible_blobs(&store.db, &all_layers)?;
+    let mut layer_sizes = store.db.blob_sizes(&all_layers)?;
+    layer_sizes.retain(|d, _| visible.contains(d));
     missing.extend(all_layers.iter().filter(|d| !layer_sizes.contains_key(d)));
     if !missing.is_empty() {
         return Err(ServerError::MissingBlobs { missing });

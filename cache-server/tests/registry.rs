@@ -2,74 +2,20 @@
 //! conformance suite does not cover (tokens and `docker login`, tenant isolation, resumable
 //! uploads, bad input storing nothing, garbage collection of replaced manifests).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use layercache_server::auth::{NamespacePattern, Role, create_token};
+use common::{Server, start, start_in, token};
+use layercache_server::auth::Role;
 use layercache_server::gc::{self, Sweep};
 use layercache_server::lru::Policy;
 use layercache_server::store::Store;
 use layercache_server::store::sqlite::Db;
-use layercache_server::{Settings, serve};
 use layercache_shared::Digest;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-/// A server on a free port; stops when dropped.
-struct Server {
-    url: String,
-    data_dir: PathBuf,
-    client: reqwest::Client,
-    _stop: oneshot::Sender<()>,
-    _tmp: tempfile::TempDir,
-}
-
-async fn start(configure: impl FnOnce(&mut Settings)) -> Server {
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    start_in(tmp, data_dir, configure).await
-}
-
-async fn start_in(
-    tmp: tempfile::TempDir,
-    data_dir: PathBuf,
-    configure: impl FnOnce(&mut Settings),
-) -> Server {
-    let mut settings = Settings::new(&data_dir);
-    configure(&mut settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(listener, settings, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("server failed");
-    });
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(format!("{url}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Server {
-        url,
-        data_dir,
-        client,
-        _stop: tx,
-        _tmp: tmp,
-    }
-}
-
-fn token(data_dir: &Path, role: Role, patterns: &[&str], name: &str) -> String {
-    let db = Db::open(&data_dir.join("layercache.db")).unwrap();
-    let patterns: Vec<NamespacePattern> = patterns.iter().map(|p| p.parse().unwrap()).collect();
-    create_token(&db, role, &patterns, Some(name)).unwrap().0
-}
 
 impl Server {
     fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> RequestBuilder {
@@ -159,9 +105,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_login_with_a_token_and_roles_per_repository() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (tmp, data) = common::data_dir();
     let write = token(&data, Role::Write, &["acme/*"], "ci-main");
     let read = token(&data, Role::Read, &["acme/*"], "ci-pr");
     let s = start_in(tmp, data, |_| {}).await;
@@ -254,9 +198,7 @@ async fn docker_login_with_a_token_and_roles_per_repository() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn content_addressing_is_no_way_into_another_repository() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (tmp, data) = common::data_dir();
     let victim = token(&data, Role::Write, &["victim/*"], "victim");
     let acme = token(&data, Role::Write, &["acme/*"], "acme");
     let s = start_in(tmp, data, |_| {}).await;

@@ -11,6 +11,7 @@ use layercache_shared::Digest;
 use layercache_shared::api::{BlobStored, MissingRequest, MissingResponse};
 
 use super::{check_content_length, json_body};
+use crate::auth::Access;
 use crate::error::ServerError;
 use crate::ingest;
 use crate::routes::AppState;
@@ -26,20 +27,24 @@ fn blob_digest(path: Result<Path<String>, PathRejection>) -> Result<Digest, Serv
 }
 
 /// `POST /v1/blobs/missing`.
+///
+/// Blobs the caller may not see (another tenant's) are reported missing: the client uploads them
+/// (stored once all the same) and so proves it has the content before it may name it.
 pub async fn missing(
     State(state): State<AppState>,
+    access: Access,
     body: Bytes,
 ) -> Result<Json<MissingResponse>, ServerError> {
     let req: MissingRequest = json_body(&body, "missing blobs request")?;
     let missing = state
         .store
         .blocking(move |s| {
-            let have = s.db.blob_sizes(&req.digests)?;
+            let have = access.visible_blobs(&s.db, &req.digests)?;
             let mut seen = std::collections::HashSet::new();
             Ok(req
                 .digests
                 .into_iter()
-                .filter(|d| !have.contains_key(d) && seen.insert(*d))
+                .filter(|d| !have.contains(d) && seen.insert(*d))
                 .collect())
         })
         .await?;
@@ -52,6 +57,7 @@ pub async fn missing(
 /// `PUT /v1/blobs/{digest}`: 201 when stored, 200 when already there.
 pub async fn put_blob(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -60,7 +66,23 @@ pub async fn put_blob(
     let limit = state.settings.max_upload_bytes;
     check_content_length(&headers, limit)?;
     let up = ingest::upload_blob(state.store.clone(), Some(digest), body, limit).await?;
+    record_uploader(&state, &access, up.digest).await?;
     Ok(created_or_ok(up.new))
+}
+
+/// Remembers that the caller uploaded `digest` in full, so it may name it in a commit.
+async fn record_uploader(
+    state: &AppState,
+    access: &Access,
+    digest: Digest,
+) -> Result<(), ServerError> {
+    if let Some(id) = access.token_id() {
+        state
+            .store
+            .blocking(move |s| Ok(s.db.record_blob_upload(&digest, id)?))
+            .await?;
+    }
+    Ok(())
 }
 
 /// `POST /v1/blobs`: stores the body under the digest it hashes to and answers with it, 201 when
@@ -69,12 +91,14 @@ pub async fn put_blob(
 /// with their own hash.
 pub async fn post_blob(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<BlobStored>), ServerError> {
     let limit = state.settings.max_upload_bytes;
     check_content_length(&headers, limit)?;
     let up = ingest::upload_blob(state.store.clone(), None, body, limit).await?;
+    record_uploader(&state, &access, up.digest).await?;
     Ok((
         created_or_ok(up.new),
         Json(BlobStored {

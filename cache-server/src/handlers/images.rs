@@ -13,6 +13,7 @@ use layercache_shared::archive::{PlanImage, plan_legacy};
 use layercache_shared::{CacheKey, Namespace};
 
 use super::{check_content_length, digest_list, entry_name, json_body, query_param};
+use crate::auth::Access;
 use crate::error::ServerError;
 use crate::ingest;
 use crate::routes::AppState;
@@ -149,6 +150,7 @@ pub async fn get_manifest(
 /// `PUT /v1/images/{ns}/{key}/manifest`: commit an entry from uploaded blobs.
 pub async fn put_manifest(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PutReport>), ServerError> {
@@ -157,7 +159,7 @@ pub async fn put_manifest(
     let received = body.len() as u64;
     let mut report = state
         .store
-        .blocking(move |s| ingest::commit_blocking(s, ns, key, request))
+        .blocking(move |s| ingest::commit_blocking(s, &access, ns, key, request))
         .await?;
     report.bytes_received = received;
     Ok((StatusCode::CREATED, Json(report)))

@@ -172,17 +172,16 @@ impl BlobRead for FsBlobRead {
         self.len
     }
 
-    /// Maps the chunk's pages and faults them in right here (`MAP_POPULATE`), on the caller's
-    /// blocking thread, so the async thread that writes the chunk to the socket never waits on
-    /// the disk. The mapping goes when the body drops the chunk, so memory stays at the chunks in
-    /// flight. Served this way, a blob is copied once (page cache → socket) instead of twice
-    /// (page cache → buffer → socket) and no buffer is allocated and zeroed per chunk: the
-    /// difference shows on 2-core CI machines where `docker load` competes for the CPU.
+    /// Reads the chunk with `pread` into a fresh buffer, on the caller's blocking thread, so the
+    /// async thread that writes it to the socket never waits on the disk; memory stays at the
+    /// chunks in flight.
     ///
-    /// Blob files are immutable once renamed into place (GC unlinks them, which keeps a mapping
-    /// valid); only a file truncated behind the server's back could fault, which is what
-    /// `layercache-server verify` exists to find.
+    /// Not a memory map, although mapping saves a copy: a blob file truncated behind the server's
+    /// back (a full disk repaired by hand, a bad restore of the data dir) turns a mapped read
+    /// into SIGBUS, which kills the whole server; a read just comes up short, and the transfer
+    /// aborts with an error naming the blob.
     fn chunk(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -192,25 +191,15 @@ impl BlobRead for FsBlobRead {
                 format!("{len} bytes at {offset} are past the end ({})", self.len),
             ));
         }
-        // Mappings start on a page boundary.
-        let start = offset - offset % page_size();
-        let lead = (offset - start) as usize;
-        // SAFETY: the file is a blob, never written after its rename (see above).
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(start)
-                .len(lead + len)
-                .populate()
-                .map(&self.file)?
-        };
-        Ok(Bytes::from_owner(map).slice(lead..))
+        let mut buf = bytes::BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading {len} bytes at {offset} (was the file changed?): {e}"),
+            )
+        })?;
+        Ok(buf.freeze())
     }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
 }
 
 /// An upload into an [`FsBlobStore`]; the temp file is deleted on drop unless committed.
@@ -356,6 +345,28 @@ mod tests {
         assert_eq!(blob.chunk(5, 0).unwrap(), "");
         assert!(blob.chunk(3, 3).is_err(), "past the end");
         assert_eq!(count_files(&dir.path().join("tmp")), 0);
+    }
+
+    /// A mapped chunk of a file cut behind the server's back faults (SIGBUS) when read in user
+    /// space (TLS encryption does): reading a chunk must fail instead.
+    #[test]
+    fn a_chunk_of_a_truncated_blob_is_an_error_not_a_mapping() {
+        let (_dir, s) = store();
+        let content = vec![5u8; 3 << 20];
+        let d = Digest::of(&content);
+        let mut w = s.begin_write().unwrap();
+        w.write_all(&content).unwrap();
+        w.commit(&d).unwrap();
+        let blob = s.open(&d).unwrap().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(s.path(&d))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        assert_eq!(blob.chunk(0, 4096).unwrap()[..], [5u8; 4096]);
+        let err = blob.chunk(2 << 20, 4096).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 
     #[test]

@@ -167,6 +167,16 @@ CREATE TABLE tags (
 );
 CREATE INDEX tags_by_manifest ON tags (manifest_id);
 "#,
+    // Issue 12: who uploaded a blob through the v1 blob routes, so a commit may name blobs its
+    // caller uploaded in full, besides blobs of namespaces it reads (see `Db::visible_blobs`).
+    r#"
+CREATE TABLE blob_uploads (
+    digest TEXT NOT NULL,
+    token_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (digest, token_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 mod insights;
@@ -856,12 +866,14 @@ impl Db {
                  RETURNING size",
             )?;
             let mut unlink = tx.prepare_cached("DELETE FROM repo_blobs WHERE digest = ?1")?;
+            let mut forget = tx.prepare_cached("DELETE FROM blob_uploads WHERE digest = ?1")?;
             for d in digests {
                 if let Some(size) = del
                     .query_row([d.to_string()], |r| u64_at(r, 0))
                     .optional()?
                 {
                     unlink.execute([d.to_string()])?;
+                    forget.execute([d.to_string()])?;
                     deleted.push((*d, size));
                 }
             }
@@ -898,6 +910,7 @@ impl Db {
             [&d],
         )?;
         tx.execute("DELETE FROM repo_blobs WHERE digest = ?1", [&d])?;
+        tx.execute("DELETE FROM blob_uploads WHERE digest = ?1", [&d])?;
         tx.execute("DELETE FROM blobs WHERE digest = ?1", [&d])?;
         add_counter_tx(&tx, counter::QUARANTINED_BLOBS, 1)?;
         tx.commit()?;
@@ -1105,7 +1118,7 @@ mod tests {
                 "INSERT INTO images (id, parent, config_size) VALUES ('{0}', NULL, 10);
                  INSERT INTO image_layers (image_id, idx, diff_id) VALUES ('{0}', 0, '{1}');
                  DROP TABLE tags; DROP TABLE manifest_refs; DROP TABLE manifests;
-                 DROP TABLE repo_blobs;
+                 DROP TABLE repo_blobs; DROP TABLE blob_uploads;
                  PRAGMA user_version = 3;",
                 image_of(&["old"]),
                 d("old"),

@@ -2,6 +2,9 @@
 //! auth middleware runs on every request. Only the sha256 of a token is stored; see [`crate::auth`]
 //! for roles, namespace patterns and the policy.
 
+use std::collections::HashSet;
+
+use layercache_shared::Digest;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::sqlite::{Db, now, sql_u64, u64_at};
@@ -183,6 +186,55 @@ impl Db {
     }
 
     /// Namespaces of the entries that reference blob `digest` (as an image config or a layer).
+    /// Records that token `token_id` uploaded blob `digest` in full.
+    pub fn record_blob_upload(&self, digest: &Digest, token_id: i64) -> rusqlite::Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO blob_uploads (digest, token_id, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (digest, token_id) DO UPDATE SET at = excluded.at",
+            )?
+            .execute(params![digest.to_string(), token_id, sql_u64(now())])?;
+        Ok(())
+    }
+
+    /// Which of `digests` a caller may name in a commit or learn are stored: blobs of an entry
+    /// or registry repository in a namespace `readable` accepts, and blobs token `uploader`
+    /// uploaded itself. Deduplication stores content once for everyone, but knowing a digest
+    /// must not make another tenant's content yours.
+    pub fn visible_blobs(
+        &self,
+        digests: &[Digest],
+        uploader: Option<i64>,
+        readable: impl Fn(&str) -> bool,
+    ) -> rusqlite::Result<HashSet<Digest>> {
+        let mut out = HashSet::new();
+        for d in digests {
+            if out.contains(d) {
+                continue;
+            }
+            let mine = match uploader {
+                Some(id) => self
+                    .conn()
+                    .prepare_cached(
+                        "SELECT 1 FROM blob_uploads WHERE digest = ?1 AND token_id = ?2",
+                    )?
+                    .query_row(params![d.to_string(), id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+                None => false,
+            };
+            if mine
+                || self
+                    .blob_namespaces(&d.to_string())?
+                    .iter()
+                    .any(|ns| readable(ns))
+            {
+                out.insert(*d);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn blob_namespaces(&self, digest: &str) -> rusqlite::Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
