@@ -200,6 +200,27 @@ impl Access {
         Ok(db.visible_blobs(&stored, self.token_id(), |ns| self.allows(Role::Read, ns))?)
     }
 
+    /// 403 unless the caller has `role` in every namespace (`*`): for operator views that name
+    /// every namespace (the dashboard overview, `/metrics`, the largest entries, unfiltered history
+    /// and build lists). A token limited to `acme/*` asks for its namespace with `?namespace=`.
+    pub fn require_all(&self, role: Role) -> Result<(), ServerError> {
+        match self {
+            Access::Token(t) if t.role < role || !self.reads_all() => Err(self.forbidden(format!(
+                "{role} access to every namespace (this view names them all; with a token \
+                 limited to some namespaces, add `?namespace=NS`)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Access::require`] for `ns` when a view is narrowed to it, else [`Access::require_all`].
+    pub fn require_view(&self, role: Role, ns: Option<&Namespace>) -> Result<(), ServerError> {
+        match ns {
+            Some(ns) => self.require(role, ns.as_str()),
+            None => self.require_all(role),
+        }
+    }
+
     /// Whether the caller reads every namespace.
     pub fn reads_all(&self) -> bool {
         match self {

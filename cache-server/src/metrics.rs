@@ -24,6 +24,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::store::sqlite::{Db, counter};
@@ -102,7 +103,7 @@ pub fn route_label(template: &str) -> String {
 /// Router-wide middleware: times every request up to its response head and counts it by route
 /// template, method and status. A streaming download's body is not included in its latency.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     let route = resp
@@ -111,11 +112,27 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .map_or(UNMATCHED, |t| t.0.as_str());
     state.metrics.observe(
         route,
-        &method,
+        method,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// The `method` label: the standard methods by name, anything else as `other`, so a client
+/// sending made-up methods cannot add series without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Counts `entries` evicted entries freeing `bytes`: for the size-limit eviction to call after
@@ -128,7 +145,12 @@ pub fn record_eviction(db: &Db, entries: u64, bytes: u64) -> rusqlite::Result<()
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServerError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    access: Access,
+) -> Result<Response, ServerError> {
+    // Series name namespaces and count everyone's traffic: an admin of every namespace only.
+    access.require_all(Role::Admin)?;
     let http = state.metrics.snapshot();
     let text = state
         .store

@@ -177,3 +177,131 @@ async fn a_commit_cannot_name_another_namespaces_blobs() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 }
+
+/// An admin token limited to `acme/*` used to see every namespace on the dashboard, the entry
+/// pages, `/v1/largest`, `/metrics`, history and builds, and the entries of other namespaces
+/// sharing a layer; any write token could post build reports for any namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_views_stay_inside_the_callers_namespaces() {
+    use layercache_test_support::tarball::{Image, layer, save};
+    let (tmp, data) = common::data_dir();
+    let ops = token(&data, Role::Admin, &["*"], "ops");
+    let acme_admin = token(&data, Role::Admin, &["acme/*"], "acme-admin");
+    let acme_ci = token(&data, Role::Write, &["acme/*"], "acme-ci");
+    let s = start_in(tmp, data, |_| {}).await;
+    // The same layer in both tenants' entries.
+    let base = layer(&[("base.txt", b"shared base")]);
+    for (ns, tag) in [
+        ("acme%2Fweb", "acme/web:1"),
+        ("victim%2Fapp", "victim/app:1"),
+    ] {
+        let img = Image::new(vec![base.clone()], &["ADD base"]).tagged(tag);
+        let r = s
+            .client
+            .put(format!("{}/v1/images/{ns}/k", s.url))
+            .bearer_auth(&ops)
+            .body(save(&[&img]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let get = |path: &str, tok: &str| {
+        s.client
+            .get(format!("{}{path}", s.url))
+            .bearer_auth(tok)
+            .send()
+    };
+    for path in [
+        "/",
+        "/metrics",
+        "/v1/largest",
+        "/v1/stats/history?window=1h",
+        "/v1/builds",
+        "/v1/builds?namespace=victim/app",
+        "/entries/victim%2Fapp/k",
+    ] {
+        assert_eq!(
+            get(path, &acme_admin).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+        assert_eq!(
+            get(path, &ops).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // Narrowed to its own namespace, the limited admin sees its views...
+    for path in [
+        "/?namespace=acme/web",
+        "/v1/builds?namespace=acme/web",
+        "/entries/acme%2Fweb/k",
+    ] {
+        let r = get(path, &acme_admin).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(
+            !r.text().await.unwrap().contains("victim"),
+            "{path} names the other tenant"
+        );
+    }
+    // ...and an entry's detail lists sharers only from its namespaces.
+    let detail: serde_json::Value = get("/v1/entries/acme%2Fweb/k", &acme_ci)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!detail.to_string().contains("victim"), "{detail}");
+    let detail: serde_json::Value = get("/v1/entries/acme%2Fweb/k", &ops)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(detail.to_string().contains("victim"), "{detail}");
+    // Build reports only for namespaces the runner writes.
+    let report = |ns: &str| {
+        serde_json::json!({"namespace": ns, "key": "k", "cache": "miss", "image_id": null,
+            "seconds": {"lookup": 0.1, "restore": 0.0, "build": 1.0, "push": 0.1, "total": 1.2}})
+    };
+    for (ns, want) in [
+        ("victim/app", StatusCode::FORBIDDEN),
+        ("acme/web", StatusCode::CREATED),
+    ] {
+        let r = s
+            .client
+            .post(format!("{}/v1/builds", s.url))
+            .bearer_auth(&acme_ci)
+            .json(&report(ns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{ns}");
+    }
+}
+
+/// Made-up HTTP methods each used to add a `/metrics` series.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let s = start(|_| {}).await;
+    for i in 0..20 {
+        let m = reqwest::Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        s.client
+            .request(m, format!("{}/v1/stats", s.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+}

@@ -27,6 +27,7 @@ use layercache_shared::api::{
     StatsHistory, TagSummary,
 };
 
+use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::handlers::entry_name;
 use crate::handlers::insights::{load_entry_detail, namespace_param, quota_bytes, window_param};
@@ -52,9 +53,12 @@ struct Overview {
 /// `GET /`.
 pub async fn index(
     State(state): State<AppState>,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Result<Html<String>, ServerError> {
     let ns = namespace_param(query.as_deref())?;
+    // Without `?namespace=`, the page names every namespace: an admin of all of them only.
+    access.require_view(Role::Admin, ns.as_ref())?;
     let window = window_param(query.as_deref())?;
     let quota = quota_bytes(&state.settings);
     let filter = ns.clone();
@@ -62,7 +66,8 @@ pub async fn index(
     let o = state
         .store
         .blocking(move |s| {
-            let all = s.db.list_entries(None)?;
+            let mut all = s.db.list_entries(None)?;
+            all.retain(|e| access.can_read(&e.namespace));
             let mut namespaces: Vec<String> = all.iter().map(|e| e.namespace.to_string()).collect();
             namespaces.dedup();
             let entries = match &filter {
@@ -75,7 +80,11 @@ pub async fn index(
                     .db
                     .history(&window, filter.as_ref(), now)?
                     .ok_or_else(|| ServerError::Internal(format!("window `{window}` vanished")))?,
-                largest: s.db.largest(10)?,
+                largest: {
+                    let mut l = s.db.largest(10)?;
+                    l.entries.retain(|e| access.can_read(&e.namespace));
+                    l
+                },
                 builds: s.db.builds(filter.as_ref(), 10)?,
                 entries,
                 namespaces,
@@ -440,10 +449,12 @@ fn entries_table(b: &mut String, entries: &[EntrySummary], with_ns: bool, now: u
 /// `GET /entries/{ns}/{key}`.
 pub async fn entry_page(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Html<String>, ServerError> {
     let (ns, key) = entry_name(path)?;
-    let detail = load_entry_detail(&state, ns, key).await?;
+    access.require(Role::Admin, ns.as_str())?;
+    let detail = load_entry_detail(&state, &access, ns, key).await?;
     Ok(Html(render_entry(&detail, now())))
 }
 

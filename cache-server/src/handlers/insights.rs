@@ -12,6 +12,7 @@ use layercache_shared::api::{
 };
 
 use super::{entry_name, json_body, query_param};
+use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::settings::Settings;
@@ -64,9 +65,12 @@ pub fn window_param(query: Option<&str>) -> Result<String, ServerError> {
 /// `POST /v1/builds`: records a runner's build report; answers 201 with the time saved.
 pub async fn post_build(
     State(state): State<AppState>,
+    access: Access,
     body: Bytes,
 ) -> Result<(StatusCode, Json<BuildRecorded>), ServerError> {
     let report: BuildReport = json_body(&body, "build report")?;
+    // A runner reports builds of the namespaces it pushes to, not anyone else's statistics.
+    access.require(Role::Write, report.namespace.as_str())?;
     let s = &report.seconds;
     for (name, v) in [
         ("lookup", s.lookup),
@@ -91,9 +95,11 @@ pub async fn post_build(
 /// `GET /v1/builds[?namespace=NS][&limit=N]`.
 pub async fn list_builds(
     State(state): State<AppState>,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Result<Json<BuildList>, ServerError> {
     let ns = namespace_param(query.as_deref())?;
+    access.require_view(Role::Admin, ns.as_ref())?;
     let limit = limit_param(query.as_deref())?;
     Ok(Json(
         state
@@ -106,9 +112,11 @@ pub async fn list_builds(
 /// `GET /v1/stats/history?window=1h|24h[&namespace=NS]`.
 pub async fn history(
     State(state): State<AppState>,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Result<Json<StatsHistory>, ServerError> {
     let ns = namespace_param(query.as_deref())?;
+    access.require_view(Role::Admin, ns.as_ref())?;
     let window = window_param(query.as_deref())?;
     let h = state
         .store
@@ -123,8 +131,10 @@ pub async fn history(
 /// `GET /v1/largest[?limit=N]`.
 pub async fn largest(
     State(state): State<AppState>,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Largest>, ServerError> {
+    access.require_all(Role::Admin)?;
     let limit = limit_param(query.as_deref())?;
     Ok(Json(
         state
@@ -137,19 +147,24 @@ pub async fn largest(
 /// `GET /v1/entries/{ns}/{key}`: manifest plus layer sharing; does not count as a hit.
 pub async fn entry_detail(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<EntryDetail>, ServerError> {
     let (ns, key) = entry_name(path)?;
-    Ok(Json(load_entry_detail(&state, ns, key).await?))
+    Ok(Json(load_entry_detail(&state, &access, ns, key).await?))
 }
 
 /// The detail of entry `ns`/`key`, or `not_found`.
+///
+/// Entries sharing a layer are listed only from namespaces `access` reads: which other tenants
+/// use a layer is theirs to know.
 pub async fn load_entry_detail(
     state: &AppState,
+    access: &Access,
     ns: Namespace,
     key: layercache_shared::CacheKey,
 ) -> Result<EntryDetail, ServerError> {
-    state
+    let mut detail = state
         .store
         .blocking(move |s| {
             // A concurrent re-PUT may replace the entry between the two reads: look again.
@@ -164,7 +179,12 @@ pub async fn load_entry_detail(
                 ))
             })
         })
-        .await
+        .await?;
+    for layer in &mut detail.shares {
+        layer.shared_with.retain(|e| access.can_read(&e.namespace));
+    }
+    detail.shares.retain(|l| !l.shared_with.is_empty());
+    Ok(detail)
 }
 
 /// `GET /v1/disk`.
