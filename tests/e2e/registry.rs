@@ -114,34 +114,52 @@ fn app_context() -> Context {
     ctx
 }
 
-/// Builds, pushes, wipes the engine, pulls: the image comes back with the same ID.
+/// Builds, pushes, wipes the engine, pulls: the image comes back with the same ID. A second push of
+/// the same image into another repository mounts its blobs across (`?mount=&from=`) and pulls too.
 fn push_wipe_pull(kind: EngineKind) {
     let registry = TestRegistry::start();
     let engine = TestEngine::start_kind(kind);
     let ctx = app_context();
     let image = format!("{}/acme/app:v1", registry.host());
+    let mounted = format!("{}/acme/copy:v1", registry.host());
     engine.docker_ok(&["build", "-t", &image, ctx.path_str()]);
+    engine.docker_ok(&["tag", &image, &mounted]);
     let built = engine.image_id(&image);
 
     engine.docker_ok(&["push", &image]);
-    engine.wipe();
-    assert!(!engine.has_image(&image), "wipe left {image} behind");
-    engine.docker_ok(&["pull", &image]);
-    assert_eq!(
-        engine.image_id(&image),
-        built,
-        "pulled image ID differs from the pushed one"
-    );
-    let out = engine.docker_ok(&["run", "--rm", "--network=none", &image]);
-    assert_eq!(
-        out, "registry test\n",
-        "pulled image runs with the pushed content"
-    );
+    let second = engine.docker_ok(&["push", &mounted]);
+    if kind == EngineKind::V20 {
+        // Engine 20.10 remembers where it pushed each layer and asks the registry to mount it.
+        assert!(
+            second.contains("Mounted from acme/app"),
+            "second push should mount the layers from acme/app:\n{second}"
+        );
+    }
+    for reference in [&image, &mounted] {
+        engine.wipe();
+        assert!(!engine.has_image(reference), "wipe left {reference} behind");
+        engine.docker_ok(&["pull", reference]);
+        assert_eq!(
+            engine.image_id(reference),
+            built,
+            "pulled {reference}: image ID differs from the pushed one"
+        );
+        let out = engine.docker_ok(&["run", "--rm", "--network=none", reference]);
+        assert_eq!(
+            out, "registry test\n",
+            "pulled {reference} runs with the pushed content"
+        );
+    }
 }
 
 #[test]
 fn docker_push_then_pull_on_engine_20_gives_the_same_image_id() {
     push_wipe_pull(EngineKind::V20);
+}
+
+#[test]
+fn docker_push_then_pull_on_engine_26_classic_store_gives_the_same_image_id() {
+    push_wipe_pull(EngineKind::V26Classic);
 }
 
 #[test]
@@ -335,21 +353,18 @@ fn buildx(engine: &TestEngine, ctx: &Context, flags: &[&str]) -> String {
     log
 }
 
-/// Exports a mode=max cache from one Engine 26 (containerd store) and builds on a second, fresh one
-/// importing it: every step must come from the cache.
+/// Exports a mode=max cache from one Engine 26 (containerd store), twice to the same tag like CI
+/// builds of successive commits, and builds the latest on a second, fresh engine importing it: every
+/// step must come from the cache.
 fn registry_cache_round_trip(format_flags: &str) {
     let registry = TestRegistry::start();
     let cache = format!("{}/acme/cache:main", registry.host());
+    let cache_to = format!("--cache-to=type=registry,ref={cache},mode=max{format_flags}");
     let ctx = app_context();
 
     let first = TestEngine::start_kind(EngineKind::V26Containerd);
-    let log = buildx(
-        &first,
-        &ctx,
-        &[&format!(
-            "--cache-to=type=registry,ref={cache},mode=max{format_flags}"
-        )],
-    );
+    ctx.write("app.txt", "an older commit\n");
+    let log = buildx(&first, &ctx, &[&cache_to]);
     let (steps, cached) = build_steps(&log);
     assert!(
         steps.len() >= 5,
@@ -358,6 +373,14 @@ fn registry_cache_round_trip(format_flags: &str) {
     assert!(
         cached.is_empty(),
         "a fresh engine reused steps {cached:?}:\n{log}"
+    );
+    // The next commit's build replaces the cache tag, as every CI build of a branch does.
+    ctx.write("app.txt", "registry test\n");
+    let log = buildx(&first, &ctx, &[&cache_to]);
+    let (steps, cached) = build_steps(&log);
+    assert!(
+        cached.len() < steps.len(),
+        "the changed COPY must run again:\n{log}"
     );
     drop(first);
 
