@@ -6,7 +6,7 @@
 //! - [`dashboard`]: the dashboard of a server with docker-built entries, rendered by headless Chromium.
 //! - [`engines`]: each engine kind (20.10, 26.1 classic store, 26.1 containerd store) starts as said.
 //! - [`faults`]: SIGKILL during uploads/eviction/GC, a full disk, 32 concurrent runners.
-//! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 containerd), skopeo, BuildKit's
+//! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 both stores), skopeo, BuildKit's
 //!   registry cache across engines, docker login with tokens.
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.

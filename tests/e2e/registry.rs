@@ -1,8 +1,9 @@
 //! The registry protocol (`/v2/`, issue 10) driven by real clients against the real server binary:
-//! `docker push`/`pull` on Engine 20.10 and on Engine 26.1's containerd store, `skopeo copy` in from a
-//! `docker-archive:` and out to an `oci:` layout, BuildKit's registry cache (`--cache-to`/
-//! `--cache-from type=registry,mode=max`, both cache formats) across two engines, and `docker login`
-//! with layercache tokens.
+//! `docker push`/`pull` (and a cross-repository mount) on Engine 20.10 and on Engine 26.1's classic
+//! and containerd stores, `skopeo copy` in from a `docker-archive:` and out to an `oci:` layout,
+//! BuildKit's registry cache (`--cache-to`/`--cache-from type=registry,mode=max`, both cache formats,
+//! the tag rewritten like successive CI builds) across two engines, and `docker login` with
+//! layercache tokens (write pushes, read pulls but cannot push, unknown refused).
 //!
 //! `LAYERCACHE_TEST_REGISTRY=distribution` runs the token-free tests against Debian's
 //! `docker-registry` (distribution 2.8) instead: the reference registry, to check the tests
