@@ -281,8 +281,8 @@ def run(args, work, procs, server_bin, engines):
     rows.append(["server peak RSS over the whole run (MiB)", f"{regs.lc_rss:.0f}", f"{regs.dist_rss:.0f}",
                  f"{regs.lc_rss / regs.dist_rss:.2f}x", "<= 100 MiB", "yes" if regs.lc_rss <= 100 else "NO"])
 
-    print(f"\n## Registry (issue 10): {image_mib:.0f} MiB image ({args.layers} data layers, mixed content), "
-          f"median of {runs}\n")
+    print(f"\n## Registry (issue 10): image of {args.layers}x{layer_mib} MiB data layers, mixed content "
+          f"({image_mib:.0f} MiB compressed as Engine 26 stores it), median of {runs}\n")
     print("| measurement | layercache | distribution 2.8 | ratio | target | met |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
