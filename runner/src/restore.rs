@@ -25,14 +25,17 @@ pub struct Lookup<'a> {
     pub prefixes: &'a [Digest],
 }
 
-/// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`.
+/// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`. Returns the
+/// IDs of the entry's images now on the engine (empty after a miss or a failed load): the classic
+/// builder of Engine 23+ reuses them only when the build names them as `cachefrom`.
 pub async fn restore(
     engine: &Engine,
     client: &Client,
     lookup: Lookup<'_>,
     summary: &mut Summary,
     log: &Log,
-) {
+) -> Vec<Digest> {
+    let mut restored = Vec::new();
     summary.cache = "miss".into();
     let req = LookupRequest {
         namespaces: lookup.namespaces,
@@ -63,15 +66,17 @@ pub async fn restore(
                     .map(|n| format!(" ({n} shared instructions)"))
                     .unwrap_or_default()
             ));
-            if let Err(e) = load(engine, client, &hit, summary, log).await {
-                summary.warn(
+            match load(engine, client, &hit, summary, log).await {
+                Ok(()) => restored = hit.manifest.images.iter().map(|i| i.id).collect(),
+                Err(e) => summary.warn(
                     log,
                     format!("restoring the cache failed: {e:#}; building without it"),
-                );
+                ),
             }
         }
     }
     phase.end(summary);
+    restored
 }
 
 fn names(ns: &[Namespace]) -> String {
