@@ -18,7 +18,7 @@ use layercache_shared::{CacheKey, Digest, Namespace};
 
 use crate::cli::{BuildArgs, CacheOpts, KeyArgs, KeyOpts, RestoreArgs, SaveArgs, parse_build_args};
 use crate::client::Client;
-use crate::detect::{self, BuildPath, Builder};
+use crate::detect::{self, BuildPath, Builder, EngineFacts};
 use crate::engine::Engine;
 use crate::push::{self, PushRequest};
 use crate::report::{Log, Phase, Summary};
@@ -253,28 +253,8 @@ pub async fn build_through_cache(
 
     let steps = match path {
         BuildPath::ClassicCachefrom => {
-            let text = std::fs::read_to_string(&req.dockerfile).with_context(|| {
-                format!(
-                    "failed to read the Dockerfile `{}`",
-                    req.dockerfile.display()
-                )
-            })?;
-            classic::check_dockerfile(&text)?;
-            let packed = {
-                let (ctx, df) = (req.context.clone(), req.dockerfile.clone());
-                tokio::task::spawn_blocking(move || context::pack(&ctx, &df))
-                    .await
-                    .context("the build-context task panicked")??
-            };
             phase.end(&mut summary);
-            log.line(&format!(
-                "key {} (namespace {}), context {} files, {} bytes",
-                keys.key,
-                req.namespace,
-                packed.files,
-                packed.tar.len()
-            ));
-            classic_path(engine, client, req, &keys, packed, &mut summary, log).await?
+            classic_path(engine, client, req, &keys, &facts, &mut summary, log).await?
         }
         BuildPath::BuildkitRegistry => {
             phase.end(&mut summary);
@@ -305,16 +285,37 @@ pub async fn build_through_cache(
     Ok(summary)
 }
 
-/// Restore, classic build with the restored images as `cachefrom`, push.
+/// Check the Dockerfile suits the classic builder, pack the context, restore, build with the
+/// restored images as `cachefrom`, push.
 async fn classic_path(
     engine: &Engine,
     client: &Client,
     req: &BuildRequest,
     keys: &CacheKeys,
-    packed: context::PackedContext,
+    facts: &EngineFacts,
     summary: &mut Summary,
     log: &Log,
 ) -> anyhow::Result<StepCounts> {
+    let text = std::fs::read_to_string(&req.dockerfile).with_context(|| {
+        format!(
+            "failed to read the Dockerfile `{}`",
+            req.dockerfile.display()
+        )
+    })?;
+    classic::check_dockerfile(&text)?;
+    let packed = {
+        let (ctx, df) = (req.context.clone(), req.dockerfile.clone());
+        tokio::task::spawn_blocking(move || context::pack(&ctx, &df))
+            .await
+            .context("the build-context task panicked")??
+    };
+    log.line(&format!(
+        "key {} (namespace {}), context {} files, {} bytes",
+        keys.key,
+        req.namespace,
+        packed.files,
+        packed.tar.len()
+    ));
     let restored = if req.no_cache {
         log.line("no-cache: not restoring from the cache");
         vec![]
@@ -346,6 +347,7 @@ async fn classic_path(
             prefixes: &keys.prefixes,
             image: built.image_id.to_string(),
             stages: built.stages.clone(),
+            containerd_store: facts.containerd_store,
         };
         if let Err(e) = push::push(engine, client, push_req, summary, log).await {
             summary.server_problem(log, format!("pushing to the cache failed: {e:#}"));
@@ -460,6 +462,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         prefixes: &input.keys.prefixes,
         image: args.image.clone(),
         stages: vec![],
+        containerd_store: engine.facts().await?.containerd_store,
     };
     push::push(&engine, &place.client, req, &mut summary, &Log::stderr())
         .await
