@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole layercache test suite on a fresh Debian machine, as root.
 #
-# Installs what the tests need (Docker Engine from Debian's docker.io, busybox-static for images built
-# FROM scratch), checks that a private Docker engine starts here, then runs every test of the workspace.
+# Installs what the tests need (Docker Engine 20.10 from Debian's docker.io, Engine 26.1 unpacked from
+# Debian trixie's packages by scripts/install-engine26.sh, busybox-static for images built FROM scratch,
+# docker-registry and skopeo for the registry tests), checks that a private Docker engine starts here,
+# then runs every test of the workspace.
 # The end-to-end tests start their own private engines (own data root, exec root and socket), so tests
 # that wipe an engine never disturb one another, and nothing touches a system-wide Docker.
 set -euo pipefail
@@ -15,12 +17,21 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 | grep -c "not a dynamic") || file_is_static=0
 [ "$file_is_static" = 1 ] || need_pkgs+=(busybox-static)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)  # the dashboard e2e test renders pages
+# The registry tests: distribution 2.8 as the reference registry, skopeo as a non-Docker client.
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
+
+# Engine 26.1 (classic and containerd image stores, BuildKit) for the tests that need a current engine;
+# the tests find it through LAYERCACHE_ENGINE26 and fail naming this script when it is missing.
+export LAYERCACHE_ENGINE26=${LAYERCACHE_ENGINE26:-/opt/layercache-engine26}
+log "Engine 26.1 in $LAYERCACHE_ENGINE26"
+scripts/install-engine26.sh
 
 # A private engine, started and stopped here, proves dockerd runs on this machine before any test
 # depends on it (a broken engine shows up as one clear message, not fifty failed tests).

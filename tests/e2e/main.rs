@@ -1,15 +1,21 @@
 //! End-to-end tests: the real `layercache-server` and `layercache` binaries against real, private
-//! Docker engines (Engine 20.10 from Debian's docker.io). Run through `scripts/test.sh`, which installs
-//! the engine and builds the binaries first.
+//! Docker engines (Engine 20.10 from Debian's docker.io; Engine 26.1 unpacked by
+//! `scripts/install-engine26.sh`). Run through `scripts/test.sh`, which installs the engines and
+//! builds the binaries first.
 //!
 //! - [`dashboard`]: the dashboard of a server with docker-built entries, rendered by headless Chromium.
+//! - [`engines`]: each engine kind (20.10, 26.1 classic store, 26.1 containerd store) starts as said.
 //! - [`faults`]: SIGKILL during uploads/eviction/GC, a full disk, 32 concurrent runners.
+//! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 containerd), skopeo, BuildKit's
+//!   registry cache across engines, docker login with tokens.
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
 //! - [`steps`]: `layercache steps` runs the sample Jet project: parallel steps, own databases, tag gating.
 
 mod dashboard;
+mod engines;
 mod faults;
+mod registry;
 mod runner;
 mod server;
 mod steps;

@@ -3,6 +3,18 @@
 //!
 //! Every test owns what it starts: its server's data dir and its engine's data root live in temp dirs
 //! that go when the fixture is dropped, so tests run in parallel without seeing each other's images.
+//!
+//! Engines ([`TestEngine`]), each a private `dockerd` (own data root, exec root, socket, pidfile,
+//! `DOCKER_CONFIG`), stopped and removed on drop:
+//! - `TestEngine::start()`: Engine 20.10 (Debian 12's docker.io), no network (`--bridge=none`).
+//! - `TestEngine::start_kind(EngineKind::V20 | V26Classic | V26Containerd)`: Engine 26.1 runs from
+//!   the dir `scripts/install-engine26.sh` unpacks (`LAYERCACHE_ENGINE26`, default
+//!   `/opt/layercache-engine26`; missing → the test panics naming the script), on its own bridge
+//!   `lcbrN` (10.231.N.0/24, N claimed atomically by `ip link add`, deleted on drop), with the
+//!   classic or the containerd image store, and buildx linked into its `DOCKER_CONFIG/cli-plugins`.
+//! - `engine.host` (`DOCKER_HOST`), `engine.cli()` (the matching CLI: 26.1 for Engine 26),
+//!   `engine.docker_config()`, `engine.command()` (the CLI with both set, to add args/stdin/env),
+//!   `engine.docker(&[..])` / `docker_ok(&[..])` to run it, `engine.wipe()` for a cold engine.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -123,8 +135,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The Docker CLI to drive engines with: Debian's (`/usr/bin/docker`, same release as the engine)
-/// when present, so the legacy builder and save format are the engine's own.
+/// The Docker CLI to drive Engine 20.10 with: Debian's (`/usr/bin/docker`, same release as the
+/// engine) when present, so the legacy builder and save format are the engine's own.
 pub fn docker_cli() -> PathBuf {
     let debian = PathBuf::from("/usr/bin/docker");
     if debian.exists() {
@@ -134,32 +146,199 @@ pub fn docker_cli() -> PathBuf {
     }
 }
 
-/// A private `dockerd` with its own data root, exec root and socket, stopped and removed on drop.
+/// Which Docker Engine a [`TestEngine`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Debian 12's Engine 20.10: classic image store (overlay2), classic builder, no network.
+    V20,
+    /// Engine 26.1 on the classic image store (overlay2); `docker build` is BuildKit.
+    V26Classic,
+    /// Engine 26.1 on the containerd image store (`containerd-snapshotter`), as fresh Engine 29
+    /// installs have it; `docker build` is BuildKit and can export a registry cache.
+    V26Containerd,
+}
+
+impl EngineKind {
+    fn is_v26(self) -> bool {
+        matches!(self, EngineKind::V26Classic | EngineKind::V26Containerd)
+    }
+}
+
+/// Directory holding the unpacked Engine 26.1 (`LAYERCACHE_ENGINE26`, default
+/// `/opt/layercache-engine26`); panics naming the install script when it is not there.
+pub fn engine26_dir() -> PathBuf {
+    let dir = std::env::var_os("LAYERCACHE_ENGINE26")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/layercache-engine26"));
+    assert!(
+        dir.join("usr/sbin/dockerd").exists(),
+        "Engine 26.1 is not unpacked in {} (no usr/sbin/dockerd): run `scripts/install-engine26.sh` \
+         as root (scripts/test.sh does), or point LAYERCACHE_ENGINE26 at its directory",
+        dir.display()
+    );
+    dir
+}
+
+/// A Linux bridge of our own for one Engine 26 (BuildKit's `RUN` needs a bridge network, and
+/// `docker0` would be shared by every engine); deleted on drop.
+struct Bridge {
+    /// Interface name, `lcbr<N>`.
+    name: String,
+}
+
+impl Bridge {
+    /// Creates `lcbr<N>` with `10.231.N.1/24` for the first free N. `ip link add` fails when the
+    /// name exists, so creating the link is what claims N, atomically, even against tests in other
+    /// processes; the subnet follows from N, so subnets never collide either.
+    fn create() -> Bridge {
+        let start = std::process::id() as usize;
+        for i in 0..250 {
+            let n = (start + i) % 250;
+            let name = format!("lcbr{n}");
+            let add = Command::new("ip")
+                .args(["link", "add", &name, "type", "bridge"])
+                .output()
+                .expect("run `ip` (iproute2)");
+            if !add.status.success() {
+                let err = String::from_utf8_lossy(&add.stderr);
+                assert!(
+                    err.contains("exists"),
+                    "ip link add {name} type bridge failed (tests need root): {err}"
+                );
+                continue;
+            }
+            let bridge = Bridge { name };
+            bridge.ip(&[
+                "addr",
+                "add",
+                &format!("10.231.{n}.1/24"),
+                "dev",
+                &bridge.name,
+            ]);
+            bridge.ip(&["link", "set", &bridge.name, "up"]);
+            return bridge;
+        }
+        panic!("no free bridge name lcbr0..lcbr249: delete stale ones with `ip link del lcbrN`");
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// A private `dockerd` with its own data root, exec root, socket and Docker CLI config, stopped and
+/// removed on drop. See the module docs for the API.
 pub struct TestEngine {
     child: Child,
+    /// Which engine this is.
+    pub kind: EngineKind,
     /// `unix:///…/sock`, for `DOCKER_HOST`.
     pub host: String,
+    /// Everything of this engine (data, exec root, socket, log, CLI config); removed on drop.
     dir: PathBuf,
+    /// The Docker CLI that matches the engine (26.1 for Engine 26).
+    cli: PathBuf,
+    /// Engine 26's own bridge; `None` for Engine 20.10 (`--bridge=none`). Dropped after dockerd.
+    bridge: Option<Bridge>,
 }
 
 impl TestEngine {
-    /// Starts an engine; panics (the test fails, never skips) if dockerd is missing or won't start.
+    /// Starts an Engine 20.10 without networking, as most tests use it; panics (the test fails,
+    /// never skips) if dockerd is missing or won't start.
     pub fn start() -> TestEngine {
         Self::start_with(&["--bridge=none", "--iptables=false"])
     }
 
-    /// Starts an engine with the given network flags.
+    /// Starts an Engine 20.10 with the given network flags.
     pub fn start_with(net_flags: &[&str]) -> TestEngine {
-        // Short paths: the socket path must fit in sun_path (108 bytes).
-        let dir = tempfile::Builder::new()
-            .prefix("lc-dk")
-            .tempdir_in("/tmp")
-            .expect("temp dir")
-            .keep();
+        let dir = engine_dir();
+        let args: Vec<String> = net_flags.iter().map(|s| s.to_string()).collect();
+        Self::spawn(
+            EngineKind::V20,
+            dir,
+            "dockerd".into(),
+            docker_cli(),
+            args,
+            None,
+            None,
+        )
+    }
+
+    /// Starts an engine of the given kind. Engine 26 gets its own bridge and a `--config-file`
+    /// choosing its image store; it needs `scripts/install-engine26.sh` to have run.
+    pub fn start_kind(kind: EngineKind) -> TestEngine {
+        if kind == EngineKind::V20 {
+            return Self::start();
+        }
+        let root = engine26_dir();
+        let dir = engine_dir();
+        let config = dir.join("daemon.json");
+        let containerd_store = kind == EngineKind::V26Containerd;
+        std::fs::write(
+            &config,
+            format!(r#"{{"features": {{"containerd-snapshotter": {containerd_store}}}}}"#),
+        )
+        .expect("write daemon.json");
+        let bridge = Bridge::create();
+        let args = vec![
+            format!("--config-file={}", config.display()),
+            format!("--bridge={}", bridge.name),
+            "--iptables=false".into(),
+            "--ip-masq=false".into(),
+        ];
+        // dockerd starts the `containerd` it finds first on PATH: the unpacked 1.7 one; runc comes
+        // from bookworm (/usr/sbin), trixie's needs a newer glibc.
+        let path = format!(
+            "{r}/usr/bin:{r}/usr/sbin:{}",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            r = root.display()
+        );
+        let plugins = dir.join("config/cli-plugins");
+        std::fs::create_dir_all(&plugins).expect("create cli-plugins dir");
+        std::os::unix::fs::symlink(
+            root.join("usr/libexec/docker/cli-plugins/docker-buildx"),
+            plugins.join("docker-buildx"),
+        )
+        .expect("link docker-buildx into the private DOCKER_CONFIG");
+        Self::spawn(
+            kind,
+            dir,
+            root.join("usr/sbin/dockerd"),
+            root.join("usr/bin/docker"),
+            args,
+            Some(path),
+            Some(bridge),
+        )
+    }
+
+    fn spawn(
+        kind: EngineKind,
+        dir: PathBuf,
+        dockerd: PathBuf,
+        cli: PathBuf,
+        args: Vec<String>,
+        path: Option<String>,
+        bridge: Option<Bridge>,
+    ) -> TestEngine {
+        std::fs::create_dir_all(dir.join("config")).expect("create DOCKER_CONFIG dir");
         let sock = dir.join("sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).expect("log file");
-        let child = Command::new("dockerd")
-            .arg("--data-root")
+        let mut cmd = Command::new(&dockerd);
+        cmd.arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
             .arg(dir.join("exec"))
@@ -167,15 +346,25 @@ impl TestEngine {
             .arg(dir.join("pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
-            .args(net_flags)
+            .args(&args)
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd must be installed (scripts/test.sh installs docker.io)");
+            .stderr(log);
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "start {} ({e}): scripts/test.sh installs docker.io and Engine 26",
+                dockerd.display()
+            )
+        });
         let engine = TestEngine {
             child,
+            kind,
             host: format!("unix://{}", sock.display()),
             dir,
+            cli,
+            bridge,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -183,22 +372,48 @@ impl TestEngine {
                 return engine;
             }
             if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
-                panic!("private dockerd did not start within 60 s; log:\n{log}");
+                panic!(
+                    "private {} ({kind:?}) did not start within 60 s; log:\n{}",
+                    dockerd.display(),
+                    engine.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
+    /// The engine's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Path of the Docker CLI matching this engine (`/usr/bin/docker` 20.10, or Engine 26's 26.1).
+    pub fn cli(&self) -> &Path {
+        &self.cli
+    }
+
+    /// This engine's private `DOCKER_CONFIG` (logins land here; Engine 26's has buildx in
+    /// `cli-plugins/`).
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// The matching Docker CLI with `DOCKER_HOST` and `DOCKER_CONFIG` set, for tests to add
+    /// arguments, stdin or env to. Engine 20.10 gets `DOCKER_BUILDKIT=0` (its classic builder);
+    /// Engine 26's `docker build` is BuildKit through buildx.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.cli);
+        cmd.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", self.docker_config());
+        if self.kind == EngineKind::V20 {
+            cmd.env("DOCKER_BUILDKIT", "0");
+        }
+        cmd
+    }
+
     /// Runs the Docker CLI against this engine.
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new(docker_cli())
-            .args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("run docker CLI")
+        self.command().args(args).output().expect("run docker CLI")
     }
 
     /// Runs the Docker CLI and returns stdout, panicking with stderr on failure.
@@ -237,6 +452,10 @@ impl TestEngine {
         // `prune -a` removes images children-first, which `rmi` of a parent chain cannot do in one go
         // ("image has dependent child images").
         self.docker_ok(&["image", "prune", "-a", "-f"]);
+        if self.kind.is_v26() {
+            // BuildKit keeps its own cache beside the images.
+            self.docker_ok(&["builder", "prune", "-a", "-f"]);
+        }
         let left = self.docker_ok(&["images", "-aq"]);
         assert!(
             left.trim().is_empty(),
@@ -275,7 +494,18 @@ impl Drop for TestEngine {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The bridge goes last, once no dockerd uses it.
+        drop(self.bridge.take());
     }
+}
+
+/// A fresh engine directory with a short path: the socket path must fit in sun_path (108 bytes).
+fn engine_dir() -> PathBuf {
+    tempfile::Builder::new()
+        .prefix("lc-dk")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+        .keep()
 }
 
 /// A build context: a temp dir with `busybox` (static) and a Dockerfile the test writes.
@@ -355,9 +585,9 @@ pub fn save_with_chain(engine: &TestEngine, tag: &str, out: &std::path::Path) {
 pub fn load_from(engine: &TestEngine, url: &str) -> String {
     let mut resp = reqwest::blocking::get(url).expect("GET tarball");
     assert_eq!(resp.status(), 200, "GET {url}");
-    let mut child = Command::new(docker_cli())
+    let mut child = engine
+        .command()
         .arg("load")
-        .env("DOCKER_HOST", &engine.host)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
