@@ -418,7 +418,10 @@ async fn idle_upload_sessions_expire() {
     }
     assert!(gone, "the idle session was never dropped");
     let r = s.req(M::GET, &loc, None).send().await.unwrap();
-    assert_eq!(code_of(r).await, (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()));
+    assert_eq!(
+        code_of(r).await,
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

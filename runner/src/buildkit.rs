@@ -336,6 +336,12 @@ fn docker_cli() -> String {
     std::env::var("LAYERCACHE_DOCKER_CLI").unwrap_or_else(|_| "docker".into())
 }
 
+/// `#12 exporting cache…` → (12, `exporting cache…`).
+fn vertex(line: &str) -> Option<(u64, &str)> {
+    let (num, rest) = line.strip_prefix('#')?.split_once(' ')?;
+    Some((num.parse().ok()?, rest.trim()))
+}
+
 /// Runs `docker buildx build`, its output to `log`; fails when the build fails.
 pub async fn build(run: BuildkitRun<'_>, log: &Log) -> anyhow::Result<BuildkitOutcome> {
     let config = docker_config(run.registry)?;
@@ -390,6 +396,9 @@ pub async fn build(run: BuildkitRun<'_>, log: &Log) -> anyhow::Result<BuildkitOu
     let mut err = BufReader::new(stderr).lines();
     let mut counter = BuildkitCounter::default();
     let mut export_errors = Vec::new();
+    // Vertices exporting the cache: an `ERROR` of theirs is a failed export (BuildKit goes on
+    // with `ignore-error=true`), unlike the import's "not found" of a first build.
+    let mut export_vertices: Vec<u64> = Vec::new();
     let mut last_lines: Vec<String> = Vec::new();
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
@@ -399,8 +408,12 @@ pub async fn build(run: BuildkitRun<'_>, log: &Log) -> anyhow::Result<BuildkitOu
         };
         let Some(line) = line else { continue };
         counter.line(&line);
-        if line.contains("failed to") && line.contains("cache") {
-            export_errors.push(line.clone());
+        if let Some((num, rest)) = vertex(&line) {
+            if rest.starts_with("exporting cache") {
+                export_vertices.push(num);
+            } else if rest.starts_with("ERROR") && export_vertices.contains(&num) {
+                export_errors.push(line.clone());
+            }
         }
         log.line(&line);
         last_lines.push(line);
