@@ -251,6 +251,7 @@ pub async fn build_through_cache(
         log.line(&note);
     }
 
+    let mut read_only = false;
     let steps = match path {
         BuildPath::ClassicCachefrom => {
             phase.end(&mut summary);
@@ -262,6 +263,7 @@ pub async fn build_through_cache(
             let outcome = buildkit::through_registry(client, req, &keys, &mut summary, log).await?;
             let (image_id, _) = engine.inspect(&outcome.image_id).await?;
             summary.image_id = Some(image_id.to_string());
+            read_only = outcome.read_only;
             outcome.steps
         }
     };
@@ -269,6 +271,8 @@ pub async fn build_through_cache(
     summary.seconds = started.elapsed().as_secs_f64();
     if summary.server_error.is_some() {
         log.line("not reporting the build: the cache server had a problem earlier");
+    } else if read_only {
+        log.line("not reporting the build: the server takes build reports from write tokens only");
     } else {
         let report = build_report(&summary, &req.namespace, &keys.key);
         let sent = match &report {
@@ -505,6 +509,42 @@ pub fn key(args: KeyArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quiet() -> Log {
+        Log::to(|_| {})
+    }
+
+    /// Regression: on Engine 26.1's classic store the restored entry went unused (no `cachefrom`)
+    /// and the run still reported an `exact` hit, so the dashboard showed hits for full rebuilds.
+    #[test]
+    fn a_hit_after_which_the_build_reused_no_step_is_reported_as_a_miss() {
+        let mut s = Summary {
+            cache: "exact".into(),
+            restored_from: Some("acme/web/sha256:abc".into()),
+            ..Summary::default()
+        };
+        account(&mut s, StepCounts { run: 4, reused: 0 }, &quiet());
+        assert_eq!(s.cache, "miss");
+        assert_eq!((s.steps_run, s.steps_reused), (4, 0));
+        assert!(s.warnings[0].contains("reused no step"), "{:?}", s.warnings);
+        let ns: Namespace = "acme/web".parse().unwrap();
+        let key: CacheKey = "sha256:abc".parse().unwrap();
+        assert_eq!(build_report(&s, &ns, &key).unwrap().cache, BuildCache::Miss);
+
+        // A hit that reused steps stays a hit; a miss stays a miss without a warning.
+        let mut hit = Summary {
+            cache: "fallback".into(),
+            ..Summary::default()
+        };
+        account(&mut hit, StepCounts { run: 1, reused: 3 }, &quiet());
+        assert_eq!(hit.cache, "fallback");
+        let mut miss = Summary {
+            cache: "miss".into(),
+            ..Summary::default()
+        };
+        account(&mut miss, StepCounts { run: 4, reused: 0 }, &quiet());
+        assert!(miss.warnings.is_empty());
+    }
 
     #[test]
     fn the_build_report_carries_the_cache_result_and_seconds_per_phase() {

@@ -102,6 +102,7 @@ pub async fn through_registry(
     }
     phase.end(summary);
 
+    let mut read_only = false;
     let export = if !usable {
         false
     } else if req.no_push {
@@ -111,6 +112,7 @@ pub async fn through_registry(
         && status == reqwest::StatusCode::FORBIDDEN
     {
         log.line("the token may only read: not exporting the build cache");
+        read_only = true;
         false
     } else {
         true
@@ -145,6 +147,10 @@ pub async fn through_registry(
     )
     .await?;
     phase.end(summary);
+    let outcome = BuildkitOutcome {
+        read_only,
+        ..outcome
+    };
     if !cache_to.is_empty() {
         if outcome.export_errors.is_empty() {
             summary.pushed = true;
@@ -274,6 +280,8 @@ pub struct BuildkitOutcome {
     pub steps: StepCounts,
     /// Lines of the cache export that failed (ignored by BuildKit with `ignore-error=true`).
     pub export_errors: Vec<String>,
+    /// The token may only read: the server takes no build report from it either.
+    pub read_only: bool,
 }
 
 /// The buildx plugin binary: `$LAYERCACHE_BUILDX`, else the Docker CLI's plugin dirs.
@@ -436,6 +444,7 @@ pub async fn build(run: BuildkitRun<'_>, log: &Log) -> anyhow::Result<BuildkitOu
         image_id,
         steps: counter.finish(),
         export_errors,
+        read_only: false,
     })
 }
 

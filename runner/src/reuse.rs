@@ -4,7 +4,9 @@
 //! - Classic builder: each `Step N/M : INSTR` except `FROM`; reused when ` ---> Using cache`
 //!   follows before the next step.
 //! - BuildKit (`--progress=plain`): each vertex named `[stage n/m] INSTR` except `FROM`; reused when
-//!   its `#K CACHED` line comes, run when `#K DONE` comes without it. (Metadata-only instructions,
+//!   its `#K CACHED` line comes, or when it only downloads and extracts its result from the imported
+//!   cache (`#K extracting sha256:…`, for a step a later step that runs builds on); run when
+//!   `#K DONE` comes without either. (Metadata-only instructions,
 //!   `ENV`, `LABEL`, … are no vertices in BuildKit, so the counts differ between builders.)
 
 use std::collections::BTreeMap;
@@ -95,7 +97,7 @@ impl BuildkitCounter {
             if is_step && !instr.to_ascii_uppercase().starts_with("FROM ") {
                 self.steps.entry(num).or_insert(None);
             }
-        } else if rest == "CACHED" {
+        } else if rest == "CACHED" || rest.starts_with("extracting sha256:") {
             if let Some(state) = self.steps.get_mut(&num) {
                 *state = Some(true);
             }
@@ -145,9 +147,11 @@ mod tests {
                    #6 [b 2/2] RUN sleep 3\n#6 0.301 hi\n#6 DONE 3.2s\n\
                    #7 [stage-1 1/2] FROM docker.io/library/alpine\n#7 DONE 0.0s\n\
                    #8 [stage-1 2/2] COPY --from=b /a /a\n#8 CACHED\n\
+                   #10 [stage-1 2/2] COPY x /x\n#10 sha256:0167 101B / 101B 0.0s done\n\
+                   #10 extracting sha256:0167 0.0s done\n#10 DONE 0.1s\n\
                    #9 exporting to image\n#9 DONE 0.1s\n";
         let mut c = BuildkitCounter::default();
         out.lines().for_each(|l| c.line(l));
-        assert_eq!(c.finish(), StepCounts { run: 1, reused: 2 });
+        assert_eq!(c.finish(), StepCounts { run: 1, reused: 3 });
     }
 }

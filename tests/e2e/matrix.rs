@@ -26,13 +26,15 @@ COPY --from=build /one /one
 RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 3; echo ran-final; echo two > /two\"]
 ";
 
-/// `layercache build --json` on `engine` with its own CLI and buildx; returns (summary, stderr).
-fn build(
+/// `layercache build --json` on `engine` with its own CLI and buildx, against `url` with `token`;
+/// returns (success, summary, stderr).
+fn run(
     engine: &TestEngine,
-    server: &TestServer,
+    url: &str,
+    token: Option<&str>,
     ctx: &Context,
     args: &[&str],
-) -> (Value, String) {
+) -> (bool, Value, String) {
     let mut cmd = Command::new(bin("layercache"));
     cmd.arg("build")
         .args(args)
@@ -40,11 +42,29 @@ fn build(
         .env("DOCKER_HOST", &engine.host)
         .env("DOCKER_CONFIG", engine.docker_config())
         .env("LAYERCACHE_DOCKER_CLI", engine.cli())
-        .env("LAYERCACHE_SERVER", &server.url);
+        .env("LAYERCACHE_SERVER", url)
+        .env_remove("LAYERCACHE_TOKEN");
+    if let Some(token) = token {
+        cmd.env("LAYERCACHE_TOKEN", token);
+    }
     let (ok, stdout, stderr) = run_logged(cmd, "layercache");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (ok, summary, stderr)
+}
+
+/// [`run`] that must succeed and print a summary; returns (summary, stderr).
+fn build(
+    engine: &TestEngine,
+    server: &TestServer,
+    ctx: &Context,
+    args: &[&str],
+) -> (Value, String) {
+    let (ok, summary, stderr) = run(engine, &server.url, None, ctx, args);
     assert!(ok, "layercache build failed:\n{stderr}");
-    let summary: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("--json printed no JSON object ({e}): {stdout}"));
+    assert!(
+        summary.is_object(),
+        "--json printed no JSON object:\n{stderr}"
+    );
     (summary, stderr)
 }
 
@@ -123,5 +143,102 @@ fn engine_26_containerd_store_with_builder_classic_hits() {
         &["--builder", "classic"],
         "classic",
         "classic-cachefrom",
+    );
+}
+
+/// A server that is down: BuildKit builds anyway, uncached, with a warning, and exports nothing.
+#[test]
+fn buildkit_build_runs_with_a_warning_when_the_server_is_down() {
+    let engine = TestEngine::start_kind(EngineKind::V26Containerd);
+    let ctx = Context::new(TWO_STAGE);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (ok, summary, stderr) = run(&engine, &dead, None, &ctx, &["--namespace", "main"]);
+    assert!(
+        ok,
+        "the build must not fail when the server is down:\n{stderr}"
+    );
+    assert_eq!(summary["cache"], "miss", "{summary}");
+    assert_eq!(summary["builder"], "buildkit", "{summary}");
+    assert_eq!(summary["pushed"], false, "{summary}");
+    assert!(
+        !summary["warnings"].as_array().unwrap().is_empty(),
+        "{summary}"
+    );
+    assert!(engine.has_image("e2e/matrix:latest"));
+}
+
+/// Creates a token in `data_dir` before the server starts; returns it.
+fn create_token(data_dir: &std::path::Path, role: &str) -> String {
+    let out = Command::new(bin("layercache-server"))
+        .args(["token", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(["--role", role, "--namespace", "*"])
+        .output()
+        .expect("run layercache-server token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Pull requests get read tokens: their BuildKit build imports main's cache (every step reused)
+/// and exports nothing; the write token's build exported it through the registry with the token
+/// as password.
+#[test]
+fn buildkit_with_a_read_token_imports_main_and_exports_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let write = create_token(data.path(), "write");
+    let read = create_token(data.path(), "read");
+    let server = TestServer::start_on(data.path(), &[]);
+    let engine = TestEngine::start_kind(EngineKind::V26Containerd);
+    let ctx = Context::new(TWO_STAGE);
+
+    let (ok, main, stderr) = run(
+        &engine,
+        &server.url,
+        Some(&write),
+        &ctx,
+        &["--namespace", "main"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(main["pushed"], true, "{main}");
+    assert!(main["warnings"].as_array().unwrap().is_empty(), "{main}");
+
+    engine.wipe();
+    let args = ["--namespace", "pr-7", "--fallback", "main"];
+    let (ok, pr, stderr) = run(&engine, &server.url, Some(&read), &ctx, &args);
+    assert!(ok, "{stderr}");
+    assert_eq!(pr["cache"], "fallback", "{pr}");
+    assert_eq!(pr["steps_run"], 0, "{pr}");
+    assert_eq!(pr["pushed"], false, "{pr}");
+    assert!(stderr.contains("may only read"), "{stderr}");
+    assert!(
+        !stderr.contains("exporting cache"),
+        "a read token exported:\n{stderr}"
+    );
+}
+
+/// The classic builder refuses BuildKit-only syntax: said before building, naming the lines.
+#[test]
+fn classic_builder_names_buildkit_only_lines_before_building() {
+    let engine = TestEngine::start();
+    let server = TestServer::start();
+    let ctx = Context::new(
+        "FROM scratch\nCOPY --chmod=755 busybox /bin/busybox\nRUN --mount=type=cache,target=/c [\"/bin/busybox\", \"true\"]\n",
+    );
+    let (ok, _, stderr) = run(&engine, &server.url, None, &ctx, &["--namespace", "main"]);
+    assert!(!ok, "the build should have been refused:\n{stderr}");
+    assert!(
+        stderr.contains("line 2: COPY --chmod") && stderr.contains("line 3: RUN --mount"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Step 1/"),
+        "it started building:\n{stderr}"
     );
 }
