@@ -313,7 +313,48 @@ fn find_buildx() -> anyhow::Result<PathBuf> {
         })
 }
 
-/// The private `DOCKER_CONFIG`: credentials for the registry, the buildx plugin linked in.
+/// The user's Docker CLI config (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+fn user_config() -> Option<serde_json::Value> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The config BuildKit's client gets: the user's own (logins for private base images, credential
+/// helpers) with an `auths` entry for the cache server (any user name, the token as password).
+/// A `credsStore` would shadow inline `auths`, so it goes when a token is added, and so does a
+/// `credHelpers` entry for the server's host.
+fn compose_config(
+    user: Option<serde_json::Value>,
+    registry: Option<(&str, Option<&str>)>,
+) -> serde_json::Value {
+    let mut config = match user {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    if let Some((host, Some(token))) = registry {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("layercache:{token}"));
+        config.remove("credsStore");
+        if let Some(serde_json::Value::Object(helpers)) = config.get_mut("credHelpers") {
+            helpers.remove(host);
+        }
+        let auths = config
+            .entry("auths")
+            .or_insert_with(|| serde_json::json!({}));
+        if !auths.is_object() {
+            *auths = serde_json::json!({});
+        }
+        if let serde_json::Value::Object(auths) = auths {
+            auths.insert(host.to_string(), serde_json::json!({ "auth": auth }));
+        }
+    }
+    serde_json::Value::Object(config)
+}
+
+/// The private `DOCKER_CONFIG`: the user's config plus credentials for the cache server's
+/// registry, the buildx plugin linked in.
 fn docker_config(registry: Option<(&str, Option<&str>)>) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir().context("failed to create a private DOCKER_CONFIG dir")?;
     let plugins = dir.path().join("cli-plugins");
@@ -321,12 +362,7 @@ fn docker_config(registry: Option<(&str, Option<&str>)>) -> anyhow::Result<tempf
     let buildx = find_buildx()?;
     std::os::unix::fs::symlink(&buildx, plugins.join("docker-buildx"))
         .with_context(|| format!("failed to link {} into DOCKER_CONFIG", buildx.display()))?;
-    let mut auths = serde_json::Map::new();
-    if let Some((host, Some(token))) = registry {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("layercache:{token}"));
-        auths.insert(host.to_string(), serde_json::json!({ "auth": auth }));
-    }
-    let config = serde_json::json!({ "auths": auths });
+    let config = compose_config(user_config(), registry);
     // Only the owner may read the token (the temp dir is 0700 too).
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -462,6 +498,28 @@ mod tests {
             let err = repo(bad).unwrap_err();
             assert!(err.to_string().contains("--namespace"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_private_config_keeps_the_users_logins_and_adds_the_token() {
+        let user = serde_json::json!({
+            "auths": {"ghcr.io": {"auth": "dXNlcjpwdw=="}},
+            "credsStore": "desktop",
+            "credHelpers": {"127.0.0.1:8700": "x", "gcr.io": "gcloud"},
+        });
+        let c = compose_config(Some(user), Some(("127.0.0.1:8700", Some("lc_t"))));
+        assert_eq!(c["auths"]["ghcr.io"]["auth"], "dXNlcjpwdw==");
+        // base64("layercache:lc_t")
+        assert_eq!(c["auths"]["127.0.0.1:8700"]["auth"], "bGF5ZXJjYWNoZTpsY190");
+        assert!(c.get("credsStore").is_none());
+        assert_eq!(c["credHelpers"], serde_json::json!({"gcr.io": "gcloud"}));
+        // No token (an open server): the user's config as it is; no config at all: empty.
+        let open = compose_config(
+            Some(serde_json::json!({"credsStore": "pass"})),
+            Some(("h", None)),
+        );
+        assert_eq!(open, serde_json::json!({"credsStore": "pass"}));
+        assert_eq!(compose_config(None, None), serde_json::json!({}));
     }
 
     #[test]
