@@ -1,10 +1,13 @@
 //! The BuildKit path: `docker buildx build` with the cache server's registry as the build cache.
 //!
-//! Why the `buildx` CLI and not bollard: the Engine API's BuildKit mode (`version=2`) needs a gRPC
-//! session the client serves (context upload, credentials, cache exporters), which bollard 0.21
-//! implements only in part (no registry cache auth provider); `docker buildx`, which every engine
-//! since 23 ships as the CLI plugin `docker build` itself runs, does all of it and is what users
-//! run by hand, so what it does here is what they see. Cost: one process per build (~50 ms).
+//! Why the `buildx` CLI and not bollard: the Engine API's `/build` endpoint (what bollard's
+//! `build_image` calls, also with `version=2`) takes `cachefrom` but has no cache export at all;
+//! `--cache-to` exists only in BuildKit's own control API, which buildx speaks over the engine's
+//! `/grpc` and `/session` endpoints with the client serving context, credentials and exporters.
+//! `docker buildx`, which every engine since 23 ships as the plugin `docker build` itself runs,
+//! does all of that and is what users run by hand, so what it does here is what they see. Cost:
+//! one process per build (chosen for what it can do, not measured against a bollard `/grpc`
+//! client, which would be a BuildKit client of our own to write and keep up).
 //!
 //! The cache lives in the server's registry (`/v2/`): repository = the namespace (lowercase, see
 //! [`repository`]), tags `k-<key hex>` (this exact Dockerfile) and `cache-<target>` (the newest build
