@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
     let target = (!first.is_empty() && first.len() < 64).then_some(first);
     let mut args = BTreeMap::new();
     args.insert("VERSION".to_string(), "1.0".to_string());
-    let _ = key::compute(rest, &args, target);
+    let _ = key::compute(rest, &args, target, &key::Platform::host());
 });

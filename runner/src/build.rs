@@ -6,25 +6,25 @@
 //! [`build_through_cache`] is the whole of `build` without the flags: `layercache steps` builds
 //! each service image with it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use bollard::query_parameters::BuildImageOptionsBuilder;
-use futures::StreamExt;
 use layercache_shared::api::{BuildCache, BuildReport, BuildSeconds};
-use layercache_shared::key::{self, CacheKeys};
+use layercache_shared::key::{self, CacheKeys, Platform};
 use layercache_shared::{CacheKey, Digest, Namespace};
 
 use crate::cli::{BuildArgs, CacheOpts, KeyArgs, KeyOpts, RestoreArgs, SaveArgs, parse_build_args};
 use crate::client::Client;
-use crate::context;
-use crate::engine::{self, Engine, StageTracker};
+use crate::detect::{self, BuildPath, Builder, EngineFacts};
+use crate::engine::Engine;
 use crate::push::{self, PushRequest};
 use crate::report::{Log, Phase, Summary};
 use crate::restore::{self, Lookup};
+use crate::reuse::StepCounts;
+use crate::{buildkit, classic, context};
 
 /// The key inputs, read and validated.
 struct KeyInput {
@@ -49,6 +49,7 @@ fn compute_keys(
     dockerfile: &Path,
     build_args: &BTreeMap<String, String>,
     target: Option<&str>,
+    platform: &Platform,
 ) -> anyhow::Result<CacheKeys> {
     let text = std::fs::read_to_string(dockerfile).with_context(|| {
         format!(
@@ -56,20 +57,40 @@ fn compute_keys(
             dockerfile.display()
         )
     })?;
-    key::compute(&text, build_args, target)
+    key::compute(&text, build_args, target, platform)
         .with_context(|| format!("in `{}`", dockerfile.display()))
 }
 
-fn key_input(context_dir: Option<&Path>, opts: &KeyOpts) -> anyhow::Result<KeyInput> {
+/// The key inputs, keyed for `platform` (the host's before the engine is asked, so bad input fails
+/// before the engine is touched; [`KeyInput::rekey`] then keys for the engine's).
+fn key_input(
+    context_dir: Option<&Path>,
+    opts: &KeyOpts,
+    platform: &Platform,
+) -> anyhow::Result<KeyInput> {
     let dockerfile = dockerfile_path(context_dir, opts);
     let build_args = parse_build_args(&opts.build_args, |k| std::env::var(k).ok())?;
-    let keys = compute_keys(&dockerfile, &build_args, opts.target.as_deref())?;
+    let keys = compute_keys(&dockerfile, &build_args, opts.target.as_deref(), platform)?;
     Ok(KeyInput {
         dockerfile,
         build_args,
         target: opts.target.clone(),
         keys,
     })
+}
+
+impl KeyInput {
+    /// Recomputes the keys for the platform of `engine`.
+    async fn rekey(&mut self, engine: &Engine) -> anyhow::Result<()> {
+        let facts = engine.facts().await?;
+        self.keys = compute_keys(
+            &self.dockerfile,
+            &self.build_args,
+            self.target.as_deref(),
+            &facts.platform,
+        )?;
+        Ok(())
+    }
 }
 
 /// Where entries are stored and looked up.
@@ -173,6 +194,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Do not push the result.
     pub no_push: bool,
+    /// `--builder`: which builder (and so which cache path) to use.
+    pub builder: Builder,
 }
 
 /// The hash of the request's first two instructions (`None` for a one-instruction or unreadable
@@ -181,21 +204,28 @@ pub struct BuildRequest {
 /// two cached chains for one prefix make the engine reuse only one of them on the next worker: such
 /// builds must run one after the other.
 pub fn shared_start(req: &BuildRequest) -> Option<Digest> {
-    compute_keys(&req.dockerfile, &req.build_args, req.target.as_deref())
-        .ok()?
-        .prefixes
-        .get(1)
-        .copied()
+    compute_keys(
+        &req.dockerfile,
+        &req.build_args,
+        req.target.as_deref(),
+        &Platform::host(),
+    )
+    .ok()?
+    .prefixes
+    .get(1)
+    .copied()
 }
 
-/// The core of `layercache build`: key → lookup and restore → `docker build` → push the new layers
-/// → report the outcome to the server (`POST /v1/builds`, best effort, skipped when the server had
-/// a problem earlier in the run).
+/// The core of `layercache build`: detect the engine and choose the path ([`crate::detect`]), key
+/// → classic path (lookup and restore, `docker build` naming the restored images as `cachefrom`,
+/// push the new layers) or BuildKit path (registry cache import and export on the server) → count
+/// the steps the engine ran and reused → report the outcome to the server (`POST /v1/builds`, best
+/// effort, skipped when the server had a problem earlier in the run).
 ///
 /// Server problems (down, refused token, failed restore or push) never fail it: they become
 /// warnings in the returned summary and the build goes on uncached, without a push. Errors are
-/// bad input (Dockerfile, context) and failures of the engine or the build itself. Every log line,
-/// the build output included, goes to `log`.
+/// bad input (Dockerfile, context, a builder the engine cannot run) and failures of the engine or
+/// the build itself. Every log line, the build output included, goes to `log`.
 pub async fn build_through_cache(
     engine: &Engine,
     client: &Client,
@@ -204,101 +234,45 @@ pub async fn build_through_cache(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let phase = Phase::start("key");
-    let keys = compute_keys(&req.dockerfile, &req.build_args, req.target.as_deref())?;
+    let facts = engine.facts().await?;
+    let (path, note) = detect::choose(req.builder, &facts)?;
+    let keys = compute_keys(
+        &req.dockerfile,
+        &req.build_args,
+        req.target.as_deref(),
+        &facts.platform,
+    )?;
     let mut summary = new_summary(&keys, &req.namespace);
-    let packed = {
-        let (ctx, df) = (req.context.clone(), req.dockerfile.clone());
-        tokio::task::spawn_blocking(move || context::pack(&ctx, &df))
-            .await
-            .context("the build-context task panicked")??
+    summary.engine = facts.describe();
+    summary.builder = path.builder().into();
+    summary.path = Some(path);
+    log.line(&format!("engine {}: {path}", facts.describe()));
+    if let Some(note) = note {
+        log.line(&note);
+    }
+
+    let mut read_only = false;
+    let steps = match path {
+        BuildPath::ClassicCachefrom => {
+            phase.end(&mut summary);
+            classic_path(engine, client, req, &keys, &facts, &mut summary, log).await?
+        }
+        BuildPath::BuildkitRegistry => {
+            phase.end(&mut summary);
+            log.line(&format!("key {} (namespace {})", keys.key, req.namespace));
+            let outcome = buildkit::through_registry(client, req, &keys, &mut summary, log).await?;
+            let (image_id, _) = engine.inspect(&outcome.image_id).await?;
+            summary.image_id = Some(image_id.to_string());
+            read_only = outcome.read_only;
+            outcome.steps
+        }
     };
-    phase.end(&mut summary);
-    log.line(&format!(
-        "key {} (namespace {}), context {} files, {} bytes",
-        keys.key,
-        req.namespace,
-        packed.files,
-        packed.tar.len()
-    ));
-
-    if req.no_cache {
-        log.line("no-cache: not restoring from the cache");
-    } else {
-        let lookup = lookup(&req.namespace, &req.fallbacks, &keys);
-        restore::restore(engine, client, lookup, &mut summary, log).await;
-    }
-
-    let phase = Phase::start("build");
-    let build_args: HashMap<String, String> = req.build_args.clone().into_iter().collect();
-    let mut opts = BuildImageOptionsBuilder::default()
-        .dockerfile(&packed.dockerfile)
-        .rm(true)
-        .forcerm(true)
-        .nocache(req.no_cache)
-        .buildargs(&build_args);
-    if let Some(tag) = req.tags.first() {
-        opts = opts.t(tag);
-    }
-    if let Some(target) = &req.target {
-        opts = opts.target(target);
-    }
-    if req.pull {
-        opts = opts.pull("1");
-    }
-    let mut stream = engine.docker.build_image(
-        opts.build(),
-        None,
-        Some(bollard::body_full(packed.tar.into())),
-    );
-    let mut tracker = StageTracker::default();
-    let mut aux_id = None;
-    while let Some(item) = stream.next().await {
-        let info = item.context("docker build failed")?;
-        engine::check_build_error(info.error_detail)?;
-        if let Some(text) = info.stream {
-            for line in text.lines() {
-                tracker.line(line);
-                if !line.trim().is_empty() {
-                    log.line(line);
-                }
-            }
-        }
-        if let Some(aux) = info.aux.and_then(|a| a.id) {
-            aux_id = Some(aux);
-        }
-    }
-    drop(stream);
-    let built = aux_id
-        .or_else(|| tracker.built.clone())
-        .context("docker build ended without naming the built image")?;
-    let (image_id, _) = engine.inspect(&built).await?;
-    engine
-        .tag(&image_id.to_string(), req.tags.get(1..).unwrap_or_default())
-        .await?;
-    summary.image_id = Some(image_id.to_string());
-    phase.end(&mut summary);
-
-    if req.no_push {
-        log.line("no-push: not pushing to the cache");
-    } else if summary.server_error.is_some() {
-        log.line("not pushing: the cache server had a problem earlier");
-    } else {
-        let phase = Phase::start("push");
-        let push_req = PushRequest {
-            namespace: &req.namespace,
-            key: &keys.key,
-            prefixes: &keys.prefixes,
-            image: image_id.to_string(),
-            stages: tracker.earlier_stages().to_vec(),
-        };
-        if let Err(e) = push::push(engine, client, push_req, &mut summary, log).await {
-            summary.server_problem(log, format!("pushing to the cache failed: {e:#}"));
-        }
-        phase.end(&mut summary);
-    }
+    account(&mut summary, steps, log);
     summary.seconds = started.elapsed().as_secs_f64();
     if summary.server_error.is_some() {
         log.line("not reporting the build: the cache server had a problem earlier");
+    } else if read_only {
+        log.line("not reporting the build: the server takes build reports from write tokens only");
     } else {
         let report = build_report(&summary, &req.namespace, &keys.key);
         let sent = match &report {
@@ -313,6 +287,101 @@ pub async fn build_through_cache(
         }
     }
     Ok(summary)
+}
+
+/// Check the Dockerfile suits the classic builder, pack the context, restore, build with the
+/// restored images as `cachefrom`, push.
+async fn classic_path(
+    engine: &Engine,
+    client: &Client,
+    req: &BuildRequest,
+    keys: &CacheKeys,
+    facts: &EngineFacts,
+    summary: &mut Summary,
+    log: &Log,
+) -> anyhow::Result<StepCounts> {
+    let text = std::fs::read_to_string(&req.dockerfile).with_context(|| {
+        format!(
+            "failed to read the Dockerfile `{}`",
+            req.dockerfile.display()
+        )
+    })?;
+    classic::check_dockerfile(&text)?;
+    let packed = {
+        let (ctx, df) = (req.context.clone(), req.dockerfile.clone());
+        tokio::task::spawn_blocking(move || context::pack(&ctx, &df))
+            .await
+            .context("the build-context task panicked")??
+    };
+    log.line(&format!(
+        "key {} (namespace {}), context {} files, {} bytes",
+        keys.key,
+        req.namespace,
+        packed.files,
+        packed.tar.len()
+    ));
+    let restored = if req.no_cache {
+        log.line("no-cache: not restoring from the cache");
+        vec![]
+    } else {
+        let lookup = lookup(&req.namespace, &req.fallbacks, keys);
+        restore::restore(engine, client, lookup, summary, log).await
+    };
+
+    let phase = Phase::start("build");
+    let built = classic::build(engine, req, packed, &restored, log).await?;
+    engine
+        .tag(
+            &built.image_id.to_string(),
+            req.tags.get(1..).unwrap_or_default(),
+        )
+        .await?;
+    summary.image_id = Some(built.image_id.to_string());
+    phase.end(summary);
+
+    if req.no_push {
+        log.line("no-push: not pushing to the cache");
+    } else if summary.server_error.is_some() {
+        log.line("not pushing: the cache server had a problem earlier");
+    } else {
+        let phase = Phase::start("push");
+        let push_req = PushRequest {
+            namespace: &req.namespace,
+            key: &keys.key,
+            prefixes: &keys.prefixes,
+            image: built.image_id.to_string(),
+            stages: built.stages.clone(),
+            containerd_store: facts.containerd_store,
+        };
+        if let Err(e) = push::push(engine, client, push_req, summary, log).await {
+            summary.server_problem(log, format!("pushing to the cache failed: {e:#}"));
+        }
+        phase.end(summary);
+    }
+    Ok(built.steps)
+}
+
+/// Puts the step counts in the summary; a cache hit after which the engine reused no step is a
+/// miss (so the dashboard's hit rate and time saved stay honest), with a warning saying so.
+fn account(summary: &mut Summary, steps: StepCounts, log: &Log) {
+    summary.steps_run = steps.run;
+    summary.steps_reused = steps.reused;
+    log.line(&format!(
+        "build steps: {} run, {} reused from the cache",
+        steps.run, steps.reused
+    ));
+    if summary.cache != "miss" && steps.reused == 0 && steps.run > 0 {
+        let from = summary.restored_from.clone().unwrap_or_default();
+        summary.warn(
+            log,
+            format!(
+                "the cache hit ({} {from}) was restored, but the build reused no step: \
+                 counted as a miss",
+                summary.cache
+            ),
+        );
+        summary.cache = "miss".into();
+    }
 }
 
 /// The `POST /v1/builds` body for a finished build: its cache result and seconds per phase.
@@ -344,7 +413,7 @@ fn build_report(summary: &Summary, namespace: &Namespace, key: &CacheKey) -> Opt
 /// `layercache build`: flags → [`BuildRequest`] → [`build_through_cache`] → summary.
 pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Bad input (Dockerfile, build args, namespace) fails here, before the engine is touched.
-    let input = key_input(Some(&args.context), &args.key)?;
+    let input = key_input(Some(&args.context), &args.key, &Platform::host())?;
     let place = place(&args.context, &args.cache)?;
     let req = BuildRequest {
         context: args.context.clone(),
@@ -357,6 +426,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         pull: args.pull,
         no_cache: args.no_cache,
         no_push: args.no_push,
+        builder: args.builder,
     };
     let engine = Engine::connect().await?;
     let summary = build_through_cache(&engine, &place.client, &req, &Log::stderr()).await?;
@@ -367,10 +437,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 /// `layercache restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let input = key_input(Some(&args.context), &args.key)?;
+    let mut input = key_input(Some(&args.context), &args.key, &Platform::host())?;
     let place = place(&args.context, &args.cache)?;
-    let mut summary = new_summary(&input.keys, &place.namespace);
     let engine = Engine::connect().await?;
+    input.rekey(&engine).await?;
+    let mut summary = new_summary(&input.keys, &place.namespace);
     let lookup = lookup(&place.namespace, &place.fallbacks, &input.keys);
     restore::restore(&engine, &place.client, lookup, &mut summary, &Log::stderr()).await;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -381,10 +452,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// `layercache save`: unlike `build`, a push failure fails the command.
 pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let input = key_input(Some(&args.context), &args.key)?;
+    let mut input = key_input(Some(&args.context), &args.key, &Platform::host())?;
     let place = place(&args.context, &args.cache)?;
-    let mut summary = new_summary(&input.keys, &place.namespace);
     let engine = Engine::connect().await?;
+    input.rekey(&engine).await?;
+    let mut summary = new_summary(&input.keys, &place.namespace);
     let (image_id, _) = engine.inspect(&args.image).await?;
     summary.image_id = Some(image_id.to_string());
     let phase = Phase::start("push");
@@ -394,6 +466,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         prefixes: &input.keys.prefixes,
         image: args.image.clone(),
         stages: vec![],
+        containerd_store: engine.facts().await?.containerd_store,
     };
     push::push(&engine, &place.client, req, &mut summary, &Log::stderr())
         .await
@@ -406,7 +479,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
 
 /// `layercache key`.
 pub fn key(args: KeyArgs) -> anyhow::Result<ExitCode> {
-    let input = key_input(None, &args.key)?;
+    let input = key_input(None, &args.key, &Platform::host())?;
     let keys = &input.keys;
     if args.json {
         let stages: Vec<serde_json::Value> = keys
@@ -436,6 +509,42 @@ pub fn key(args: KeyArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quiet() -> Log {
+        Log::to(|_| {})
+    }
+
+    /// Regression: on Engine 26.1's classic store the restored entry went unused (no `cachefrom`)
+    /// and the run still reported an `exact` hit, so the dashboard showed hits for full rebuilds.
+    #[test]
+    fn a_hit_after_which_the_build_reused_no_step_is_reported_as_a_miss() {
+        let mut s = Summary {
+            cache: "exact".into(),
+            restored_from: Some("acme/web/sha256:abc".into()),
+            ..Summary::default()
+        };
+        account(&mut s, StepCounts { run: 4, reused: 0 }, &quiet());
+        assert_eq!(s.cache, "miss");
+        assert_eq!((s.steps_run, s.steps_reused), (4, 0));
+        assert!(s.warnings[0].contains("reused no step"), "{:?}", s.warnings);
+        let ns: Namespace = "acme/web".parse().unwrap();
+        let key: CacheKey = "sha256:abc".parse().unwrap();
+        assert_eq!(build_report(&s, &ns, &key).unwrap().cache, BuildCache::Miss);
+
+        // A hit that reused steps stays a hit; a miss stays a miss without a warning.
+        let mut hit = Summary {
+            cache: "fallback".into(),
+            ..Summary::default()
+        };
+        account(&mut hit, StepCounts { run: 1, reused: 3 }, &quiet());
+        assert_eq!(hit.cache, "fallback");
+        let mut miss = Summary {
+            cache: "miss".into(),
+            ..Summary::default()
+        };
+        account(&mut miss, StepCounts { run: 4, reused: 0 }, &quiet());
+        assert!(miss.warnings.is_empty());
+    }
 
     #[test]
     fn the_build_report_carries_the_cache_result_and_seconds_per_phase() {

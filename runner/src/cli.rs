@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::detect::Builder;
 use crate::steps::StepsArgs;
 
 /// Default address of the cache server when neither `--server` nor `LAYERCACHE_SERVER` is set.
@@ -102,6 +103,11 @@ pub struct BuildArgs {
     /// Do not push the built image to the cache.
     #[arg(long)]
     pub no_push: bool,
+    /// The builder: `auto` = what `docker build` uses on this engine where it can hit the cache
+    /// (BuildKit with the server's registry cache on the containerd image store, else the classic
+    /// builder with the restored images as cachefrom).
+    #[arg(long, value_enum, default_value_t = Builder::Auto)]
+    pub builder: Builder,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

@@ -106,6 +106,8 @@ pub struct Client {
     http: reqwest::Client,
     /// Whether a token is sent (for the hint of a 401).
     has_token: bool,
+    /// The token, for the registry credentials BuildKit gets (`None`: an open server).
+    token: Option<String>,
 }
 
 /// Connect timeout: a dead server should cost seconds, not minutes.
@@ -152,12 +154,54 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             http,
             has_token: token.is_some(),
+            token: token.map(str::to_string),
         })
     }
 
     /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The token sent, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A registry request: registries take the token as the password of Basic auth (`docker login
+    /// HOST -u anything -p TOKEN`), so this replaces the bearer header.
+    fn registry_request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url).timeout(SMALL_TIMEOUT);
+        match &self.token {
+            Some(token) => req.basic_auth("layercache", Some(token)),
+            None => req,
+        }
+    }
+
+    /// `GET /v2/`: whether the server speaks the registry protocol (and takes the token there).
+    pub async fn registry_available(&self) -> Result<(), ClientError> {
+        let url = format!("{}/v2/", self.base);
+        let req = self.registry_request(Method::GET, &url);
+        self.send("the registry check", &url, req).await?;
+        Ok(())
+    }
+
+    /// `HEAD /v2/{repo}/manifests/{tag}`: whether the registry holds that tag.
+    pub async fn registry_has_tag(&self, repo: &str, tag: &str) -> Result<bool, ClientError> {
+        let url = format!("{}/v2/{repo}/manifests/{tag}", self.base);
+        let req = self.registry_request(Method::HEAD, &url).header(
+            reqwest::header::ACCEPT,
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json, \
+             application/vnd.docker.distribution.manifest.v2+json",
+        );
+        match self.send("a registry tag check", &url, req).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn image_url(&self, ns: &Namespace, key: &CacheKey) -> String {

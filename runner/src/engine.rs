@@ -10,6 +10,8 @@ use layercache_shared::Digest;
 use layercache_shared::api::ImageInfo;
 use sha2::{Digest as _, Sha256};
 
+use crate::detect::EngineFacts;
+
 /// A connected engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -43,6 +45,27 @@ impl Engine {
         let docker = docker.negotiate_version().await.with_context(fail)?;
         docker.ping().await.with_context(fail)?;
         Ok(Engine { docker })
+    }
+
+    /// What the engine says about itself: version, platform, image store (see [`crate::detect`]).
+    pub async fn facts(&self) -> anyhow::Result<EngineFacts> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .context("failed to ask the engine its version (`docker version`)")?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .context("failed to ask the engine about its image store (`docker info`)")?;
+        Ok(EngineFacts::new(
+            version.version.as_deref().unwrap_or_default(),
+            &self.docker.client_version().to_string(),
+            version.os.as_deref().unwrap_or("linux"),
+            version.arch.as_deref().unwrap_or("amd64"),
+            &info.driver_status.unwrap_or_default(),
+        ))
     }
 
     /// Every image the engine has, intermediate ones included, by ID.

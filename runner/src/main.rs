@@ -3,6 +3,10 @@
 //!
 //! - [`cli`] — flags.
 //! - [`build`] — `build`, `restore`, `save`, `key`: key computation and the command flows.
+//! - [`detect`] — engine detection (version, image store) and the build path chosen from it.
+//! - [`classic`] — the classic-builder build, restored images as `cachefrom`.
+//! - [`buildkit`] — the BuildKit build through `docker buildx`, registry cache on the server.
+//! - [`reuse`] — steps run vs reused, from the engine's build output.
 //! - [`context`] — the deterministic build-context tar (`.dockerignore`, normalised headers).
 //! - [`engine`] — the Docker engine (bollard), chain IDs, skip sets, build-output stage parsing.
 //! - [`client`] — the cache server's HTTP API.
@@ -13,13 +17,17 @@
 //! - [`steps`] — `layercache steps`, the Jet-style pipeline runner.
 
 mod build;
+mod buildkit;
+mod classic;
 mod cli;
 mod client;
 mod context;
+mod detect;
 mod engine;
 mod push;
 mod report;
 mod restore;
+mod reuse;
 mod server_cmds;
 mod steps;
 

@@ -27,7 +27,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use layercache_shared::api::{BlobStored, CommitImage, CommitRequest, MissingResponse};
-use layercache_shared::archive::{ArchiveError, BlobSink, Limits, read_archive};
+use layercache_shared::archive::{ArchiveError, BlobSink, Limits, ParsedImage, read_archive};
 use layercache_shared::{CacheKey, Digest, Namespace};
 use tempfile::TempDir;
 use tokio::runtime::Handle;
@@ -58,6 +58,9 @@ pub struct PushRequest<'a> {
     pub image: String,
     /// Final images (short IDs) of earlier build stages, stored too so their steps are cached.
     pub stages: Vec<String>,
+    /// The engine keeps images in containerd: image IDs are manifest digests, not config digests,
+    /// so the configs to store are known only from the `docker save` (which then always runs).
+    pub containerd_store: bool,
 }
 
 /// One image to store.
@@ -127,7 +130,9 @@ pub async fn push(
         }
     }
     let mut wanted = layer_set.clone();
-    wanted.extend(images.iter().map(|i| i.id));
+    if !req.containerd_store {
+        wanted.extend(images.iter().map(|i| i.id));
+    }
     let MissingResponse {
         missing,
         streamed_uploads,
@@ -140,7 +145,9 @@ pub async fn push(
         missing.len()
     ));
 
-    if !missing.is_empty() {
+    // On the containerd store: manifest digest (the engine's ID) → config digest (the stored ID).
+    let mut config_of: HashMap<Digest, Digest> = HashMap::new();
+    if !missing.is_empty() || req.containerd_store {
         let final_tags = local
             .get(&final_id)
             .map(|i| i.tags.clone())
@@ -163,8 +170,21 @@ pub async fn push(
             missing_set.clone(),
             streamed_uploads,
         );
-        let (uploaded, bytes) =
-            save_and_upload(engine, client, &names, &missing_set, expected, log).await?;
+        let (uploaded, bytes, parsed) = save_and_upload(
+            engine,
+            client,
+            &names,
+            &missing_set,
+            expected,
+            req.containerd_store,
+            log,
+        )
+        .await?;
+        for p in parsed {
+            for m in p.manifests {
+                config_of.insert(m, p.id);
+            }
+        }
         if let Some(absent) = missing.iter().find(|d| !uploaded.contains(d)) {
             bail!(
                 "the server lacks blob {absent}, which `docker save` did not produce; \
@@ -174,6 +194,18 @@ pub async fn push(
         summary.bytes_uploaded = bytes;
     }
 
+    if req.containerd_store {
+        for image in &mut images {
+            image.id = *config_of.get(&image.id).with_context(|| {
+                format!(
+                    "the `docker save` of the images to push has no manifest {}; push again",
+                    image.id
+                )
+            })?;
+            // A parent outside the push is left out below; unknown ones map to nothing.
+            image.parent = image.parent.and_then(|p| config_of.get(&p).copied());
+        }
+    }
     let image_set: HashSet<Digest> = images.iter().map(|i| i.id).collect();
     let commit = CommitRequest {
         images: images
@@ -217,14 +249,18 @@ pub async fn push(
 /// An error of either side ends both: a failed upload makes the reader stop at its next layer, a
 /// bad archive cancels the uploads in flight. Blobs already uploaded then stay on the server as
 /// unreferenced blobs (nothing is committed). The spool directory is removed once both are done.
+///
+/// `all_configs`: upload every config, whether `missing` names it or not (on the containerd store
+/// the configs' digests are known only from the save). Also returns the images the save held.
 async fn save_and_upload(
     engine: &Engine,
     client: &Client,
     names: &[String],
     missing: &HashSet<Digest>,
     expected: Expected,
+    all_configs: bool,
     log: &Log,
-) -> anyhow::Result<(HashSet<Digest>, u64)> {
+) -> anyhow::Result<(HashSet<Digest>, u64, Vec<ParsedImage>)> {
     let spool = Arc::new(
         tempfile::tempdir().context("failed to create a temp dir for the layers to upload")?,
     );
@@ -240,10 +276,10 @@ async fn save_and_upload(
     };
     let progress = Progress::new(log, "saving and uploading", None);
     let reader = export(engine, names, sink);
-    let uploads = upload_ready(client, rx, missing, &progress);
-    let ((), (uploaded, bytes)) = tokio::try_join!(reader, uploads)?;
+    let uploads = upload_ready(client, rx, missing, all_configs, &progress);
+    let (parsed, (uploaded, bytes)) = tokio::try_join!(reader, uploads)?;
     progress.finish(bytes);
-    Ok((uploaded, bytes))
+    Ok((uploaded, bytes, parsed))
 }
 
 /// A blob ready to upload (or uploading), sent by the reader thread to the uploader.
@@ -329,6 +365,7 @@ async fn upload_ready(
     client: &Client,
     mut rx: mpsc::UnboundedReceiver<Ready>,
     missing: &HashSet<Digest>,
+    all_configs: bool,
     progress: &Progress,
 ) -> anyhow::Result<(HashSet<Digest>, u64)> {
     let mut taken: HashSet<Digest> = HashSet::new();
@@ -337,7 +374,9 @@ async fn upload_ready(
             let digest = ready.digest();
             // A streamed layer is on its way already: wait for it whatever it is.
             let streamed = matches!(ready, Ready::Streamed { .. });
-            let wanted = (missing.contains(&digest) && taken.insert(digest)) || streamed;
+            let config = all_configs && matches!(ready, Ready::Config { .. });
+            let wanted =
+                ((missing.contains(&digest) || config) && taken.insert(digest)) || streamed;
             if !wanted {
                 ready.discard();
             }
@@ -543,7 +582,11 @@ impl BlobSink for PushSink {
 
 /// `docker save` of `names`, read and verified through `sink`, which passes each layer to the
 /// uploader as soon as it is hashed; the configs follow once the archive checked out.
-async fn export(engine: &Engine, names: &[String], mut sink: PushSink) -> anyhow::Result<()> {
+async fn export(
+    engine: &Engine,
+    names: &[String],
+    mut sink: PushSink,
+) -> anyhow::Result<Vec<ParsedImage>> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let stream = engine.docker.export_images(&refs).map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
@@ -553,7 +596,7 @@ async fn export(engine: &Engine, names: &[String], mut sink: PushSink) -> anyhow
             // A closed channel means an upload failed; its error is the one reported.
             let _ = sink.tx.send(Ready::Config { digest, data });
         }
-        Ok::<(), ArchiveError>(())
+        Ok::<_, ArchiveError>(parsed.images)
     })
     .await
     .context("the docker save reader panicked")?

@@ -65,8 +65,19 @@ pub struct Summary {
     pub layers_uploaded: u64,
     /// Layers of the pushed images the server already had.
     pub layers_reused: u64,
-    /// Whether an entry was committed.
+    /// Whether an entry was committed (classic path) or the build cache exported (BuildKit path).
     pub pushed: bool,
+    /// The engine: version and image store (`26.1.5 (containerd store)`).
+    pub engine: String,
+    /// `classic` or `buildkit`: the builder that ran.
+    pub builder: String,
+    /// How the cache was used: `classic-cachefrom` or `buildkit-registry` (see `detect.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<crate::detect::BuildPath>,
+    /// Build steps the engine ran (from its own build output; `FROM` not counted).
+    pub steps_run: u64,
+    /// Build steps the engine reused from its cache.
+    pub steps_reused: u64,
     /// Total wall time.
     pub seconds: f64,
     /// Wall time of each phase (`key`, `lookup`, `restore`, `build`, `push`); `restore` is the
@@ -116,6 +127,13 @@ impl Summary {
         }
         if let Some(id) = &self.image_id {
             eprintln!("image:      {id}");
+        }
+        if let Some(path) = &self.path {
+            eprintln!("engine:     {}: {path}", self.engine);
+            eprintln!(
+                "steps:      {} run, {} reused",
+                self.steps_run, self.steps_reused
+            );
         }
         eprintln!(
             "layers:     {} reused, {} uploaded",
@@ -275,6 +293,10 @@ mod tests {
             "namespace",
             "phases",
             "warnings",
+            "engine",
+            "builder",
+            "steps_run",
+            "steps_reused",
         ] {
             assert!(v.get(field).is_some(), "missing {field}");
         }

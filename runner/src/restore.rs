@@ -25,14 +25,17 @@ pub struct Lookup<'a> {
     pub prefixes: &'a [Digest],
 }
 
-/// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`.
+/// Looks up and restores; fills `summary.cache`, `restored_from`, `bytes_downloaded`. Returns the
+/// IDs of the entry's images now on the engine (empty after a miss or a failed load): the classic
+/// builder of Engine 23+ reuses them only when the build names them as `cachefrom`.
 pub async fn restore(
     engine: &Engine,
     client: &Client,
     lookup: Lookup<'_>,
     summary: &mut Summary,
     log: &Log,
-) {
+) -> Vec<Digest> {
+    let mut restored = Vec::new();
     summary.cache = "miss".into();
     let req = LookupRequest {
         namespaces: lookup.namespaces,
@@ -63,34 +66,48 @@ pub async fn restore(
                     .map(|n| format!(" ({n} shared instructions)"))
                     .unwrap_or_default()
             ));
-            if let Err(e) = load(engine, client, &hit, summary, log).await {
-                summary.warn(
+            match load(engine, client, &hit, summary, log).await {
+                Ok(loaded) => {
+                    // The classic store keeps the entry's IDs; the containerd store gives loaded
+                    // images new IDs (manifest digests), which the load output names.
+                    let candidates = hit.manifest.images.iter().map(|i| i.id.to_string());
+                    for reference in candidates.chain(loaded) {
+                        if let Ok((id, _)) = engine.inspect(&reference).await
+                            && !restored.contains(&id)
+                        {
+                            restored.push(id);
+                        }
+                    }
+                }
+                Err(e) => summary.warn(
                     log,
                     format!("restoring the cache failed: {e:#}; building without it"),
-                );
+                ),
             }
         }
     }
     phase.end(summary);
+    restored
 }
 
 fn names(ns: &[Namespace]) -> String {
     ns.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// Downloads the entry (minus what the engine has) into `docker load`.
+/// Downloads the entry (minus what the engine has) into `docker load`; returns the images the
+/// load says it loaded (`Loaded image: NAME`, `Loaded image ID: ID`).
 async fn load(
     engine: &Engine,
     client: &Client,
     hit: &LookupResponse,
     summary: &mut Summary,
     log: &Log,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let local = engine.local_images().await?;
     let images = &hit.manifest.images;
     if images.iter().all(|i| local.contains_key(&i.id)) {
         log.line("every image of the entry is already on this engine; nothing to download");
-        return Ok(());
+        return Ok(vec![]);
     }
     let chains = engine.local_chains(&local).await?;
     let mut skip: Vec<Digest> = engine::skip_set(images, &chains).into_iter().collect();
@@ -115,12 +132,19 @@ async fn load(
     let opts = ImportImageOptionsBuilder::default().quiet(true).build();
     let mut out = engine.docker.import_image_stream(opts, body, None);
     let mut result = Ok(());
+    let mut loaded = Vec::new();
     while let Some(item) = out.next().await {
         match item {
             Ok(info) => {
                 if let Some(text) = info.stream {
                     for line in text.lines().filter(|l| !l.trim().is_empty()) {
                         log.line(line);
+                        if let Some(name) = line
+                            .strip_prefix("Loaded image ID: ")
+                            .or_else(|| line.strip_prefix("Loaded image: "))
+                        {
+                            loaded.push(name.trim().to_string());
+                        }
                     }
                 }
             }
@@ -135,5 +159,5 @@ async fn load(
     if let Ok(progress) = Arc::try_unwrap(progress) {
         progress.finish(summary.bytes_downloaded);
     }
-    result
+    result.map(|()| loaded)
 }

@@ -10,7 +10,8 @@
 //! - parser directives on the first lines (`# syntax=…`, `# escape=\` or `` # escape=` ``,
 //!   `# check=…`); the first other line (a comment, a blank line, an instruction) ends them;
 //! - comments (first non-blank character `#`), also between continuation lines, and blank lines;
-//! - line continuations: the escape character at the end of a line, optionally followed by blanks;
+//! - line continuations: the escape character at the end of a line, optionally followed by blanks,
+//!   unless it is itself escaped (`ENV C trailing\\` ends there, as in BuildKit);
 //! - heredocs on `RUN`, `COPY`, `ADD` (also behind `ONBUILD`): `<<EOF`, `<<-EOF` (leading tabs
 //!   stripped from body and terminator), quoted `<<"EOF"` / `<<'EOF'` (no expansion), several on
 //!   one line, read in order;
@@ -498,11 +499,14 @@ fn directive(line: &str) -> Option<(String, String)> {
 }
 
 /// Removes a trailing escape character (and blanks after it); says whether the line continues.
+///
+/// As BuildKit's `([^\\])\\[ \t]*$`: an escape character that is itself escaped (`trailing\\`)
+/// is text, not a continuation. A line holding only the escape character continues.
 fn strip_continuation(line: &str, escape: char) -> (&str, bool) {
     let trimmed = line.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(rest) => (rest, true),
-        None => (line, false),
+        Some(rest) if !rest.ends_with(escape) => (rest, true),
+        _ => (line, false),
     }
 }
 
@@ -996,6 +1000,21 @@ mod tests {
         );
     }
 
+    /// Regression: `ENV C trailing\\` swallowed the next instruction as a continuation.
+    #[test]
+    fn an_escaped_escape_character_at_the_end_does_not_continue_the_line() {
+        let df = parse("FROM scratch\nENV C trailing\\\\\nRUN x\n").unwrap();
+        let s = &df.stages[0];
+        assert_eq!(s.instructions.len(), 2);
+        assert_eq!(s.instructions[0].canonical(), "ENV C trailing\\\\");
+        assert_eq!(s.instructions[1].canonical(), "RUN x");
+        let df = parse("# escape=`\nFROM scratch\nENV C trailing``\nRUN x\n").unwrap();
+        assert_eq!(df.stages[0].instructions.len(), 2);
+        // One escape character still continues.
+        let df = parse("FROM scratch\nENV C a\\\n  b\n").unwrap();
+        assert_eq!(df.stages[0].instructions[0].canonical(), "ENV C a b");
+    }
+
     #[test]
     fn continuations_and_comments_inside_them_join_one_instruction() {
         let df = parse(
@@ -1280,7 +1299,12 @@ mod tests {
             }
             let _ = parse(&text);
             let _ = parse(&format!("# escape=`\nFROM x AS b\n{text}"));
-            let _ = crate::key::compute(&format!("FROM b\n{text}"), &Default::default(), None);
+            let _ = crate::key::compute(
+                &format!("FROM b\n{text}"),
+                &Default::default(),
+                None,
+                &crate::key::Platform::host(),
+            );
         }
     }
 

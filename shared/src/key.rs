@@ -13,6 +13,13 @@
 //! declares change nothing (Docker ignores them; the predefined proxy args count only when declared,
 //! which is also Docker's cache rule).
 //!
+//! BuildKit's automatic platform args (`TARGETOS`, `TARGETARCH`, `TARGETVARIANT`, `TARGETPLATFORM`
+//! and their `BUILD*` twins) have the [`Platform`]'s values without a declaration in `FROM` lines
+//! and `--from=` values, and as the value of an `ARG TARGETOS` that declares one without a default:
+//! so `FROM binaries-$TARGETOS` needs the stage `binaries-linux`, as it does in the build. The
+//! builder's machine and the target are the same platform here (the engine's): layercache does not
+//! cross-build.
+//!
 //! The hashes, over UTF-8 text (`hex` = 64 lowercase hex digits of the previous hash):
 //! - `p1 = sha256("layercache-prefix-v1\n" + instruction1)`,
 //! - `pn = sha256(hex(p(n-1)) + "\n" + instruction_n)`,
@@ -86,8 +93,68 @@ pub struct StageKeys {
     pub prefixes: Vec<Digest>,
 }
 
+/// The platform a build runs on and for: what BuildKit's automatic platform args say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// GOOS spelling: `linux`.
+    pub os: String,
+    /// GOARCH spelling: `amd64`, `arm64`.
+    pub arch: String,
+    /// `v7` for 32-bit arm, else empty.
+    pub variant: String,
+}
+
+impl Platform {
+    /// The platform of an engine that reports `os` and `arch` (`docker version`'s `Os`, `Arch`,
+    /// already in Go's spelling); 32-bit arm gets BuildKit's default variant `v7`.
+    pub fn new(os: &str, arch: &str) -> Platform {
+        Platform {
+            os: os.to_string(),
+            arch: arch.to_string(),
+            variant: if arch == "arm" {
+                "v7".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    /// This machine's platform in Go's spelling: for `layercache key`, which asks no engine.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform::new(std::env::consts::OS, arch)
+    }
+
+    /// `linux/amd64`, `linux/arm/v7`.
+    pub fn spec(&self) -> String {
+        if self.variant.is_empty() {
+            format!("{}/{}", self.os, self.arch)
+        } else {
+            format!("{}/{}/{}", self.os, self.arch, self.variant)
+        }
+    }
+
+    /// The automatic args BuildKit defines, by name.
+    pub fn automatic_args(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for side in ["TARGET", "BUILD"] {
+            out.insert(format!("{side}PLATFORM"), self.spec());
+            out.insert(format!("{side}OS"), self.os.clone());
+            out.insert(format!("{side}ARCH"), self.arch.clone());
+            out.insert(format!("{side}VARIANT"), self.variant.clone());
+        }
+        out
+    }
+}
+
 /// Computes the keys of building `dockerfile` (its text) with `build_args` for `target` (a stage
-/// name, case-insensitive; `None` = the last stage).
+/// name, case-insensitive; `None` = the last stage) on `platform`.
 ///
 /// Errors: [`KeyError::Parse`] when the Dockerfile is invalid (with the line),
 /// [`KeyError::UnknownTarget`] when `target` names no stage.
@@ -95,8 +162,14 @@ pub fn compute(
     dockerfile: &str,
     build_args: &BTreeMap<String, String>,
     target: Option<&str>,
+    platform: &Platform,
 ) -> Result<CacheKeys, KeyError> {
-    compute_parsed(&dockerfile::parse(dockerfile)?, build_args, target)
+    compute_parsed(
+        &dockerfile::parse(dockerfile)?,
+        build_args,
+        target,
+        platform,
+    )
 }
 
 /// [`compute`] for an already parsed Dockerfile.
@@ -104,7 +177,14 @@ pub fn compute_parsed(
     df: &Dockerfile,
     build_args: &BTreeMap<String, String>,
     target: Option<&str>,
+    platform: &Platform,
 ) -> Result<CacheKeys, KeyError> {
+    // The automatic args act as build args the user did not give (theirs win), so a declared
+    // `ARG TARGETOS` takes the platform's value.
+    let automatic = platform.automatic_args();
+    let mut with_auto = automatic.clone();
+    with_auto.extend(build_args.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let build_args = &with_auto;
     let target_index = match target {
         None => df.stages.len() - 1,
         Some(name) => {
@@ -119,7 +199,11 @@ pub fn compute_parsed(
 
     // Effective values of the global ARGs: for `FROM $BASE`, `--from=$STAGE` and for in-stage
     // `ARG NAME` without default, which inherits them.
-    let mut globals: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // Undeclared automatic args are visible in `FROM` too, unlike other build args.
+    let mut globals: BTreeMap<String, Option<String>> = automatic
+        .keys()
+        .map(|k| (k.clone(), build_args.get(k).cloned()))
+        .collect();
     let mut global_texts = Vec::new();
     for instruction in &df.global_args {
         let mut values = Vec::new();
@@ -395,7 +479,11 @@ mod tests {
     use super::*;
 
     fn keys(text: &str) -> CacheKeys {
-        compute(text, &BTreeMap::new(), None).expect("keys")
+        compute(text, &BTreeMap::new(), None, &linux_amd64()).expect("keys")
+    }
+
+    fn linux_amd64() -> Platform {
+        Platform::new("linux", "amd64")
     }
 
     fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -438,7 +526,7 @@ mod tests {
     fn build_arg_equal_to_default_gives_same_key() {
         let text = "FROM scratch\nARG V=1\nRUN echo $V\n";
         assert_eq!(
-            compute(text, &args(&[("V", "1")]), None).unwrap(),
+            compute(text, &args(&[("V", "1")]), None, &linux_amd64()).unwrap(),
             keys(text)
         );
     }
@@ -447,7 +535,7 @@ mod tests {
     fn in_stage_arg_inherits_global_value() {
         let text = "ARG V=1\nFROM scratch\nARG V\n";
         assert_eq!(keys(text).instructions[2], "ARG V=\"1\"");
-        let given = compute(text, &args(&[("V", "2")]), None).unwrap();
+        let given = compute(text, &args(&[("V", "2")]), None, &linux_amd64()).unwrap();
         assert_eq!(given.instructions[0], "ARG V=\"2\"");
         assert_eq!(given.instructions[2], "ARG V=\"2\"");
     }
@@ -480,7 +568,7 @@ mod tests {
         let k = keys(text);
         let used: Vec<usize> = k.stages.iter().map(|s| s.index).collect();
         assert_eq!(used, vec![0, 2], "the unrelated stage is not in the chain");
-        let k2 = compute(text, &args(&[("SRC", "other")]), None).unwrap();
+        let k2 = compute(text, &args(&[("SRC", "other")]), None, &linux_amd64()).unwrap();
         let used: Vec<usize> = k2.stages.iter().map(|s| s.index).collect();
         assert_eq!(used, vec![1, 2]);
     }
@@ -491,6 +579,50 @@ mod tests {
                     RUN --mount=type=bind,from=a,target=/a x\nCOPY --from=1 /b /b\n";
         let used: Vec<usize> = keys(text).stages.iter().map(|s| s.index).collect();
         assert_eq!(used, vec![0, 1, 2]);
+    }
+
+    /// Regression: `FROM binaries-$TARGETOS` resolved to `binaries-`, leaving the real stage out.
+    #[test]
+    fn automatic_platform_args_resolve_from_lines_without_a_declaration() {
+        let text = "FROM scratch AS binaries-linux\nRUN l\nFROM scratch AS binaries-darwin\nRUN d\n\
+                    FROM binaries-$TARGETOS\nRUN ls\n";
+        let used: Vec<usize> = keys(text).stages.iter().map(|s| s.index).collect();
+        assert_eq!(used, vec![0, 2]);
+        let darwin = compute(
+            text,
+            &BTreeMap::new(),
+            None,
+            &Platform::new("darwin", "arm64"),
+        );
+        let used: Vec<usize> = darwin.unwrap().stages.iter().map(|s| s.index).collect();
+        assert_eq!(used, vec![1, 2]);
+        // A build arg of the same name wins, as the user said so.
+        let given = compute(text, &args(&[("TARGETOS", "darwin")]), None, &linux_amd64());
+        let used: Vec<usize> = given.unwrap().stages.iter().map(|s| s.index).collect();
+        assert_eq!(used, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_declared_platform_arg_takes_the_platforms_value() {
+        let k = keys("FROM scratch\nARG TARGETARCH TARGETPLATFORM BUILDVARIANT\nRUN x\n");
+        assert_eq!(
+            k.instructions[1],
+            "ARG TARGETARCH=\"amd64\" TARGETPLATFORM=\"linux/amd64\" BUILDVARIANT=\"\""
+        );
+        let arm = compute(
+            "FROM scratch\nARG TARGETARCH\n",
+            &BTreeMap::new(),
+            None,
+            &Platform::new("linux", "arm64"),
+        )
+        .unwrap();
+        assert_ne!(arm.key, keys("FROM scratch\nARG TARGETARCH\n").key);
+        // Undeclared, they change nothing (the automatic args are not in the chain).
+        assert_eq!(
+            keys("FROM scratch\nRUN x\n").instructions,
+            ["FROM scratch", "RUN x"]
+        );
+        assert_eq!(Platform::new("linux", "arm").spec(), "linux/arm/v7");
     }
 
     #[test]

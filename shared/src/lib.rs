@@ -3,6 +3,7 @@
 //! - [`digest`]: the `sha256:<hex>` [`Digest`] newtype, validated once, and a hashing writer.
 //! - [`names`]: [`Namespace`] and [`CacheKey`], the two halves of an entry's name.
 //! - [`dockerfile`]: a Dockerfile parser, enough to compute cache keys.
+//! - [`classic`]: the BuildKit-only syntax the classic builder refuses.
 //! - [`key`]: the cache key and instruction-prefix hashes of a Dockerfile + build args + target.
 //! - [`archive`]: the `docker save` tarball format, read (legacy and OCI layouts) and written (legacy).
 //! - [`oci`]: OCI and Docker distribution documents (media types, descriptors, manifests).
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod classic;
 pub mod digest;
 pub mod dockerfile;
 pub mod key;

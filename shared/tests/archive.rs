@@ -235,6 +235,8 @@ fn members_of(tarball: &[u8]) -> Vec<(String, Vec<u8>)> {
 struct OciFixture {
     tarball: Vec<u8>,
     id: Digest,
+    /// The manifest's digest: the image ID on the containerd store.
+    manifest: Digest,
     l1: Vec<u8>,
     l2: Vec<u8>,
 }
@@ -290,6 +292,7 @@ fn oci_fixture(with_manifest_json: bool) -> OciFixture {
     OciFixture {
         tarball: t.finish(),
         id,
+        manifest: mdigest,
         l1,
         l2,
     }
@@ -304,6 +307,8 @@ fn reads_oci_layout_with_manifest_json() {
         assert_eq!(parsed.images[0].id, f.id);
         assert_eq!(parsed.images[0].tags, vec!["web:2"]);
         assert_eq!(parsed.layers[&Digest::of(&f.l2)].handle, f.l2);
+        // The containerd store's image ID, from index.json, though manifest.json was read.
+        assert_eq!(parsed.images[0].manifests, vec![f.manifest]);
     }
 }
 
@@ -321,6 +326,7 @@ fn reads_oci_layout_from_index_json_alone_with_a_gzip_layer() {
             "containerd name, in Docker's short form"
         );
         assert_eq!(image.parent, None);
+        assert_eq!(image.manifests, vec![f.manifest]);
         assert_eq!(image.diff_ids, vec![Digest::of(&f.l1), Digest::of(&f.l2)]);
         assert_eq!(parsed.layers[&Digest::of(&f.l2)].handle, f.l2);
     }

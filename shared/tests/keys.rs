@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use layercache_shared::dockerfile::{self, ParseError};
-use layercache_shared::key::{self, CacheKeys, KeyError};
+use layercache_shared::key::{self, CacheKeys, KeyError, Platform};
 
 fn sample(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,12 +21,16 @@ fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+fn linux() -> Platform {
+    Platform::new("linux", "amd64")
+}
+
 fn keys(text: &str) -> CacheKeys {
-    key::compute(text, &BTreeMap::new(), None).expect("keys")
+    key::compute(text, &BTreeMap::new(), None, &linux()).expect("keys")
 }
 
 fn keys_with(text: &str, build_args: &[(&str, &str)], target: Option<&str>) -> CacheKeys {
-    key::compute(text, &args(build_args), target).expect("keys")
+    key::compute(text, &args(build_args), target, &linux()).expect("keys")
 }
 
 /// Index of the first canonical instruction starting with `start`.
@@ -80,6 +84,39 @@ fn go_multistage_builds_builder_and_final_but_not_test_stage() {
     let used: Vec<usize> = test_only.stages.iter().map(|s| s.index).collect();
     assert_eq!(used, vec![1]);
     assert_ne!(test_only.key, k.key);
+}
+
+/// Regression: `FROM binaries-$TARGETOS` resolved to `binaries-`, so the real stage and the build
+/// stage it copies from were left out of the key.
+#[test]
+fn platform_selected_stage_and_its_build_stage_are_in_the_key() {
+    let text = sample("platform-stages.Dockerfile");
+    let names = |k: &CacheKeys| -> Vec<Option<String>> {
+        k.stages.iter().map(|s| s.name.clone()).collect()
+    };
+    let on = |os: &str| key::compute(&text, &BTreeMap::new(), None, &Platform::new(os, "amd64"));
+    let linux = on("linux").unwrap();
+    assert_eq!(
+        names(&linux),
+        [
+            Some("build".into()),
+            Some("binaries-linux".into()),
+            Some("binaries".into())
+        ]
+    );
+    assert!(
+        linux
+            .instructions
+            .contains(&"ARG TARGETOS=\"linux\" TARGETARCH=\"amd64\"".into())
+    );
+    let windows = on("windows").unwrap();
+    assert_eq!(names(&windows)[1], Some("binaries-windows".into()));
+    assert_ne!(linux.key, windows.key);
+    // `ENV C trailing\\` ends its line: the LABEL is an instruction of its own.
+    assert_eq!(
+        &linux.instructions[linux.instructions.len() - 2..],
+        ["ENV C trailing\\\\", "LABEL after=continuation"]
+    );
 }
 
 #[test]
@@ -282,7 +319,7 @@ fn target_naming_the_last_stage_is_the_same_build_as_no_target() {
 #[test]
 fn unknown_target_lists_the_stage_names() {
     let text = sample("go-multistage.Dockerfile");
-    let err = key::compute(&text, &BTreeMap::new(), Some("nosuchstage")).unwrap_err();
+    let err = key::compute(&text, &BTreeMap::new(), Some("nosuchstage"), &linux()).unwrap_err();
     assert_eq!(
         err,
         KeyError::UnknownTarget {
@@ -295,7 +332,7 @@ fn unknown_target_lists_the_stage_names() {
         msg.contains("nosuchstage") && msg.contains("`builder`, `test`"),
         "{msg}"
     );
-    let msg = key::compute("FROM scratch\n", &BTreeMap::new(), Some("x"))
+    let msg = key::compute("FROM scratch\n", &BTreeMap::new(), Some("x"), &linux())
         .unwrap_err()
         .to_string();
     assert!(msg.contains("no named stages"), "{msg}");
@@ -311,7 +348,7 @@ fn bad_input_errors_name_the_line() {
         ("FROM a AS x\nRUN \\\n  make\nFROM b AS x\n", 4),
     ];
     for (text, line) in cases {
-        let err = key::compute(text, &BTreeMap::new(), None).unwrap_err();
+        let err = key::compute(text, &BTreeMap::new(), None, &linux()).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("line {line}:")),
@@ -319,11 +356,11 @@ fn bad_input_errors_name_the_line() {
         );
     }
     assert_eq!(
-        key::compute("", &BTreeMap::new(), None).unwrap_err(),
+        key::compute("", &BTreeMap::new(), None, &linux()).unwrap_err(),
         KeyError::Parse(ParseError::Empty)
     );
     assert_eq!(
-        key::compute("ARG X=1\n", &BTreeMap::new(), None).unwrap_err(),
+        key::compute("ARG X=1\n", &BTreeMap::new(), None, &linux()).unwrap_err(),
         KeyError::Parse(ParseError::NoFrom)
     );
 }

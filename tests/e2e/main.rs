@@ -7,6 +7,8 @@
 //! - [`dashboard`]: the dashboard of a server with docker-built entries, rendered by headless Chromium.
 //! - [`engines`]: each engine kind (20.10, 26.1 classic store, 26.1 containerd store) starts as said.
 //! - [`faults`]: SIGKILL during uploads/eviction/GC, a full disk, 32 concurrent runners.
+//! - [`matrix`]: `layercache build` on each engine kind and builder: a feature branch's build on a
+//!   wiped engine reuses main's every step (engine output), a changed last step reruns only itself.
 //! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 both stores), skopeo, BuildKit's
 //!   registry cache across engines, docker login with tokens.
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
@@ -17,6 +19,7 @@ mod conformance;
 mod dashboard;
 mod engines;
 mod faults;
+mod matrix;
 mod registry;
 mod runner;
 mod server;

@@ -228,6 +228,7 @@ impl Engine {
             pull: false,
             no_cache: no_cache || !svc.cached,
             no_push: !svc.cached,
+            builder: crate::detect::Builder::Auto,
         })
     }
 

@@ -92,6 +92,9 @@ pub struct ParsedImage {
     pub tags: Vec<String>,
     /// The config's `rootfs.diff_ids`, bottom-up; each is a key of [`ParsedArchive::layers`].
     pub diff_ids: Vec<Digest>,
+    /// The OCI manifests naming this image (OCI layout only): on the containerd image store an
+    /// image's ID is its manifest's digest, not its config's, so a pusher maps IDs through this.
+    pub manifests: Vec<Digest>,
 }
 
 /// A verified archive: every image's config and every layer it names are present and match.
@@ -652,7 +655,20 @@ impl<H> Members<H> {
     /// The images `manifest.json` (or else `index.json`) names.
     fn image_refs(&mut self) -> Result<Vec<ImageRef>, ArchiveError> {
         if self.map.contains_key("manifest.json") {
-            self.legacy_refs()
+            let mut refs = self.legacy_refs()?;
+            // Engine 25+ writes both: `index.json` names the manifests, whose digests are the
+            // image IDs of the containerd store. A bad index does not spoil a good manifest.json.
+            if self.map.contains_key("index.json")
+                && let Ok(oci) = self.oci_refs()
+            {
+                for r in &mut refs {
+                    r.manifest = oci
+                        .iter()
+                        .find(|o| o.config_digest == r.config_digest)
+                        .and_then(|o| o.manifest);
+                }
+            }
+            Ok(refs)
         } else if self.map.contains_key("index.json") {
             self.oci_refs()
         } else {
@@ -693,6 +709,7 @@ impl<H> Members<H> {
                     tags: item.repo_tags.unwrap_or_default(),
                     parent: item.parent,
                     referenced_by: MANIFEST.to_string(),
+                    manifest: None,
                 })
             })
             .collect()
@@ -786,6 +803,7 @@ impl<H> Members<H> {
             tags: tags.to_vec(),
             parent: None,
             referenced_by: path,
+            manifest: Some(desc.digest),
         });
         Ok(())
     }
@@ -803,6 +821,8 @@ struct ImageRef {
     parent: Option<Digest>,
     /// The manifest naming this image, for errors.
     referenced_by: String,
+    /// The OCI manifest's digest (`None` in the legacy layout).
+    manifest: Option<Digest>,
 }
 
 /// `blobs/sha256/<hex>`, where OCI layouts keep a blob.
@@ -941,6 +961,11 @@ fn assemble<S: BlobSink>(
                     }
                 }
                 seen.image.parent = seen.image.parent.or(r.parent);
+                if let Some(m) = r.manifest
+                    && !seen.image.manifests.contains(&m)
+                {
+                    seen.image.manifests.push(m);
+                }
             }
             None => images.push(Verified {
                 image: ParsedImage {
@@ -948,6 +973,7 @@ fn assemble<S: BlobSink>(
                     parent: r.parent,
                     tags: dedup(r.tags),
                     diff_ids,
+                    manifests: r.manifest.into_iter().collect(),
                 },
                 history: config.history,
             }),
