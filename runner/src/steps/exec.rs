@@ -17,18 +17,18 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-};
+use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use futures::StreamExt;
 use layercache_shared::{Digest, Namespace};
 
-use super::config::{Service, ServicesFile, Step, StepAction};
+use super::config::{Condition, Mount, Service, ServicesFile, Step, StepAction};
+use super::container::{ContainerSpec, container_body};
 use super::output::{Printer, SummaryService};
 use super::plan::{StepReport, start_order};
 use crate::build::BuildRequest;
@@ -105,7 +105,10 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         let cache_engine = crate::engine::Engine::connect().await?;
         let docker = cache_engine.docker.clone();
-        let project = project_name(&services.dir);
+        let project = match &services.name {
+            Some(name) if !slug(name).is_empty() => slug(name),
+            _ => project_name(&services.dir),
+        };
         Ok(Engine {
             docker,
             cache_engine,
@@ -129,6 +132,11 @@ impl Engine {
         }
     }
 
+    /// The parsed services file.
+    pub fn services(&self) -> &ServicesFile {
+        &self.services
+    }
+
     fn service(&self, name: &str) -> anyhow::Result<&Service> {
         self.services
             .services
@@ -136,7 +144,7 @@ impl Engine {
             .ok_or_else(|| anyhow!("unknown service `{name}`"))
     }
 
-    /// Builds every service with `build:` through the layer cache, tagged
+    /// Builds every service in `needed` that has `build:` through the layer cache, tagged
     /// `layercache-steps/<project>-<service>:latest`, at most `jobs` at once; services whose
     /// Dockerfiles start with the same two instructions build one after the other (see
     /// [`crate::build::shared_start`]). `no_cache` builds without restoring or reusing layers (and
@@ -144,6 +152,7 @@ impl Engine {
     /// service, in name order.
     pub async fn build_services(
         &self,
+        needed: &[String],
         jobs: usize,
         no_cache: bool,
     ) -> anyhow::Result<Vec<SummaryService>> {
@@ -152,7 +161,7 @@ impl Engine {
             .services
             .services
             .iter()
-            .filter(|(_, s)| s.build.is_some())
+            .filter(|(n, s)| s.build.is_some() && needed.contains(n))
             .enumerate()
         {
             let req = self.service_request(name, svc, no_cache)?;
@@ -221,7 +230,7 @@ impl Engine {
             context: build.context.clone(),
             dockerfile: build.context.join(&build.dockerfile),
             build_args: build.args.clone(),
-            target: None,
+            target: build.target.clone(),
             tags: vec![built_tag(&self.project, name)],
             namespace: service_namespace(&self.cache.namespace, name)?,
             fallbacks,
@@ -265,24 +274,15 @@ impl Engine {
         Ok(row)
     }
 
-    /// Makes sure every `image:` service used by `steps` exists locally, pulling what is missing,
+    /// Makes sure every `image:` service in `needed` exists locally, pulling what is missing,
     /// so a typo fails before any step runs.
-    pub async fn ensure_images(&self, steps: &[&Step]) -> anyhow::Result<()> {
-        let mut needed: Vec<String> = Vec::new();
-        for step in steps {
-            let mut all = start_order(&self.services.services, &step.service);
-            all.push(step.service.clone());
-            for s in all {
-                if !needed.contains(&s) {
-                    needed.push(s);
-                }
-            }
-        }
+    pub async fn ensure_images(&self, needed: &[String]) -> anyhow::Result<()> {
         for service in needed {
-            if self.service(&service)?.build.is_some() {
+            let service = service.as_str();
+            if self.service(service)?.build.is_some() {
                 continue;
             }
-            let image = self.image_for(&service)?;
+            let image = self.image_for(service)?;
             if self.docker.inspect_image(&image).await.is_ok() {
                 continue;
             }
@@ -291,9 +291,11 @@ impl Engine {
                 0,
                 &format!("pulling {image} for service `{service}`"),
             );
-            let options = CreateImageOptionsBuilder::default()
-                .from_image(&image)
-                .build();
+            let mut options = CreateImageOptionsBuilder::default().from_image(&image);
+            if let Some(p) = &self.service(service)?.platform {
+                options = options.platform(p);
+            }
+            let options = options.build();
             let mut stream = self.docker.create_image(Some(options), None, None);
             while let Some(item) = stream.next().await {
                 item.with_context(|| {
@@ -366,18 +368,27 @@ impl Engine {
                 )
             })?;
 
+        let volume_names = self.create_volumes(step, env_name).await?;
+        let mut started: HashMap<String, String> = HashMap::new();
         for dep in start_order(&self.services.services, &step.service) {
-            let id = self.create_container(step, &dep, None, env_name).await?;
+            self.wait_for_dependencies(step, &dep, &started, slot)
+                .await?;
+            let id = self
+                .create_container(step, &dep, None, env_name, &volume_names)
+                .await?;
             self.docker
                 .start_container(&id, None)
                 .await
                 .with_context(|| {
                     format!("failed to start service `{dep}` for step `{}`", step.name)
                 })?;
+            started.insert(dep, id);
         }
+        self.wait_for_dependencies(step, &step.service, &started, slot)
+            .await?;
 
         let id = self
-            .create_container(step, &step.service, command, env_name)
+            .create_container(step, &step.service, command, env_name, &volume_names)
             .await?;
         self.docker
             .start_container(&id, None)
@@ -408,62 +419,196 @@ impl Engine {
         })
     }
 
-    /// Creates a container of `service` on `network`: its aliases are the service name and any
-    /// `links` aliases; `command` overrides the service's command (step containers only).
+    /// Creates this environment's named volumes (`<env>-<volume>`, labelled for cleanup) for the
+    /// services the step starts; returns the engine name of every named volume of the file
+    /// (external volumes keep their own name and are never created or removed).
+    async fn create_volumes(
+        &self,
+        step: &Step,
+        env_name: &str,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let mut names = HashMap::new();
+        let mut services = start_order(&self.services.services, &step.service);
+        services.push(step.service.clone());
+        for service in &services {
+            for m in &self.service(service)?.mounts {
+                let Mount::Named { volume, .. } = m else {
+                    continue;
+                };
+                if names.contains_key(volume) {
+                    continue;
+                }
+                let external = self
+                    .services
+                    .volumes
+                    .get(volume)
+                    .and_then(|v| v.external.clone());
+                let engine_name = match external {
+                    Some(name) => name,
+                    None => {
+                        let name = format!("{env_name}-{}", slug(volume));
+                        self.docker
+                            .create_volume(VolumeCreateRequest {
+                                name: Some(name.clone()),
+                                labels: Some(self.labels(env_name)),
+                                ..Default::default()
+                            })
+                            .await
+                            .with_context(|| {
+                                format!("failed to create volume `{name}` for step `{}`", step.name)
+                            })?;
+                        name
+                    }
+                };
+                names.insert(volume.clone(), engine_name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Waits until every dependency of `service` reached its `depends_on` condition: healthy
+    /// (its healthcheck passed) or completed successfully (exited 0). Started needs no wait.
+    async fn wait_for_dependencies(
+        &self,
+        step: &Step,
+        service: &str,
+        started: &HashMap<String, String>,
+        slot: usize,
+    ) -> anyhow::Result<()> {
+        let svc = self.service(service)?;
+        for (dep, condition) in &svc.conditions {
+            let Some(id) = started.get(dep) else { continue };
+            match condition {
+                Condition::Started => {}
+                Condition::Healthy => {
+                    let limit = self
+                        .service(dep)?
+                        .healthcheck
+                        .as_ref()
+                        .map(super::compose::Healthcheck::wait_limit)
+                        .unwrap_or(Duration::from_secs(120));
+                    self.printer.line(
+                        &step.name,
+                        slot,
+                        &format!(
+                            "waiting for `{dep}` to be healthy (at most {}s)",
+                            limit.as_secs()
+                        ),
+                    );
+                    self.wait_healthy(dep, id, limit).await.with_context(|| {
+                        format!("`{service}` depends on `{dep}` with `condition: service_healthy`")
+                    })?;
+                    self.printer
+                        .line(&step.name, slot, &format!("`{dep}` is healthy"));
+                }
+                Condition::CompletedSuccessfully => {
+                    let mut stream = self.docker.wait_container(id, None);
+                    let code = match stream.next().await {
+                        Some(Ok(r)) => r.status_code,
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                            code,
+                            ..
+                        })) => code,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => bail!("the engine ended the wait for `{dep}` without an exit code"),
+                    };
+                    if code != 0 {
+                        bail!(
+                            "`{service}` depends on `{dep}` with `condition: service_completed_successfully`, but `{dep}` exited with code {code}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the container's health until `healthy`; fails on `unhealthy`, on exit, when it has no
+    /// healthcheck at all, or after `limit`.
+    async fn wait_healthy(&self, service: &str, id: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let info = self
+                .docker
+                .inspect_container(id, None)
+                .await
+                .with_context(|| format!("failed to inspect the `{service}` container"))?;
+            let state = info.state.unwrap_or_default();
+            let health = state.health.unwrap_or_default();
+            let last_output = || {
+                health
+                    .log
+                    .as_ref()
+                    .and_then(|l| l.last())
+                    .and_then(|l| l.output.clone())
+                    .map(|o| format!(" (last check said: {})", o.trim()))
+                    .unwrap_or_default()
+            };
+            let status = health.status.map(|s| s.to_string()).unwrap_or_default();
+            match status.as_str() {
+                "healthy" => return Ok(()),
+                "unhealthy" => bail!(
+                    "service `{service}` is unhealthy{}; fix its healthcheck or what it checks",
+                    last_output()
+                ),
+                "" | "none" => bail!(
+                    "service `{service}` has no healthcheck (neither `healthcheck:` nor a HEALTHCHECK in its image); add one or use `condition: service_started`"
+                ),
+                _ => {}
+            }
+            if state.running == Some(false) {
+                bail!(
+                    "service `{service}` exited (code {}) before it was healthy",
+                    state.exit_code.unwrap_or_default()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "service `{service}` was not healthy after {}s{}; raise its healthcheck's `retries`/`start_period` or make it start faster",
+                    limit.as_secs(),
+                    last_output()
+                );
+            }
+            // The engine runs the checks; we only look at their result a few times a second.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Creates a container of `service` on `network`: its aliases are the service name, its
+    /// `links` aliases and its network aliases; `command` overrides the service's command (step
+    /// containers only).
     async fn create_container(
         &self,
         step: &Step,
         service: &str,
         command: Option<&super::config::Command>,
         network: &str,
+        volume_names: &HashMap<String, String>,
     ) -> anyhow::Result<String> {
         let svc = self.service(service)?;
         let image = self.image_for(service)?;
-        let mut env: Vec<String> = svc
-            .environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("CI_COMMIT_ID={}", self.ci.commit_id));
-        env.push(format!("CI_BRANCH={}", self.ci.branch));
-        env.push(format!("CI_STEP_NAME={}", step.name));
-        let binds: Vec<String> = svc
-            .volumes
-            .iter()
-            .map(|v| {
-                let mode = if v.read_only { ":ro" } else { "" };
-                format!("{}:{}{mode}", v.host.display(), v.container)
-            })
-            .collect();
-        let mut aliases = vec![service.to_string()];
-        aliases.extend(svc.link_aliases.iter().cloned());
-        let cmd = command
-            .or(svc.command.as_ref())
-            .map(super::config::Command::argv);
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            cmd,
-            env: Some(env),
-            working_dir: svc.working_dir.clone(),
-            labels: Some(self.labels(network)),
-            host_config: Some(HostConfig {
-                binds: (!binds.is_empty()).then_some(binds),
-                network_mode: Some(network.to_string()),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    network.to_string(),
-                    EndpointSettings {
-                        aliases: Some(aliases),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
-        let name = format!("{network}-{service}");
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = container_body(
+            svc,
+            ContainerSpec {
+                service,
+                image: image.clone(),
+                command,
+                ci_env: vec![
+                    format!("CI_COMMIT_ID={}", self.ci.commit_id),
+                    format!("CI_BRANCH={}", self.ci.branch),
+                    format!("CI_STEP_NAME={}", step.name),
+                ],
+                network,
+                labels: self.labels(network),
+                volume_names,
+            },
+        );
+        let name = format!("{network}-{}", slug(service));
+        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        if let Some(p) = &svc.platform {
+            options = options.platform(p);
+        }
+        let options = options.build();
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -535,25 +680,46 @@ impl Engine {
             slot,
             &format!("pushing {repo}:{tag} (from {source})"),
         );
+        let host = super::credentials::registry_host(repo);
+        let credentials = super::credentials::credentials_for(host).map_err(|e| anyhow!(e))?;
+        let login_hint = match &credentials {
+            Some(_) => format!(
+                "the stored `docker login` for `{host}` was used; log in again or check that the account may push there"
+            ),
+            None => format!(
+                "no `docker login` for `{host}` was found (looked in $DOCKER_CONFIG/config.json, else ~/.docker/config.json); run `docker login {host}` first"
+            ),
+        };
         let hint = match registry {
-            Some(r) => format!("check that `{r}` is reachable and that you are logged in to it"),
-            None => {
-                "check the registry host in `image_name` and that you are logged in to it".into()
-            }
+            Some(r) => format!("check that `{r}` is reachable; {login_hint}"),
+            None => format!("check the registry host in `image_name`; {login_hint}"),
         };
         let mut stream = self.docker.push_image(
             repo,
             Some(PushImageOptionsBuilder::default().tag(tag).build()),
-            None,
+            credentials,
         );
         let mut log_tail = Vec::new();
         while let Some(item) = stream.next().await {
             let info = item.with_context(|| format!("push of `{repo}:{tag}` failed; {hint}"))?;
             if let Some(detail) = info.error_detail {
-                bail!(
-                    "push of `{repo}:{tag}` failed: {}; {hint}",
-                    detail.message.unwrap_or_default()
-                );
+                let message = detail.message.unwrap_or_default();
+                let lower = message.to_lowercase();
+                if [
+                    "unauthorized",
+                    "authentication required",
+                    "denied",
+                    "401",
+                    "403",
+                ]
+                .iter()
+                .any(|w| lower.contains(w))
+                {
+                    bail!(
+                        "the registry `{host}` refused the push of `{repo}:{tag}`: {message}; {login_hint}"
+                    );
+                }
+                bail!("push of `{repo}:{tag}` failed: {message}; {hint}");
             }
             if let Some(status) = info.status {
                 self.printer.line(&step.name, slot, &status);
@@ -591,6 +757,17 @@ impl Engine {
             }
         }
         let _ = self.docker.remove_network(env_name).await;
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_volumes(Some(options)).await {
+            for v in list.volumes.unwrap_or_default() {
+                let _ = self
+                    .docker
+                    .remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().build()))
+                    .await;
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), bollard::errors::Error> {
@@ -650,9 +827,31 @@ impl Engine {
                 Err(e) => failures.push(format!("network {name}: {e}")),
             }
         }
+        // Volumes last: a volume is in use until its container is gone.
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let volumes = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .context("failed to list this run's volumes for cleanup")?;
+        for v in volumes.volumes.unwrap_or_default() {
+            match self
+                .docker
+                .remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().build()))
+                .await
+            {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => failures.push(format!("volume {}: {e}", v.name)),
+            }
+        }
         if !failures.is_empty() {
             bail!(
-                "could not remove: {}; remove them with `docker rm -f` / `docker network rm` (label {RUN_LABEL}={})",
+                "could not remove: {}; remove them with `docker rm -f` / `docker network rm` / `docker volume rm` (label {RUN_LABEL}={})",
                 failures.join(", "),
                 self.run_id
             );
@@ -710,18 +909,16 @@ pub fn project_name(dir: &Path) -> String {
     if s.is_empty() { "project".into() } else { s }
 }
 
-/// Lower-case `[a-z0-9_.-]`, other characters become `-`; valid in image and container names.
+/// Lower-case runs of `[a-z0-9]` joined by single `-`: valid as an image name component, a
+/// container, network and volume name, whatever the input (`ctx-_8_x` → `ctx-8-x`; the engine
+/// refuses `-_` inside an image name with "invalid reference format").
 pub fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '_' | '.' | '-' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .collect();
-    s.trim_matches(|c| c == '-' || c == '.' || c == '_')
-        .to_string()
+    let lower = name.to_ascii_lowercase();
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// `host:5000/name:tag` → (`host:5000/name`, `tag`); the tag defaults to `latest`.
@@ -753,6 +950,17 @@ mod tests {
         );
         assert_eq!(project_name(Path::new("/x/My Project")), "my-project");
         assert_eq!(project_name(Path::new("/")), "project");
+        // Regression (issue 13): `-_` kept by the old slug made "invalid reference format".
+        assert_eq!(project_name(Path::new("/tmp/ctx-_8_x")), "ctx-8-x");
+        assert_eq!(slug("a__b..c-_-d"), "a-b-c-d");
+        let reference = regex::Regex::new(
+            r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        )
+        .unwrap();
+        for dir in ["ctx-_8_x", "A_B", "-x-", "._.", "Ünï cødé", "x--y__z"] {
+            let tag = built_tag(&project_name(Path::new(dir)), "web_1");
+            assert!(reference.is_match(&tag), "{dir}: {tag}");
+        }
     }
 
     #[test]

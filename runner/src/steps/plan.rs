@@ -231,6 +231,23 @@ pub fn runnable(plan: &PlanNode) -> Vec<&Step> {
     out
 }
 
+/// The services the runnable steps need, each once, in first-use order: every step's service
+/// after its dependencies. Services nobody needs (a `profiles:` service no step uses, say) are
+/// neither built nor pulled.
+pub fn needed_services(plan: &PlanNode, services: &BTreeMap<String, Service>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for step in runnable(plan) {
+        let mut all = start_order(services, &step.service);
+        all.push(step.service.clone());
+        for s in all {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 /// What the step runner reports about one step that ran.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepReport {
@@ -458,7 +475,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::steps::config::{parse_services, parse_steps};
+    use crate::steps::compose::parse_services;
+    use crate::steps::config::parse_steps;
 
     const SERVICES: &str = "\
 db:
