@@ -395,13 +395,19 @@ fn notice_at(at: Location, path: &str, message: &str) -> Notice {
 
 /// Options for both YAML files: merge keys on (the default), compose interpolation with `vars`.
 pub fn yaml_options(vars: Option<HashMap<String, String>>) -> serde_saphyr::Options {
+    // Compose files reuse a few anchors many times (getsentry/self-hosted: 142 aliases of 10
+    // anchors), which the alias/anchor ratio heuristic takes for an alias bomb; the absolute
+    // limits on aliases and events still guard against one.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.enforce_alias_anchor_ratio = false;
     match vars {
         Some(vars) => serde_saphyr::options! {
             with_snippet: false,
+            budget: Some(budget),
             property_syntax: serde_saphyr::PropertySyntax::DockerCompose,
         }
         .with_properties(vars),
-        None => serde_saphyr::options! { with_snippet: false },
+        None => serde_saphyr::options! { with_snippet: false, budget: Some(budget) },
     }
 }
 
