@@ -701,20 +701,17 @@ impl Engine {
         );
         let mut log_tail = Vec::new();
         while let Some(item) = stream.next().await {
-            let info = item.with_context(|| format!("push of `{repo}:{tag}` failed; {hint}"))?;
+            // The engine reports a refusal either as a stream error or as an error detail.
+            let info = match item {
+                Ok(info) => info,
+                Err(e) if is_refusal(&e.to_string()) => bail!(
+                    "the registry `{host}` refused the push of `{repo}:{tag}`: {e}; {login_hint}"
+                ),
+                Err(e) => bail!("push of `{repo}:{tag}` failed: {e}; {hint}"),
+            };
             if let Some(detail) = info.error_detail {
                 let message = detail.message.unwrap_or_default();
-                let lower = message.to_lowercase();
-                if [
-                    "unauthorized",
-                    "authentication required",
-                    "denied",
-                    "401",
-                    "403",
-                ]
-                .iter()
-                .any(|w| lower.contains(w))
-                {
+                if is_refusal(&message) {
                     bail!(
                         "the registry `{host}` refused the push of `{repo}:{tag}`: {message}; {login_hint}"
                     );
@@ -876,6 +873,21 @@ impl Engine {
             ("layercache.project".to_string(), self.project.clone()),
         ])
     }
+}
+
+/// Whether an engine push error means the registry refused the credentials (or their absence).
+fn is_refusal(message: &str) -> bool {
+    let lower = message.to_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+        "401",
+        "403",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
 }
 
 /// Indexes of builds grouped so that builds with the same [`crate::build::shared_start`] are in one
