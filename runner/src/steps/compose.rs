@@ -238,13 +238,54 @@ fn interpolation_vars(dir: &Path) -> Result<HashMap<String, String>, ConfigError
     let mut vars = HashMap::new();
     let dotenv = dir.join(".env");
     if dotenv.is_file() {
-        for item in dotenvy::from_path_iter(&dotenv).map_err(|e| env_file_error(&dotenv, &e))? {
-            let (k, v) = item.map_err(|e| env_file_error(&dotenv, &e))?;
-            vars.insert(k, v);
-        }
+        vars.extend(read_env_file(&dotenv)?);
     }
     vars.extend(std::env::vars());
     Ok(vars)
+}
+
+/// Reads an env file (`.env`, `env_file:`) as compose does: `dotenvy` parses it after unquoted
+/// values with spaces (`GREETING=hello world`, which compose accepts and `dotenvy` refuses) are
+/// put in double quotes.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let text = quote_unquoted_values(&text);
+    dotenvy::from_read_iter(text.as_bytes())
+        .map(|item| item.map_err(|e| env_file_error(path, &e)))
+        .collect()
+}
+
+/// `KEY=a value # comment` → `KEY="a value"`; quoted values, comments and other lines stay.
+fn quote_unquoted_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let rewritten = line.split_once('=').and_then(|(key, value)| {
+            let name = key.trim().trim_start_matches("export ").trim();
+            let value = value.trim_start();
+            let plain = !name.is_empty()
+                && !name.starts_with('#')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && !value.starts_with(['"', '\'', '`']);
+            // An inline comment starts at ` #`, as in compose.
+            let value = match value.find(" #") {
+                Some(at) => &value[..at],
+                None => value,
+            }
+            .trim_end();
+            (plain && value.contains(char::is_whitespace)).then(|| {
+                let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+                format!("{name}=\"{escaped}\"")
+            })
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 fn env_file_error(path: &Path, e: &dotenvy::Error) -> ConfigError {
@@ -534,11 +575,7 @@ fn convert_service(
             }
             continue;
         }
-        let iter = dotenvy::from_path_iter(&p).map_err(|e| env_file_error(&p, &e))?;
-        for item in iter {
-            let (k, v) = item.map_err(|e| env_file_error(&p, &e))?;
-            environment.insert(k, v);
-        }
+        environment.extend(read_env_file(&p)?);
     }
     environment.extend(rs.environment.map(resolve_env).unwrap_or_default());
     let mut mounts = Vec::new();

@@ -296,6 +296,29 @@ fn bad_duration_is_located() {
     assert!(msg.contains("services.a.healthcheck.interval"), "{msg}");
 }
 
+/// Compose accepts `KEY=value with spaces` in env files; `dotenvy` alone would not.
+#[test]
+fn env_files_read_as_compose_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.env");
+    std::fs::write(
+        &path,
+        "# comment\nPLAIN=one\nSPACES=hello world  # trailing comment\nexport EXPORTED=yes\nQUOTED=\"a \\\"b\\\" c\"\nSINGLE='x y'\nEMPTY=\nTRICKY=a \"b\" \\c\n",
+    )
+    .unwrap();
+    let vars: HashMap<String, String> = super::compose::read_env_file(&path)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(vars["PLAIN"], "one");
+    assert_eq!(vars["SPACES"], "hello world");
+    assert_eq!(vars["EXPORTED"], "yes");
+    assert_eq!(vars["QUOTED"], "a \"b\" c");
+    assert_eq!(vars["SINGLE"], "x y");
+    assert_eq!(vars["EMPTY"], "");
+    assert_eq!(vars["TRICKY"], "a \"b\" \\c");
+}
+
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/compose")
 }
@@ -333,6 +356,14 @@ fn every_compose_fixture_passes_check() {
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} fixtures found");
+    // The end-to-end projects too.
+    for file in [
+        "compose-sample/compose.yaml",
+        "jet-sample/layercache-services.yml",
+    ] {
+        let path = fixtures_dir().join("..").join(file);
+        check_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 #[test]

@@ -96,10 +96,7 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
     };
     // Steps: every step of a parallel group at once unless capped (as Jet did). Builds: one per
     // CPU unless capped, they are CPU-bound.
-    let step_jobs = args
-        .jobs
-        .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
-        .max(1);
+    let step_jobs = plan::step_jobs(args.jobs);
     let build_jobs = args
         .jobs
         .unwrap_or_else(|| {
