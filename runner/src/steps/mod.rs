@@ -1,23 +1,29 @@
-//! `layercache steps`: the Jet workflow from the design talk. A compose-style services file and a
+//! `layercache steps`: the Jet workflow from the design talk. A compose services file and a
 //! steps file of serial and parallel groups; every step runs in its own fresh environment.
 //!
-//! - [`compose`]: the services file, the compose specification as projects write it (raw serde
-//!   types in `compose_raw`); every ignored key becomes a notice.
+//! - [`compose`]: the services file, the compose specification as projects write it: raw serde
+//!   types in `compose_raw`, the ignored keys and their reasons in `compose_ignored`, value
+//!   conversions (volumes, sizes, durations, env files' rules) in `compose_values`.
 //! - [`config`]: the steps file, and the errors of both files (every one with file, line, column).
 //! - [`plan`]: pure logic: tag matching, service start order, the serial/parallel executor.
-//! - [`exec`]: the engine side through bollard: builds, networks, containers, push, cleanup.
+//! - `check`: what `--check` prints (notices, services, plan).
+//! - [`exec`]: the engine side through bollard: builds, networks, volumes, containers (their
+//!   create request in `container`), `depends_on` readiness, push with `docker login`
+//!   credentials (`credentials`), cleanup.
 //! - [`output`]: prefixed log lines, the summary table and `--json`.
 //!
-//! Order of a run: parse both files (nothing runs on an error) → build services through the layer
-//! cache (`<namespace>/<service>`; a down server only warns) → make sure the
+//! Order of a run: parse both files (nothing runs on an error; `--check` stops here) → build the
+//! services the steps need through the layer cache (`<namespace>/<service>`; a down server only warns) → make sure the
 //! other images exist → execute the plan (Ctrl-C stops it) → remove everything labelled with the
 //! run id → print the summary. Exit code 0 only when every step that ran passed.
 
 mod check;
 pub mod compose;
+mod compose_ignored;
 mod compose_raw;
 #[cfg(test)]
 mod compose_tests;
+mod compose_values;
 pub mod config;
 mod container;
 mod credentials;

@@ -17,17 +17,19 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bollard::Docker;
-use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-    TagImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
 };
 use futures::StreamExt;
 use layercache_shared::{Digest, Namespace};
 
-use super::config::{Condition, Mount, Service, ServicesFile, Step, StepAction};
+mod push;
+mod readiness;
+
+use super::config::{Service, ServicesFile, Step, StepAction};
 use super::container::{ContainerSpec, container_body};
 use super::output::{Printer, SummaryService};
 use super::plan::{StepReport, start_order};
@@ -419,161 +421,6 @@ impl Engine {
         })
     }
 
-    /// Creates this environment's named volumes (`<env>-<volume>`, labelled for cleanup) for the
-    /// services the step starts; returns the engine name of every named volume of the file
-    /// (external volumes keep their own name and are never created or removed).
-    async fn create_volumes(
-        &self,
-        step: &Step,
-        env_name: &str,
-    ) -> anyhow::Result<HashMap<String, String>> {
-        let mut names = HashMap::new();
-        let mut services = start_order(&self.services.services, &step.service);
-        services.push(step.service.clone());
-        for service in &services {
-            for m in &self.service(service)?.mounts {
-                let Mount::Named { volume, .. } = m else {
-                    continue;
-                };
-                if names.contains_key(volume) {
-                    continue;
-                }
-                let external = self
-                    .services
-                    .volumes
-                    .get(volume)
-                    .and_then(|v| v.external.clone());
-                let engine_name = match external {
-                    Some(name) => name,
-                    None => {
-                        let name = format!("{env_name}-{}", slug(volume));
-                        self.docker
-                            .create_volume(VolumeCreateRequest {
-                                name: Some(name.clone()),
-                                labels: Some(self.labels(env_name)),
-                                ..Default::default()
-                            })
-                            .await
-                            .with_context(|| {
-                                format!("failed to create volume `{name}` for step `{}`", step.name)
-                            })?;
-                        name
-                    }
-                };
-                names.insert(volume.clone(), engine_name);
-            }
-        }
-        Ok(names)
-    }
-
-    /// Waits until every dependency of `service` reached its `depends_on` condition: healthy
-    /// (its healthcheck passed) or completed successfully (exited 0). Started needs no wait.
-    async fn wait_for_dependencies(
-        &self,
-        step: &Step,
-        service: &str,
-        started: &HashMap<String, String>,
-        slot: usize,
-    ) -> anyhow::Result<()> {
-        let svc = self.service(service)?;
-        for (dep, condition) in &svc.conditions {
-            let Some(id) = started.get(dep) else { continue };
-            match condition {
-                Condition::Started => {}
-                Condition::Healthy => {
-                    let limit = self
-                        .service(dep)?
-                        .healthcheck
-                        .as_ref()
-                        .map(super::compose::Healthcheck::wait_limit)
-                        .unwrap_or(Duration::from_secs(120));
-                    self.printer.line(
-                        &step.name,
-                        slot,
-                        &format!(
-                            "waiting for `{dep}` to be healthy (at most {}s)",
-                            limit.as_secs()
-                        ),
-                    );
-                    self.wait_healthy(dep, id, limit).await.with_context(|| {
-                        format!("`{service}` depends on `{dep}` with `condition: service_healthy`")
-                    })?;
-                    self.printer
-                        .line(&step.name, slot, &format!("`{dep}` is healthy"));
-                }
-                Condition::CompletedSuccessfully => {
-                    let mut stream = self.docker.wait_container(id, None);
-                    let code = match stream.next().await {
-                        Some(Ok(r)) => r.status_code,
-                        Some(Err(bollard::errors::Error::DockerContainerWaitError {
-                            code,
-                            ..
-                        })) => code,
-                        Some(Err(e)) => return Err(e.into()),
-                        None => bail!("the engine ended the wait for `{dep}` without an exit code"),
-                    };
-                    if code != 0 {
-                        bail!(
-                            "`{service}` depends on `{dep}` with `condition: service_completed_successfully`, but `{dep}` exited with code {code}"
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Polls the container's health until `healthy`; fails on `unhealthy`, on exit, when it has no
-    /// healthcheck at all, or after `limit`.
-    async fn wait_healthy(&self, service: &str, id: &str, limit: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let info = self
-                .docker
-                .inspect_container(id, None)
-                .await
-                .with_context(|| format!("failed to inspect the `{service}` container"))?;
-            let state = info.state.unwrap_or_default();
-            let health = state.health.unwrap_or_default();
-            let last_output = || {
-                health
-                    .log
-                    .as_ref()
-                    .and_then(|l| l.last())
-                    .and_then(|l| l.output.clone())
-                    .map(|o| format!(" (last check said: {})", o.trim()))
-                    .unwrap_or_default()
-            };
-            let status = health.status.map(|s| s.to_string()).unwrap_or_default();
-            match status.as_str() {
-                "healthy" => return Ok(()),
-                "unhealthy" => bail!(
-                    "service `{service}` is unhealthy{}; fix its healthcheck or what it checks",
-                    last_output()
-                ),
-                "" | "none" => bail!(
-                    "service `{service}` has no healthcheck (neither `healthcheck:` nor a HEALTHCHECK in its image); add one or use `condition: service_started`"
-                ),
-                _ => {}
-            }
-            if state.running == Some(false) {
-                bail!(
-                    "service `{service}` exited (code {}) before it was healthy",
-                    state.exit_code.unwrap_or_default()
-                );
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "service `{service}` was not healthy after {}s{}; raise its healthcheck's `retries`/`start_period` or make it start faster",
-                    limit.as_secs(),
-                    last_output()
-                );
-            }
-            // The engine runs the checks; we only look at their result a few times a second.
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
     /// Creates a container of `service` on `network`: its aliases are the service name, its
     /// `links` aliases and its network aliases; `command` overrides the service's command (step
     /// containers only).
@@ -651,84 +498,6 @@ impl Engine {
             emit(&pending, &mut tail);
         }
         tail.into()
-    }
-
-    /// Tags the service image as `image_name` and pushes it.
-    async fn push(
-        &self,
-        step: &Step,
-        image_name: &str,
-        registry: Option<&str>,
-        slot: usize,
-    ) -> anyhow::Result<StepReport> {
-        let source = self.image_for(&step.service)?;
-        let (repo, tag) = split_image_name(image_name);
-        self.docker
-            .tag_image(
-                &source,
-                Some(
-                    TagImageOptionsBuilder::default()
-                        .repo(repo)
-                        .tag(tag)
-                        .build(),
-                ),
-            )
-            .await
-            .with_context(|| format!("failed to tag `{source}` as `{repo}:{tag}`"))?;
-        self.printer.line(
-            &step.name,
-            slot,
-            &format!("pushing {repo}:{tag} (from {source})"),
-        );
-        let host = super::credentials::registry_host(repo);
-        let credentials = super::credentials::credentials_for(host).map_err(|e| anyhow!(e))?;
-        let login_hint = match &credentials {
-            Some(_) => format!(
-                "the stored `docker login` for `{host}` was used; log in again or check that the account may push there"
-            ),
-            None => format!(
-                "no `docker login` for `{host}` was found (looked in $DOCKER_CONFIG/config.json, else ~/.docker/config.json); run `docker login {host}` first"
-            ),
-        };
-        let hint = match registry {
-            Some(r) => format!("check that `{r}` is reachable; {login_hint}"),
-            None => format!("check the registry host in `image_name`; {login_hint}"),
-        };
-        let mut stream = self.docker.push_image(
-            repo,
-            Some(PushImageOptionsBuilder::default().tag(tag).build()),
-            credentials,
-        );
-        let mut log_tail = Vec::new();
-        while let Some(item) = stream.next().await {
-            // The engine reports a refusal either as a stream error or as an error detail.
-            let info = match item {
-                Ok(info) => info,
-                Err(e) if is_refusal(&e.to_string()) => bail!(
-                    "the registry `{host}` refused the push of `{repo}:{tag}`: {e}; {login_hint}"
-                ),
-                Err(e) => bail!("push of `{repo}:{tag}` failed: {e}; {hint}"),
-            };
-            if let Some(detail) = info.error_detail {
-                let message = detail.message.unwrap_or_default();
-                if is_refusal(&message) {
-                    bail!(
-                        "the registry `{host}` refused the push of `{repo}:{tag}`: {message}; {login_hint}"
-                    );
-                }
-                bail!("push of `{repo}:{tag}` failed: {message}; {hint}");
-            }
-            if let Some(status) = info.status {
-                self.printer.line(&step.name, slot, &status);
-                log_tail.push(status);
-            }
-        }
-        Ok(StepReport {
-            passed: true,
-            exit_code: None,
-            error: None,
-            log_tail,
-        })
     }
 
     /// Removes the containers and the network of one step environment (best effort: the final
@@ -873,21 +642,6 @@ impl Engine {
             ("layercache.project".to_string(), self.project.clone()),
         ])
     }
-}
-
-/// Whether an engine push error means the registry refused the credentials (or their absence).
-fn is_refusal(message: &str) -> bool {
-    let lower = message.to_lowercase();
-    [
-        "unauthorized",
-        "authentication required",
-        "no basic auth credentials",
-        "denied",
-        "401",
-        "403",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
 }
 
 /// Indexes of builds grouped so that builds with the same [`crate::build::shared_start`] are in one
