@@ -578,3 +578,45 @@ fn check_prints_notices_and_plan_without_an_engine() {
         "{stderr}"
     );
 }
+
+/// A dependency whose healthcheck never passes fails the step with a message naming the service,
+/// the condition and the last check's output, and leaves nothing behind.
+#[test]
+fn unhealthy_dependency_fails_the_step_clearly() {
+    let engine = networked_engine();
+    let (tmp, dir) = fixture_project("compose-sample", "compose-sample");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let broken = compose.replace(
+        "test: [\"CMD-SHELL\", \"wget -qO- http://127.0.0.1:5432/id\"]",
+        "test: [\"CMD-SHELL\", \"echo db-not-ready; exit 1\"]",
+    );
+    assert_ne!(broken, compose, "the fixture's healthcheck line changed");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        broken.replace("retries: 30", "retries: 2"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("one.yml"),
+        "- name: test-unit\n  service: app\n  command: sh test.sh 0\n",
+    )
+    .unwrap();
+    let (code, summary, stderr) = compose_steps(
+        &engine,
+        &dir,
+        tmp.path(),
+        &["--branch", "main", "--steps", "one.yml"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let error = step(&summary, "test-unit")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("condition: service_healthy")
+            && error.contains("`db` is unhealthy")
+            && error.contains("db-not-ready"),
+        "{error}"
+    );
+    assert_nothing_left(&engine);
+}

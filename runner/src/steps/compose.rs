@@ -304,7 +304,7 @@ pub fn parse_services(path: &Path, dir: &Path, text: &str) -> Result<ServicesFil
     parse_services_with(path, dir, text, std::env::vars().collect())
 }
 
-/// [`parse_services`] with the interpolation variables given.
+/// `parse_services` with the interpolation variables given.
 pub fn parse_services_with(
     path: &Path,
     dir: &Path,
@@ -409,6 +409,32 @@ pub fn parse_services_with(
         );
         let edge = (cycle[0].clone(), cycle[1].clone(), message.clone());
         return Err(relocate(Some(edge), &names, message));
+    }
+    // Warnings a run would otherwise only show when it gets there.
+    for (name, svc) in &services {
+        for (dep, condition) in &svc.conditions {
+            let has_check = services
+                .get(dep)
+                .is_some_and(|d| d.healthcheck.as_ref().is_some_and(|h| h.test.is_some()));
+            if *condition == Condition::Healthy && !has_check {
+                notices.push(Notice {
+                    line: 0,
+                    column: 0,
+                    path: format!("services.{name}.depends_on.{dep}"),
+                    message: format!(
+                        "waits for `{dep}` to be healthy, but `{dep}` has no `healthcheck.test`: its image must define a HEALTHCHECK"
+                    ),
+                });
+            }
+        }
+        if svc.build.as_ref().is_some_and(|b| !b.cache_from.is_empty()) {
+            notices.push(Notice {
+                line: 0,
+                column: 0,
+                path: format!("services.{name}.build.cache_from"),
+                message: "not pulled: the layer cache restores this service's layers".into(),
+            });
+        }
     }
     for (target, alias) in aliases {
         if let Some(svc) = services.get_mut(&target)

@@ -319,6 +319,45 @@ fn env_files_read_as_compose_reads_them() {
     assert_eq!(vars["TRICKY"], "a \"b\" \\c");
 }
 
+#[test]
+fn healthy_condition_without_a_healthcheck_is_noticed() {
+    let s = services(
+        "services:\n  db:\n    image: db\n  app:\n    image: app\n    depends_on:\n      db:\n        condition: service_healthy\n",
+    )
+    .unwrap();
+    assert!(
+        s.notices
+            .iter()
+            .any(|n| n.path == "services.app.depends_on.db" && n.message.contains("HEALTHCHECK")),
+        "{:?}",
+        s.notices
+    );
+}
+
+/// A service only a `profiles:`-gated tool uses is neither built nor started by steps that do
+/// not need it; a step that names it gets it.
+#[test]
+fn profiled_services_are_needed_only_when_a_step_uses_them() {
+    let s = services(
+        "services:\n  db:\n    image: db\n  app:\n    build: .\n    depends_on: [db]\n  admin:\n    build: ./admin\n    profiles: [debug]\n    depends_on: [db]\n",
+    )
+    .unwrap();
+    let plan_for = |steps: &str| {
+        let nodes = super::config::parse_steps(Path::new("steps.yml"), steps, &s).unwrap();
+        super::plan::build_plan(&nodes, "main")
+    };
+    let plan = plan_for("- {name: t, service: app}\n");
+    assert_eq!(
+        super::plan::needed_services(&plan, &s.services),
+        vec!["db", "app"]
+    );
+    let plan = plan_for("- {name: t, service: app}\n- {name: a, service: admin}\n");
+    assert_eq!(
+        super::plan::needed_services(&plan, &s.services),
+        vec!["db", "app", "admin"]
+    );
+}
+
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/compose")
 }
