@@ -260,16 +260,42 @@ pub fn need_of<'a>(
         }
         "/v1/blobs/{digest}" if method == Method::PUT => Need::Role(Role::Write),
         "/v1/lookup" if method == Method::POST => Need::Role(Role::Read),
-        "/v1/stats" | "/v1/entries" | "/v1/disk" if read => Need::Role(Role::Read),
+        "/v1/stats" | "/v1/entries" | "/v1/tags" | "/v1/disk" if read => Need::Role(Role::Read),
+        // The registry's version check: any valid token (it is how `docker login` tests one).
+        "/v2" | "/v2/" => Need::Authenticated,
+        "/v2/{*rest}" => registry_need(method, param("rest").unwrap_or_default()),
         "/v1/entries/{ns}/{key}" if read => Need::Namespace(Role::Read, ns()),
         // Runners report their builds; reading reports back (they name every namespace) is for
         // operators, as are the dashboard pages, `/metrics`, history and largest (the default below).
         "/v1/builds" if method == Method::POST => Need::Role(Role::Write),
         // A known route with a method it lacks: any caller may learn it is a 405.
         "/v1/blobs" | "/v1/blobs/missing" | "/v1/blobs/{digest}" | "/v1/lookup" | "/v1/stats"
-        | "/v1/entries" => Need::Authenticated,
+        | "/v1/entries" | "/v1/tags" => Need::Authenticated,
         _ => Need::Role(Role::Admin),
     }
+}
+
+/// What a `/v2/...` request needs: read to pull, write to push (uploads, manifest PUTs, cancelling
+/// an upload), admin to delete content, as on the v1 API. A mount's source repository is checked
+/// by its handler. A path that names no endpoint needs only a valid token (it answers 404).
+fn registry_need(method: &Method, rest: &str) -> Need {
+    use crate::registry::path::{self, Resource, Target};
+    let Ok(target) = path::parse(rest) else {
+        return Need::Authenticated;
+    };
+    let (repo, resource) = match target {
+        Target::Catalog => return Need::Role(Role::Read),
+        Target::Repo(repo, resource) => (repo.to_string(), resource),
+    };
+    let role = match (method, &resource) {
+        (&Method::GET | &Method::HEAD, _) => Role::Read,
+        (
+            &Method::DELETE,
+            Resource::Manifest(_) | Resource::BadManifestRef(_) | Resource::Blob(_),
+        ) => Role::Admin,
+        _ => Role::Write,
+    };
+    Need::Namespace(role, repo)
 }
 
 /// The sha256 (hex) stored for a token.
@@ -325,6 +351,26 @@ pub fn create_token(
     Ok((token, rec))
 }
 
+/// The token in an `Authorization` value: `Bearer <token>`, or `Basic` credentials whose password
+/// is the token (what `docker login HOST -u anything -p TOKEN` sends; the user name is ignored).
+fn token_of(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let rest = rest.trim();
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.to_string()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        text.split_once(':')?.1.to_string()
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then_some(token)
+}
+
 /// The caller of a request: `Open` without live tokens, else the token in `Authorization`.
 fn authenticate(db: &Db, authorization: Option<&str>) -> Result<Access, ServerError> {
     if db.live_token_count()? == 0 {
@@ -339,12 +385,10 @@ fn authenticate(db: &Db, authorization: Option<&str>) -> Result<Access, ServerEr
     let Some(value) = authorization else {
         return Err(unauthorized("the request has no token"));
     };
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| unauthorized("the Authorization header is not a bearer token"))?;
+    let token = token_of(value).ok_or_else(|| {
+        unauthorized("the Authorization header is neither a bearer token nor Basic credentials")
+    })?;
+    let token = token.as_str();
     match db.use_token(&hash_token(token))? {
         Some(rec) => Ok(Access::Token(Arc::new(rec))),
         None => Err(unauthorized("the token is unknown or revoked")),
@@ -415,6 +459,10 @@ pub async fn authorize(
         Ok(access) => {
             req.extensions_mut().insert(access);
             next.run(req).await
+        }
+        // Registry clients read the spec's error body and expect a Basic challenge.
+        Err(e) if matched.as_deref().is_some_and(|m| m.starts_with("/v2")) => {
+            crate::registry::error::OciError(e).into_response()
         }
         Err(e) => e.into_response(),
     }

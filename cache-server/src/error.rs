@@ -112,6 +112,13 @@ pub enum ServerError {
         /// Which certificate or key file could not be used, and why.
         message: String,
     },
+    #[error("{message}")]
+    Registry {
+        /// The distribution spec's code, which also decides the status.
+        code: crate::registry::error::OciCode,
+        /// What failed and what to do.
+        message: String,
+    },
     #[error("the database failed: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
@@ -151,6 +158,7 @@ impl ServerError {
             Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             InvalidPolicy { .. } => (StatusCode::BAD_REQUEST, "invalid_policy"),
             Tls { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "tls_error"),
+            Registry { code, .. } => (code.status(), code.as_str()),
             Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -210,14 +218,26 @@ impl From<tokio::task::JoinError> for ServerError {
     }
 }
 
-impl IntoResponse for ServerError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, source = ?std::error::Error::source(&self), code, "request failed");
+impl ServerError {
+    /// Logs the failure: server errors with their cause at ERROR, refusals at INFO.
+    pub fn log(&self, code: &str) {
+        if self.status_and_code().0.is_server_error() {
+            tracing::error!(error = %self, source = ?std::error::Error::source(self), code, "request failed");
         } else {
             tracing::info!(error = %self, code, "request refused");
         }
+    }
+
+    /// The message for the client.
+    pub fn client_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        self.log(code);
         let missing = match &self {
             ServerError::MissingBlobs { missing } => missing.clone(),
             _ => Vec::new(),
@@ -225,7 +245,7 @@ impl IntoResponse for ServerError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_string(),
-                message: self.to_string(),
+                message: self.client_message(),
                 missing,
             },
         };

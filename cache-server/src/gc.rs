@@ -5,15 +5,19 @@
 //! 1. plans evictions from the index (time-to-live, then least recently used over `--max-size`)
 //!    and evicts each planned entry in its own transaction, unless it was used meanwhile (its
 //!    images no other entry uses go in that transaction too, see `release_entry`);
-//! 2. deletes unreferenced blobs: under the pin lock, rows with refcount 0 (re-checked in the
+//!    Registry tags are entries too: each holds every blob its manifest reaches
+//!    ([`crate::registry::liveness`]);
+//! 2. deletes registry manifests no tag reaches, once older than the upload grace period;
+//! 3. deletes unreferenced blobs (no entry, no manifest row): under the pin lock, rows with refcount 0 (re-checked in the
 //!    deleting transaction) that are not pinned and older than the upload grace period; files
 //!    are unlinked after the rows are gone (see [`crate::store::pins`] for the rule);
-//! 3. with [`Sweep::orphans`] (at start and in `layercache-server gc`): deletes blob files with no
+//! 4. with [`Sweep::orphans`] (at start and in `layercache-server gc`): deletes blob files with no
 //!    row (a crash between the rename and the insert) and temp files.
 //!
 //! Crash safety: every step is a committed transaction followed by unlinks of files no row names,
 //! so a crash at any point leaves at worst orphan files, which the next start removes.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -25,7 +29,8 @@ use layercache_shared::digest::Hasher;
 
 use crate::error::ServerError;
 pub use crate::lru::DAY_SECS;
-use crate::lru::{self, Policy};
+use crate::lru::{self, Holder, Policy};
+use crate::registry::liveness;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::store::blobs::FsBlobStore;
@@ -51,6 +56,8 @@ pub struct GcReport {
     pub entries_expired: u64,
     /// Entries evicted to get under the quota.
     pub entries_evicted: u64,
+    /// Registry manifests no tag reached any more.
+    pub manifests_deleted: u64,
     /// Blob rows and files deleted.
     pub blobs_deleted: u64,
     /// Bytes of those blobs.
@@ -64,7 +71,12 @@ pub struct GcReport {
 impl GcReport {
     /// Whether anything was deleted.
     pub fn freed_anything(&self) -> bool {
-        self.entries_expired + self.entries_evicted + self.blobs_deleted + self.orphan_files > 0
+        self.entries_expired
+            + self.entries_evicted
+            + self.manifests_deleted
+            + self.blobs_deleted
+            + self.orphan_files
+            > 0
     }
 }
 
@@ -92,15 +104,25 @@ pub fn collect(
     // Fresh unreferenced blobs are a push about to commit: they count against the quota. Blobs
     // only pinned by a transfer of an entry already evicted (their `created` was reset) go when
     // it ends; counting them would evict live entries for space that is about to be free.
+    // Registry tags count as entries: each holds what its manifest reaches.
+    let mut entries = store.db.entry_usage()?;
+    entries.extend(liveness::tag_uses(&store.db.registry_graph()?));
+    let held: HashSet<Digest> = entries
+        .iter()
+        .flat_map(|e| e.blobs.iter().copied())
+        .collect();
     let kept_bytes: u64 = rows
         .iter()
-        .filter(|r| r.refcount == 0 && fresh(r.created))
+        .filter(|r| r.refcount == 0 && fresh(r.created) && !held.contains(&r.digest))
         .map(|r| r.size)
         .sum();
-    let entries = store.db.entry_usage()?;
     let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
-    for (id, last_used, reason) in &plan.evict {
-        if store.db.evict_entry(*id, *last_used)? {
+    for (holder, last_used, reason) in &plan.evict {
+        let evicted = match holder {
+            Holder::Entry(id) => store.db.evict_entry(*id, *last_used)?,
+            Holder::Tag(id) => store.db.evict_tag(*id, *last_used)?,
+        };
+        if evicted {
             match reason {
                 lru::Reason::Expired => report.entries_expired += 1,
                 lru::Reason::OverQuota => report.entries_evicted += 1,
@@ -116,7 +138,16 @@ pub fn collect(
         );
     }
 
-    // 2. Unreferenced blobs (refcounts as of after the evictions).
+    // 2. Registry manifests no tag reaches any more (a replaced cache manifest, or children of
+    // an evicted tag), once past the grace period. Their blobs become candidates below.
+    let dead = liveness::dead_manifests(&store.db.registry_graph()?, now, sweep.grace_secs);
+    if !dead.is_empty() {
+        let cutoff = now.saturating_sub(sweep.grace_secs);
+        report.manifests_deleted = store.db.delete_dead_manifests(&dead, cutoff)?;
+    }
+
+    // 3. Unreferenced blobs (refcounts as of after the evictions; a blob any manifest row still
+    // names is spared by `delete_unreferenced`).
     let candidates: Vec<Digest> = store
         .db
         .blob_rows()?
@@ -143,7 +174,7 @@ pub fn collect(
         drop(pins);
     }
 
-    // 3. Orphans.
+    // 4. Orphans.
     if let Some(grace) = sweep.orphans {
         report.orphan_files = remove_orphans(store, grace, now)?;
     }

@@ -22,6 +22,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::error::{ServerError, is_storage_full};
 use crate::store::Store;
 use crate::store::blobs::{BlobStore, BlobWriter};
+use crate::store::pins::PinGuard;
 use crate::store::sqlite::{NewEntry, NewImage, counter};
 
 /// Largest image config the server reads when committing from a manifest: real ones are a few KiB.
@@ -77,7 +78,7 @@ pub fn upload_reader(
 
 /// Turns the outcome of an upload into the error to answer: a body over the limit is a 413
 /// whatever the reading code made of it.
-fn upload_error(e: ServerError, meter: &UploadMeter) -> ServerError {
+pub fn upload_error(e: ServerError, meter: &UploadMeter) -> ServerError {
     if meter.exceeded() {
         ServerError::TooLarge { limit: meter.limit }
     } else {
@@ -303,22 +304,33 @@ pub async fn upload_blob(
     store
         .blocking(move |s| {
             let result = store_blob(s, &mut bridge, expected).map_err(|e| upload_error(e, &meter));
-            let (dedup, failed) = match &result {
-                Ok(up) if !up.new => (up.size, 0),
-                Ok(_) => (0, 0),
-                Err(_) => (0, 1),
-            };
-            s.db.add_counters(&[
-                (counter::BYTES_RECEIVED, meter.received()),
-                (counter::BYTES_DEDUPLICATED, dedup),
-                (counter::UPLOADS_FAILED, failed),
-            ])?;
-            if let Err(e) = &result {
-                s.db.count_upload_failure(e.status_and_code().1)?;
-            }
+            count_upload(s, &result, meter.received())?;
             result
         })
         .await
+}
+
+/// Adds a blob upload's outcome to the counters: bytes received, bytes already stored, failures
+/// by error code.
+pub fn count_upload(
+    store: &Store,
+    result: &Result<BlobUpload, ServerError>,
+    received: u64,
+) -> Result<(), ServerError> {
+    let (dedup, failed) = match result {
+        Ok(up) if !up.new => (up.size, 0),
+        Ok(_) => (0, 0),
+        Err(_) => (0, 1),
+    };
+    store.db.add_counters(&[
+        (counter::BYTES_RECEIVED, received),
+        (counter::BYTES_DEDUPLICATED, dedup),
+        (counter::UPLOADS_FAILED, failed),
+    ])?;
+    if let Err(e) = result {
+        store.db.count_upload_failure(e.status_and_code().1)?;
+    }
+    Ok(())
 }
 
 /// Streams `body` into the blob store as `expected`, or under its own digest when `None`.
@@ -327,34 +339,44 @@ fn store_blob(
     body: &mut dyn BufRead,
     expected: Option<Digest>,
 ) -> Result<BlobUpload, ServerError> {
-    let tmp = &store.tmp_dir;
     // Held from before the file is found or renamed until its row is (re)inserted. An upload
     // without a digest pins once its content is hashed, still before the rename.
-    let mut pin = expected.map(|d| store.pins.pin([d]));
+    let pin = expected.map(|d| store.pins.pin([d]));
     let mut w = store
         .blobs
         .begin_write()
-        .map_err(|e| ServerError::io("creating temp file in", tmp, e))?;
+        .map_err(|e| ServerError::io("creating temp file in", &store.tmp_dir, e))?;
+    append(store, body, &mut w)?;
+    finish_blob(store, w, expected, pin)
+}
+
+/// Appends all of `body` to the upload `w`.
+pub fn append(store: &Store, body: &mut dyn BufRead, w: &mut dyn Write) -> Result<(), ServerError> {
     loop {
         let buf = body
             .fill_buf()
             .map_err(|source| ServerError::UploadBroken { source })?;
         if buf.is_empty() {
-            break;
+            return Ok(());
         }
         let n = buf.len();
         w.write_all(buf)
-            .map_err(|e| ServerError::io("writing upload to", tmp, e))?;
+            .map_err(|e| ServerError::io("writing upload to", &store.tmp_dir, e))?;
         body.consume(n);
     }
-    let digest = match expected {
-        Some(d) => d,
-        None => {
-            let d = w.digest();
-            pin = Some(store.pins.pin([d]));
-            d
-        }
-    };
+}
+
+/// Stores the content of upload `w` as `expected` (refused on a mismatch), or under its own
+/// digest when `None`, and records its row. `pin` is the caller's pin on `expected`, taken before
+/// anything looked at the blob; without one, the digest is pinned here, still before the rename.
+pub fn finish_blob(
+    store: &Store,
+    w: Box<dyn BlobWriter>,
+    expected: Option<Digest>,
+    pin: Option<PinGuard>,
+) -> Result<BlobUpload, ServerError> {
+    let digest = expected.unwrap_or_else(|| w.digest());
+    let pin = pin.unwrap_or_else(|| store.pins.pin([digest]));
     let c = w.commit(&digest)?;
     let row_new = store.db.insert_blob(&digest, c.size)?;
     drop(pin);

@@ -5,6 +5,7 @@
 //! - [`routes`]: the router and the state handlers share.
 //! - [`handlers`]: one module per resource (images, blobs, lookup, stats).
 //! - [`ingest`]: tarball and blob uploads, commits from uploaded blobs.
+//! - [`registry`]: the OCI distribution API under `/v2/` over the same store.
 //! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
 //! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
 //! - [`auth`]: bearer tokens, roles and namespace patterns; the middleware on every route.
@@ -23,6 +24,7 @@ pub mod handlers;
 pub mod ingest;
 pub mod lru;
 pub mod metrics;
+pub mod registry;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -99,10 +101,15 @@ where
         store: Arc::new(store),
         settings: Arc::new(settings),
         metrics: Default::default(),
+        uploads: Default::default(),
     };
     let collector = tokio::spawn(gc::run_collector(
         Arc::clone(&state.store),
         Arc::clone(&state.settings),
+    ));
+    let expiry = tokio::spawn(registry::uploads::run_expiry(
+        Arc::clone(&state.uploads),
+        state.settings.upload_timeout,
     ));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
@@ -111,5 +118,6 @@ where
         .await
         .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e));
     collector.abort();
+    expiry.abort();
     result
 }

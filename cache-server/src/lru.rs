@@ -26,11 +26,21 @@ pub struct Policy {
     pub ttl_secs: Option<u64>,
 }
 
-/// An entry as the planner sees it.
+/// What holds blobs for the planner: an entry of the v1 API, or a registry tag (which holds the
+/// manifest it names and everything that manifest reaches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Holder {
+    /// Row id in `entries`.
+    Entry(i64),
+    /// Row id in `tags`.
+    Tag(i64),
+}
+
+/// An entry (or tag) as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryUse {
-    /// Row id in `entries`.
-    pub id: i64,
+    /// Which entry or tag.
+    pub id: Holder,
     /// Seconds since the epoch of the last restore or lookup hit (or the commit).
     pub last_used: u64,
     /// Every distinct blob the entry references.
@@ -51,7 +61,7 @@ pub enum Reason {
 pub struct Plan {
     /// Entries to evict, in order, with the last-used time seen (the evictor skips an entry used
     /// since) and the reason.
-    pub evict: Vec<(i64, u64, Reason)>,
+    pub evict: Vec<(Holder, u64, Reason)>,
     /// Bytes counted against the quota before the plan.
     pub bytes_before: u64,
     /// Bytes counted against the quota once the plan ran and unreferenced blobs were collected.
@@ -183,7 +193,7 @@ mod tests {
 
     fn entry(id: i64, last_used: u64, blobs: &[&str]) -> EntryUse {
         EntryUse {
-            id,
+            id: Holder::Entry(id),
             last_used,
             blobs: blobs.iter().map(|b| d(b)).collect(),
         }
@@ -194,7 +204,12 @@ mod tests {
     }
 
     fn ids(p: &Plan) -> Vec<i64> {
-        p.evict.iter().map(|e| e.0).collect()
+        p.evict
+            .iter()
+            .map(|e| match e.0 {
+                Holder::Entry(id) | Holder::Tag(id) => id,
+            })
+            .collect()
     }
 
     #[test]

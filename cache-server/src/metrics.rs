@@ -364,6 +364,16 @@ fn render(
             stats.blobs,
         ),
         ("layercache_entries", "Stored entries.", stats.entries),
+        (
+            "layercache_registry_tags",
+            "Registry tags (each an entry for the quota).",
+            stats.tags,
+        ),
+        (
+            "layercache_registry_manifests",
+            "Registry manifests, tagged or not.",
+            stats.manifests,
+        ),
     ];
     for (name, help, v) in gauges {
         family(&mut o, name, "gauge", help);

@@ -1,16 +1,18 @@
-//! The router: every v1 route, its handler, and the state they share.
+//! The router: every v1 route, the registry's `/v2/` routes, their handlers, and the state they
+//! share.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::dashboard;
 use crate::handlers::{blobs, images, insights, lookup, stats};
 use crate::metrics::{self, HttpMetrics};
+use crate::registry::{self, uploads::Uploads};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -23,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Request counts and latencies for `/metrics`.
     pub metrics: Arc<HttpMetrics>,
+    /// Registry blob upload sessions in progress.
+    pub uploads: Arc<Uploads>,
 }
 
 /// The v1 API. Unknown routes and methods answer JSON errors like every other failure.
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lookup", post(lookup::lookup))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/entries", get(stats::entries))
+        .route("/v1/tags", get(stats::tags))
         // Operator views (issue 4).
         .route("/", get(dashboard::index))
         .route("/entries/{ns}/{key}", get(dashboard::entry_page))
@@ -62,6 +67,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/builds",
             post(insights::post_build).get(insights::list_builds),
         )
+        // The registry protocol (issue 10): repository names contain `/`, so one wildcard route
+        // takes every `/v2/...` path and `registry::path` finds the endpoint from its end.
+        .route("/v2/", get(registry::base))
+        .route("/v2", get(registry::base))
+        .route("/v2/{*rest}", any(registry::dispatch))
         .route_layer(from_fn(metrics::tag_route))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)

@@ -22,6 +22,8 @@ pub struct Settings {
     /// Unreferenced blobs younger than this are spared: a client uploads blobs, then commits the
     /// entry naming them, and the blobs must survive in between.
     pub upload_grace: std::time::Duration,
+    /// A registry blob upload session idle this long is dropped with what it received.
+    pub upload_timeout: std::time::Duration,
 }
 
 /// Default for [`Settings::gc_interval`].
@@ -39,6 +41,7 @@ impl Settings {
             ttl_days: None,
             gc_interval: DEFAULT_GC_INTERVAL,
             upload_grace: DEFAULT_UPLOAD_GRACE,
+            upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
         }
     }
 }

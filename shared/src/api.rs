@@ -188,6 +188,12 @@ pub struct Stats {
     /// The configured `--max-size`, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<u64>,
+    /// Registry tags (`/v2/`), each an entry for the quota and time-to-live.
+    #[serde(default)]
+    pub tags: u64,
+    /// Registry manifests (tagged or not).
+    #[serde(default)]
+    pub manifests: u64,
 }
 
 /// One entry in `GET /v1/entries`.
@@ -201,6 +207,30 @@ pub struct EntrySummary {
     pub created: u64,
     pub last_used: u64,
     pub hits: u64,
+}
+
+/// One registry tag in `GET /v1/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagSummary {
+    /// The repository (a namespace).
+    pub repository: String,
+    pub tag: String,
+    /// The manifest it names.
+    pub digest: Digest,
+    pub media_type: String,
+    /// Bytes of the manifest and the blobs it (and its child manifests) reference.
+    pub total_size: u64,
+    /// When the tag was last pushed, and last pulled (seconds since the epoch).
+    pub updated: u64,
+    pub last_used: u64,
+    /// Pulls by tag.
+    pub hits: u64,
+}
+
+/// `GET /v1/tags[?namespace=NS]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagList {
+    pub tags: Vec<TagSummary>,
 }
 
 /// `GET /v1/entries[?namespace=NS]`.

@@ -5,6 +5,7 @@
 //! - [`dockerfile`]: a Dockerfile parser, enough to compute cache keys.
 //! - [`key`]: the cache key and instruction-prefix hashes of a Dockerfile + build args + target.
 //! - [`archive`]: the `docker save` tarball format, read (legacy and OCI layouts) and written (legacy).
+//! - [`oci`]: OCI and Docker distribution documents (media types, descriptors, manifests).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and runner.
 
 pub mod api;
@@ -13,6 +14,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod key;
 pub mod names;
+pub mod oci;
 
 pub use digest::{Digest, DigestError};
 pub use names::{CacheKey, NameError, Namespace};

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use layercache_server::auth::{NamespacePattern, Role, create_token};
 use layercache_server::gc::{self, Sweep};
 use layercache_server::lru::{Policy, parse_size};
+use layercache_server::registry::uploads::DEFAULT_UPLOAD_TIMEOUT;
 use layercache_server::settings::{
     DEFAULT_GC_INTERVAL, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UPLOAD_GRACE,
 };
@@ -67,6 +68,9 @@ struct ServeArgs {
     /// Seconds between collector runs (it also runs after commits that exceed the quota).
     #[arg(long, env = "LAYERCACHE_GC_INTERVAL_SECS", default_value_t = DEFAULT_GC_INTERVAL.as_secs())]
     gc_interval_secs: u64,
+    /// Seconds a registry blob upload session may sit idle between chunks before it is dropped.
+    #[arg(long, env = "LAYERCACHE_UPLOAD_TIMEOUT_SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT.as_secs())]
+    upload_timeout_secs: u64,
     /// Log line format.
     #[arg(long, env = "LAYERCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -209,6 +213,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ttl_days: args.policy.ttl_days,
         gc_interval: std::time::Duration::from_secs(args.gc_interval_secs.max(1)),
         upload_grace: std::time::Duration::from_secs(args.policy.upload_grace_secs),
+        upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {

@@ -24,7 +24,7 @@ use axum::response::Html;
 use layercache_shared::Digest;
 use layercache_shared::api::{
     BuildList, EntryDetail, EntryRef, EntrySummary, ImageInfo, Largest, LayerInfo, Stats,
-    StatsHistory,
+    StatsHistory, TagSummary,
 };
 
 use crate::error::ServerError;
@@ -45,6 +45,8 @@ struct Overview {
     builds: BuildList,
     entries: Vec<EntrySummary>,
     namespaces: Vec<String>,
+    /// Registry tags (of the filtered namespace, if any).
+    tags: Vec<TagSummary>,
 }
 
 /// `GET /`.
@@ -77,6 +79,7 @@ pub async fn index(
                 builds: s.db.builds(filter.as_ref(), 10)?,
                 entries,
                 namespaces,
+                tags: s.db.list_tags(filter.as_ref().map(|f| f.as_str()))?,
             })
         })
         .await?;
@@ -355,7 +358,33 @@ fn render_index(o: &Overview, ns: Option<&str>, quota: Option<u64>, now: u64) ->
             );
         }
     }
+    tags_table(&mut b, &o.tags, now);
     page("layercache", &b)
+}
+
+/// The registry's tags: what BuildKit caches and `docker push` stored through `/v2/`.
+fn tags_table(b: &mut String, tags: &[TagSummary], now: u64) {
+    b.push_str(r#"<h2>Registry tags</h2><table id="registry-tags"><tr><th>repository</th><th>tag</th><th>manifest</th><th class="num">size</th><th class="num">pulls</th><th>pushed</th><th>last used</th></tr>"#);
+    for t in tags {
+        let _ = write!(
+            b,
+            r#"<tr><td>{}</td><td class="mono">{}</td><td class="mono" title="{}">{}</td><td class="num" data-value="{}">{}</td><td class="num" data-value="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(&t.repository),
+            esc(&t.tag),
+            esc(&t.media_type),
+            short(&t.digest),
+            t.total_size,
+            bytes(t.total_size),
+            t.hits,
+            count(t.hits),
+            ago(t.updated, now),
+            ago(t.last_used, now)
+        );
+    }
+    if tags.is_empty() {
+        b.push_str(r#"<tr><td colspan="7" class="muted">none (pushed through /v2/ by docker push or BuildKit's registry cache)</td></tr>"#);
+    }
+    b.push_str("</table>");
 }
 
 /// `("87.5%", "0.875")`, or a dash when nothing was looked up.

@@ -126,19 +126,19 @@ pub fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>,
 }
 
 /// A blob answer before its body is attached.
-struct BlobAnswer {
+pub(crate) struct BlobAnswer {
     /// Status and headers.
-    resp: Response,
+    pub resp: Response,
     /// The inclusive byte range to send, `None` for an empty body.
-    range: Option<(u64, u64)>,
+    pub range: Option<(u64, u64)>,
     /// Keeps the blob from the collector until the body is sent (see [`crate::store::pins`]).
-    pin: PinGuard,
+    pub pin: PinGuard,
     /// The blob's full recorded size.
-    size: u64,
+    pub size: u64,
 }
 
 /// Status, headers and the byte range to send for a blob request.
-async fn blob_response(
+pub(crate) async fn blob_response(
     state: &AppState,
     digest: Digest,
     headers: &HeaderMap,

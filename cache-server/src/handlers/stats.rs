@@ -1,9 +1,9 @@
-//! `/v1/stats`, `/v1/entries` and `/healthz`.
+//! `/v1/stats`, `/v1/entries`, `/v1/tags` and `/healthz`.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use layercache_shared::Namespace;
-use layercache_shared::api::{EntryList, Stats};
+use layercache_shared::api::{EntryList, Stats, TagList};
 
 use super::query_param;
 use crate::auth::{Access, Role};
@@ -36,6 +36,26 @@ pub async fn entries(
         .await?;
     entries.retain(|e| access.can_read(&e.namespace));
     Ok(Json(EntryList { entries }))
+}
+
+/// `GET /v1/tags[?namespace=NS]`: the registry's tags, in the namespaces the caller may read.
+pub async fn tags(
+    State(state): State<AppState>,
+    access: Access,
+    RawQuery(query): RawQuery,
+) -> Result<Json<TagList>, ServerError> {
+    let namespace: Option<Namespace> = query_param(query.as_deref(), "namespace")
+        .map(|n| n.parse())
+        .transpose()?;
+    if let Some(ns) = &namespace {
+        access.require(Role::Read, ns.as_str())?;
+    }
+    let mut tags = state
+        .store
+        .blocking(move |s| Ok(s.db.list_tags(namespace.as_ref().map(Namespace::as_str))?))
+        .await?;
+    tags.retain(|t| access.allows(Role::Read, &t.repository));
+    Ok(Json(TagList { tags }))
 }
 
 /// `GET /healthz`: the server accepts and answers requests.

@@ -125,10 +125,54 @@ CREATE INDEX entries_by_size ON entries (total_size);
 DELETE FROM image_layers WHERE image_id NOT IN (SELECT image_id FROM entry_images);
 DELETE FROM images WHERE id NOT IN (SELECT image_id FROM entry_images);
 "#,
+    // Issue 10, the registry protocol: see `registry` for how these tables are used.
+    r#"
+CREATE TABLE repo_blobs (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX repo_blobs_by_digest ON repo_blobs (digest);
+CREATE TABLE manifests (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    annotations TEXT,
+    created INTEGER NOT NULL,
+    last_used INTEGER NOT NULL,
+    UNIQUE (repo, digest)
+);
+CREATE INDEX manifests_by_subject ON manifests (repo, subject) WHERE subject IS NOT NULL;
+CREATE INDEX manifests_by_digest ON manifests (digest);
+CREATE TABLE manifest_refs (
+    manifest_id INTEGER NOT NULL REFERENCES manifests(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    is_manifest INTEGER NOT NULL,
+    PRIMARY KEY (manifest_id, digest)
+);
+CREATE INDEX manifest_refs_by_digest ON manifest_refs (digest);
+CREATE TABLE tags (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    manifest_id INTEGER NOT NULL REFERENCES manifests(id) ON DELETE CASCADE,
+    updated INTEGER NOT NULL,
+    last_used INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (repo, tag)
+);
+CREATE INDEX tags_by_manifest ON tags (manifest_id);
+"#,
 ];
 
 mod insights;
+mod registry;
 pub use insights::{ActivityKind, HISTORY_WINDOWS};
+pub use registry::{GraphManifest, ManifestRow, NewManifest, Referrer, RegistryGraph};
 
 /// Counter names in the `counters` table.
 pub mod counter {
@@ -604,6 +648,8 @@ impl Db {
             collected_blobs: c(counter::COLLECTED_BLOBS),
             quarantined_blobs: c(counter::QUARANTINED_BLOBS),
             max_size: None,
+            tags: conn.query_row("SELECT COUNT(*) FROM tags", [], |r| u64_at(r, 0))?,
+            manifests: conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| u64_at(r, 0))?,
         })
     }
 
@@ -738,7 +784,7 @@ impl Db {
             out.insert(
                 id,
                 crate::lru::EntryUse {
-                    id,
+                    id: crate::lru::Holder::Entry(id),
                     last_used,
                     blobs: Vec::new(),
                 },
@@ -801,14 +847,21 @@ impl Db {
         let tx = conn.transaction()?;
         let mut deleted = Vec::new();
         {
+            // A blob a manifest row names (its own bytes, or a reference) lives on: registry
+            // liveness is decided on manifests first (disk: gc).
             let mut del = tx.prepare_cached(
-                "DELETE FROM blobs WHERE digest = ?1 AND refcount = 0 RETURNING size",
+                "DELETE FROM blobs WHERE digest = ?1 AND refcount = 0
+                 AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = ?1)
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE digest = ?1)
+                 RETURNING size",
             )?;
+            let mut unlink = tx.prepare_cached("DELETE FROM repo_blobs WHERE digest = ?1")?;
             for d in digests {
                 if let Some(size) = del
                     .query_row([d.to_string()], |r| u64_at(r, 0))
                     .optional()?
                 {
+                    unlink.execute([d.to_string()])?;
                     deleted.push((*d, size));
                 }
             }
@@ -838,6 +891,13 @@ impl Db {
         for id in &ids {
             release_entry(&tx, *id)?;
         }
+        // Registry manifests that are or reference the blob go too (their tags with them).
+        tx.execute(
+            "DELETE FROM manifests WHERE digest = ?1
+             OR id IN (SELECT manifest_id FROM manifest_refs WHERE digest = ?1)",
+            [&d],
+        )?;
+        tx.execute("DELETE FROM repo_blobs WHERE digest = ?1", [&d])?;
         tx.execute("DELETE FROM blobs WHERE digest = ?1", [&d])?;
         add_counter_tx(&tx, counter::QUARANTINED_BLOBS, 1)?;
         tx.commit()?;
@@ -1044,6 +1104,8 @@ mod tests {
             conn.execute_batch(&format!(
                 "INSERT INTO images (id, parent, config_size) VALUES ('{0}', NULL, 10);
                  INSERT INTO image_layers (image_id, idx, diff_id) VALUES ('{0}', 0, '{1}');
+                 DROP TABLE tags; DROP TABLE manifest_refs; DROP TABLE manifests;
+                 DROP TABLE repo_blobs;
                  PRAGMA user_version = 3;",
                 image_of(&["old"]),
                 d("old"),

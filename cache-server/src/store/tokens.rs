@@ -192,7 +192,9 @@ impl Db {
              SELECT e.namespace FROM image_layers il
              JOIN entry_images ei ON ei.image_id = il.image_id
              JOIN entries e ON e.id = ei.entry_id
-             WHERE il.diff_id = ?1",
+             WHERE il.diff_id = ?1
+             UNION
+             SELECT repo FROM repo_blobs WHERE digest = ?1",
         )?;
         stmt.query_map([digest], |r| r.get(0))?.collect()
     }

@@ -114,7 +114,12 @@ pub(super) fn count_lookup_tx(
     count_event(conn, &ns, kind, now)
 }
 
-fn count_event(conn: &Connection, ns: &str, kind: ActivityKind, now: u64) -> rusqlite::Result<()> {
+pub(super) fn count_event(
+    conn: &Connection,
+    ns: &str,
+    kind: ActivityKind,
+    now: u64,
+) -> rusqlite::Result<()> {
     add_activity(conn, now, ns, kind, 1)?;
     conn.prepare_cached(
         "INSERT INTO lookup_totals (namespace, kind, count) VALUES (?1, ?2, 1)
