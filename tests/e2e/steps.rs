@@ -620,3 +620,86 @@ fn unhealthy_dependency_fails_the_step_clearly() {
     );
     assert_nothing_left(&engine);
 }
+
+/// The push step against layercache's own registry (`/v2/` of the cache server, auth on): `docker
+/// login` with a write token as the password, then a tagged push step; without the login the
+/// server refuses and the step says so.
+#[test]
+fn push_step_pushes_to_the_cache_servers_registry_with_docker_login() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = Command::new(bin("layercache-server"))
+        .args(["token", "create", "--role", "write", "--namespace", "*"])
+        .args(["--name", "steps-push", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run layercache-server token create");
+    assert!(out.status.success(), "token create failed: {out:?}");
+    let token = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("lc_"))
+        .expect("token create prints the token")
+        .to_string();
+    let server = TestServer::start_on(&data, &[]);
+    let host = server.url.trim_start_matches("http://").to_string();
+
+    let engine = networked_engine();
+    let (_project_tmp, dir) = fixture_project("compose-sample", "compose-sample");
+    std::fs::write(
+        dir.join("push.yml"),
+        format!(
+            "- name: push-app\n  service: app\n  tag: ^main$\n  type: push\n  image_name: {host}/compose-sample/app:ci\n"
+        ),
+    )
+    .unwrap();
+    let docker_config = tmp.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let login = Command::new(crate::util::docker_cli())
+        .arg("--config")
+        .arg(&docker_config)
+        .args(["login", &host, "-u", "ci", "-p", &token])
+        .env("DOCKER_HOST", &engine.host)
+        .output()
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let (code, summary, stderr) = compose_steps(
+        &engine,
+        &dir,
+        &docker_config,
+        &["--branch", "main", "--steps", "push.yml"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(step(&summary, "push-app")["status"], "passed", "{summary}");
+    let tags: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/v2/compose-sample/app/tags/list", server.url))
+        .basic_auth("ci", Some(&token))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["ci"]), "{tags}");
+    assert_nothing_left(&engine);
+
+    let no_login = tmp.path().join("no-login");
+    std::fs::create_dir_all(&no_login).unwrap();
+    let (code, summary, stderr) = compose_steps(
+        &engine,
+        &dir,
+        &no_login,
+        &["--branch", "main", "--steps", "push.yml"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let error = step(&summary, "push-app")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains(&format!("the registry `{host}` refused the push"))
+            && error.contains(&format!("docker login {host}")),
+        "{error}"
+    );
+}
