@@ -63,9 +63,14 @@ pub fn format_plan(services: &ServicesFile, plan: &PlanNode, branch: &str) -> St
         }
         let _ = writeln!(out, "{line}");
     }
+    let branch = if branch.is_empty() {
+        "(none: not a git checkout and no --branch)".to_string()
+    } else {
+        format!("`{branch}`")
+    };
     let _ = writeln!(
         out,
-        "plan for branch `{branch}` (a parallel group runs all its steps at once; --jobs N caps it):"
+        "plan for branch {branch} (a parallel group runs all its steps at once; --jobs N caps it):"
     );
     fn walk(node: &PlanNode, services: &ServicesFile, depth: usize, out: &mut String) {
         let pad = "  ".repeat(depth);
