@@ -244,7 +244,7 @@ impl Drop for ChecksGuard {
     }
 }
 
-/// Deserializes a string and checks it inside the visitor, so `serde_yaml_ng` attaches the
+/// Deserializes a string and checks it inside the visitor, so `serde-saphyr` attaches the
 /// position of the scalar itself (an error raised after `deserialize` returns gets the position
 /// of the enclosing map or list instead).
 pub(super) fn checked_str<'de, D, T>(
