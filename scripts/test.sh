@@ -20,6 +20,8 @@ command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)  # the dashboard e2
 # The registry tests: distribution 2.8 as the reference registry, skopeo as a non-Docker client.
 command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
+# The `layercache steps` push test logs in to a registry with htpasswd auth.
+command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,23 +1,24 @@
-//! The two Jet-style files, parsed and validated before anything runs.
+//! The steps file, and what both Jet-style files share.
 //!
-//! - `layercache-services.yml`: docker-compose syntax, either the v1 shape (a top-level map of
-//!   services) or v2+ (`version:` + `services:`). Only the keys we act on are accepted.
 //! - `layercache-steps.yml`: a list of steps and `serial` / `parallel` groups, nested to any depth.
+//! - The services file (compose syntax) is [`super::compose`]; its model is re-exported here.
 //!
 //! Every problem is reported as one [`ConfigError`] naming the file, line and column. Problems that
 //! are only visible across the whole file (an unknown service, a `depends_on` cycle, a duplicate step
 //! name) are found in a first pass and then located by a second pass that re-reads the file with a
 //! thread-local [`Checks`] context: the `Deserialize` impl of the offending value fails, and
-//! `serde_yaml_ng` attaches the position of that value to the error.
+//! `serde-saphyr` attaches the position of that value to the error.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+pub use super::compose::{Condition, Mount, Service, ServicesFile, load_services};
 
 /// What went wrong while reading or validating a services or steps file.
 #[derive(Debug, thiserror::Error)]
@@ -56,26 +57,42 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn from_yaml(path: &Path, err: &serde_yaml_ng::Error) -> ConfigError {
+    /// A YAML or value error at its position; `key_path` (`services.web.build.target`) is
+    /// prefixed to the message when the error is about a value rather than the syntax.
+    pub fn from_yaml(
+        path: &Path,
+        err: &serde_saphyr::Error,
+        key_path: Option<&str>,
+    ) -> ConfigError {
         let text = err.to_string();
-        // serde_yaml_ng appends " at line L column C" to the message; we print the position ourselves.
-        let message = match text.rfind(" at line ") {
-            Some(at) if err.location().is_some() => text[..at].to_string(),
-            _ => text,
+        let text = text.strip_prefix("error: ").unwrap_or(&text);
+        // The message reads "line L column C: what"; we print the position ourselves.
+        let message = match (err.location(), text.find(": ")) {
+            (Some(_), Some(at)) if text.starts_with("line ") => text[at + 2..].to_string(),
+            _ => text.to_string(),
         };
-        // Paths into a top-level list read `.[2].tag`; `[2].tag` is what people write.
-        let message = message
-            .strip_prefix('.')
-            .map(str::to_string)
-            .unwrap_or(message);
-        match err.location() {
-            Some(loc) => ConfigError::Invalid {
+        // Some messages end in " at line L, column C" instead.
+        let message = match message.rfind(" at line ") {
+            Some(at) if message[at..].contains(", column ") => message[..at].to_string(),
+            _ => message,
+        };
+        let location = CHECKS
+            .with(|c| c.borrow_mut().error_at.take())
+            .or(err.location());
+        let message = match key_path {
+            Some(k) if !k.is_empty() && k != "." && !message.contains(k) => {
+                format!("{k}: {message}")
+            }
+            _ => message,
+        };
+        match location {
+            Some(loc) if loc.line() > 0 => ConfigError::Invalid {
                 path: path.to_path_buf(),
-                line: loc.line(),
-                column: loc.column(),
+                line: loc.line() as usize,
+                column: loc.column() as usize,
                 message,
             },
-            None => ConfigError::Unlocated {
+            _ => ConfigError::Unlocated {
                 path: path.to_path_buf(),
                 message,
             },
@@ -104,61 +121,6 @@ impl Command {
             Command::Exec(v) => v.clone(),
         }
     }
-}
-
-/// `build:` of a service: where the context is, which Dockerfile, which build args.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildSpec {
-    /// The build context, resolved against the services file's directory.
-    pub context: PathBuf,
-    /// Dockerfile path inside the context (compose default `Dockerfile`).
-    pub dockerfile: String,
-    /// `--build-arg` values, sorted so the build request is deterministic.
-    pub args: BTreeMap<String, String>,
-}
-
-/// A bind mount of part of the project into a service container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    /// Absolute host path (relative paths are resolved against the services file's directory).
-    pub host: PathBuf,
-    /// Absolute path inside the container.
-    pub container: String,
-    /// `:ro` given: the container cannot write to the project.
-    pub read_only: bool,
-}
-
-/// One service of the services file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    /// Image to run when the service is not built (or the name a built image is also known by).
-    pub image: Option<String>,
-    /// How to build the service image, when it is built from the project.
-    pub build: Option<BuildSpec>,
-    /// Environment of every container of this service, sorted by name.
-    pub environment: BTreeMap<String, String>,
-    /// Services started before this one, in the order written (`depends_on` then `links`).
-    pub depends_on: Vec<String>,
-    /// Extra network aliases other services gave this one through `links: [svc:alias]`; filled in
-    /// on the *target* service so its container answers to them.
-    pub link_aliases: Vec<String>,
-    /// Project bind mounts.
-    pub volumes: Vec<Volume>,
-    /// Working directory inside the container.
-    pub working_dir: Option<String>,
-    /// Default command, used when a step gives none (and by dependency containers).
-    pub command: Option<Command>,
-    /// `cached: false` builds without the layer cache; default true.
-    pub cached: bool,
-}
-
-/// The parsed services file.
-#[derive(Debug, Clone)]
-pub struct ServicesFile {
-    /// Directory of the file: relative paths and the project name come from it.
-    pub dir: PathBuf,
-    /// Services by name.
-    pub services: BTreeMap<String, Service>,
 }
 
 /// A `tag:` regex, compiled at parse time so a bad pattern is reported before anything runs.
@@ -244,27 +206,33 @@ pub enum StepNode {
 
 /// Checks a second parsing pass applies, so the failing value carries its line and column.
 #[derive(Default)]
-struct Checks {
+pub(super) struct Checks {
     /// Service names the steps file (or `depends_on`) may name; `None` in the first pass.
-    known_services: Option<BTreeSet<String>>,
+    pub known_services: Option<BTreeSet<String>>,
     /// In the services file: the `(owner, dependency)` edge to flag, with the message.
-    bad_edge: Option<(String, String, String)>,
+    pub bad_edge: Option<(String, String, String)>,
     /// The service whose value is being read (set by the services map visitor).
-    current_service: Option<String>,
+    pub current_service: Option<String>,
     /// Step names seen so far in this pass, for the duplicate check.
-    seen_steps: Option<BTreeSet<String>>,
+    pub seen_steps: Option<BTreeSet<String>>,
+    /// Record ignored keys (first pass of the services file only).
+    pub collect_notices: bool,
+    /// Ignored keys recorded so far.
+    pub notices: Vec<super::compose_raw::RawNotice>,
+    /// Where the last error really is, when the deserializer would report the enclosing map.
+    pub error_at: Option<serde_saphyr::Location>,
 }
 
 thread_local! {
-    static CHECKS: RefCell<Checks> = RefCell::new(Checks::default());
+    pub(super) static CHECKS: RefCell<Checks> = RefCell::new(Checks::default());
 }
 
 /// Installs `checks` for the duration of one parse; restores the empty context when dropped, so a
 /// panic or early return cannot leak state into the next parse on this thread.
-struct ChecksGuard;
+pub(super) struct ChecksGuard;
 
 impl ChecksGuard {
-    fn install(checks: Checks) -> ChecksGuard {
+    pub(super) fn install(checks: Checks) -> ChecksGuard {
         CHECKS.with(|c| *c.borrow_mut() = checks);
         ChecksGuard
     }
@@ -276,10 +244,10 @@ impl Drop for ChecksGuard {
     }
 }
 
-/// Deserializes a string and checks it inside the visitor, so `serde_yaml_ng` attaches the
+/// Deserializes a string and checks it inside the visitor, so `serde-saphyr` attaches the
 /// position of the scalar itself (an error raised after `deserialize` returns gets the position
 /// of the enclosing map or list instead).
-fn checked_str<'de, D, T>(
+pub(super) fn checked_str<'de, D, T>(
     d: D,
     check: impl FnOnce(String) -> Result<T, String>,
 ) -> Result<T, D::Error>
@@ -324,7 +292,7 @@ where
 }
 
 /// Fails a `depends_on`/`links`/`service:` reference the active [`Checks`] reject.
-fn check_service_ref(name: &str) -> Result<(), String> {
+pub(super) fn check_service_ref(name: &str) -> Result<(), String> {
     CHECKS.with(|c| {
         let c = c.borrow();
         if let Some(known) = &c.known_services
@@ -344,443 +312,6 @@ fn check_service_ref(name: &str) -> Result<(), String> {
         }
         Ok(())
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Services file.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    image: Option<String>,
-    build: Option<RawBuild>,
-    #[serde(default)]
-    environment: Option<RawEnv>,
-    #[serde(default)]
-    depends_on: Option<RawDependsOn>,
-    #[serde(default)]
-    links: Vec<LinkRef>,
-    #[serde(default)]
-    volumes: Vec<RawVolume>,
-    working_dir: Option<String>,
-    command: Option<Command>,
-    cached: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "`build:` as a context path or a map with `context`, `dockerfile`, `args`"
-)]
-enum RawBuild {
-    Context(String),
-    Full(RawBuildFull),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuildFull {
-    context: Option<String>,
-    dockerfile: Option<String>,
-    #[serde(default)]
-    args: Option<RawEnv>,
-}
-
-/// `environment` / build `args`: a map or a `KEY=value` list.
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a map of NAME: value, or a list of `NAME=value` strings"
-)]
-enum RawEnv {
-    Map(BTreeMap<String, Option<Scalar>>),
-    List(Vec<String>),
-}
-
-impl RawEnv {
-    /// Compose rules: `NAME` alone (list) or `NAME:` with no value (map) passes the host's value
-    /// through, and is left out when the host does not set it.
-    fn resolve(self) -> BTreeMap<String, String> {
-        let host = |k: &str| std::env::var(k).ok();
-        match self {
-            RawEnv::Map(m) => m
-                .into_iter()
-                .filter_map(|(k, v)| match v {
-                    Some(Scalar(v)) => Some((k, v)),
-                    None => host(&k).map(|v| (k, v)),
-                })
-                .collect(),
-            RawEnv::List(l) => l
-                .into_iter()
-                .filter_map(|item| match item.split_once('=') {
-                    Some((k, v)) => Some((k.to_string(), v.to_string())),
-                    None => host(&item).map(|v| (item, v)),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// A YAML scalar (string, number, bool) kept as the string the container sees.
-struct Scalar(String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `depends_on`: a list of names, or the compose 2.1+ map `name: {condition: ...}`. Written by
-/// hand rather than `untagged`, so an unknown name keeps its own position and message.
-enum RawDependsOn {
-    List(Vec<LinkRef>),
-    Map(Vec<LinkRef>),
-}
-
-impl<'de> Deserialize<'de> for RawDependsOn {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawDependsOn;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`depends_on` as a list of service names or a map of service names")
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<RawDependsOn, A::Error> {
-                let mut out = Vec::new();
-                while let Some(l) = seq.next_element::<LinkRef>()? {
-                    out.push(l);
-                }
-                Ok(RawDependsOn::List(out))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDependsOn, A::Error> {
-                let mut out = Vec::new();
-                while let Some(l) = map.next_key::<LinkRef>()? {
-                    map.next_value::<de::IgnoredAny>()?;
-                    out.push(l);
-                }
-                Ok(RawDependsOn::Map(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A `links` / `depends_on` entry: `service` or `service:alias`, checked when [`Checks`] asks.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct LinkRef(String, Option<String>);
-
-impl<'de> Deserialize<'de> for LinkRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_str(d, |raw| {
-            let (name, alias) = match raw.split_once(':') {
-                Some((n, a)) => (n.to_string(), Some(a.to_string())),
-                None => (raw, None),
-            };
-            check_service_ref(&name)?;
-            Ok(LinkRef(name, alias))
-        })
-    }
-}
-
-/// A service whose `image`/`build` presence is checked while its position is known.
-struct CheckedService(RawService);
-
-impl<'de> Deserialize<'de> for CheckedService {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_map(d, |raw: RawService| {
-            if raw.image.is_none() && raw.build.is_none() {
-                return Err(
-                    "service has neither `image` nor `build`; give it one of the two".into(),
-                );
-            }
-            Ok(CheckedService(raw))
-        })
-    }
-}
-
-/// A compose short-syntax bind mount, syntax-checked while its position is known.
-struct RawVolume {
-    host: String,
-    container: String,
-    read_only: bool,
-}
-
-impl<'de> Deserialize<'de> for RawVolume {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_str(d, |spec| parse_volume(&spec))
-    }
-}
-
-/// The services map; its visitor tells [`Checks`] which service is being read.
-struct RawServices(Vec<(String, RawService)>);
-
-impl<'de> Deserialize<'de> for RawServices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawServices;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of service name to service definition")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServices, A::Error> {
-                let mut out = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if out.iter().any(|(n, _)| n == &name) {
-                        return Err(de::Error::custom(format!(
-                            "service `{name}` is defined twice"
-                        )));
-                    }
-                    CHECKS.with(|c| c.borrow_mut().current_service = Some(name.clone()));
-                    let CheckedService(svc) = map.next_value::<CheckedService>()?;
-                    out.push((name, svc));
-                }
-                CHECKS.with(|c| c.borrow_mut().current_service = None);
-                Ok(RawServices(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// v2+: `version` + `services`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ComposeV2 {
-    #[allow(dead_code)]
-    version: Option<serde::de::IgnoredAny>,
-    services: RawServices,
-}
-
-fn parse_services_raw(path: &Path, text: &str) -> Result<RawServices, ConfigError> {
-    // Decide the shape from the top-level keys: v2+ files have `services:` (and usually `version:`).
-    let value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, &e))?;
-    let is_v2 = value
-        .as_mapping()
-        .is_some_and(|m| m.get("services").is_some_and(|s| s.is_mapping()));
-    let result = if is_v2 {
-        serde_yaml_ng::from_str::<ComposeV2>(text).map(|c| c.services)
-    } else {
-        serde_yaml_ng::from_str::<RawServices>(text)
-    };
-    result.map_err(|e| ConfigError::from_yaml(path, &e))
-}
-
-/// Parses and validates a services file read from `path`.
-///
-/// Errors: [`ConfigError::Read`] when the file cannot be read, otherwise a located
-/// [`ConfigError::Invalid`] for YAML syntax, unknown keys, a bad volume, a `depends_on`/`links`
-/// entry naming no service, or a dependency cycle.
-pub fn load_services(path: &Path) -> Result<ServicesFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    };
-    let dir = normalize(&std::path::absolute(&dir).unwrap_or(dir));
-    parse_services(path, &dir, &text)
-}
-
-/// Parses services-file `text` (named `path` in errors, relative paths resolved against `dir`).
-pub fn parse_services(path: &Path, dir: &Path, text: &str) -> Result<ServicesFile, ConfigError> {
-    let raw = {
-        let _guard = ChecksGuard::install(Checks::default());
-        parse_services_raw(path, text)?
-    };
-    let names: BTreeSet<String> = raw.0.iter().map(|(n, _)| n.clone()).collect();
-    let mut services = BTreeMap::new();
-    let mut aliases: Vec<(String, String)> = Vec::new();
-    let mut unknown_ref = false;
-    for (name, rs) in raw.0 {
-        let mut depends_on: Vec<String> = Vec::new();
-        let mut push_dep = |d: &LinkRef| {
-            if !depends_on.contains(&d.0) {
-                depends_on.push(d.0.clone());
-            }
-        };
-        match &rs.depends_on {
-            Some(RawDependsOn::List(l)) => l.iter().for_each(&mut push_dep),
-            Some(RawDependsOn::Map(m)) => m.iter().for_each(&mut push_dep),
-            None => {}
-        }
-        for link in &rs.links {
-            push_dep(link);
-            if let Some(alias) = &link.1 {
-                aliases.push((link.0.clone(), alias.clone()));
-            }
-        }
-        unknown_ref |= depends_on.iter().any(|d| !names.contains(d));
-        let build = rs.build.map(|b| match b {
-            RawBuild::Context(c) => BuildSpec {
-                context: normalize(&dir.join(c)),
-                dockerfile: "Dockerfile".into(),
-                args: BTreeMap::new(),
-            },
-            RawBuild::Full(f) => BuildSpec {
-                context: normalize(&dir.join(f.context.unwrap_or_else(|| ".".into()))),
-                dockerfile: f.dockerfile.unwrap_or_else(|| "Dockerfile".into()),
-                args: f.args.map(RawEnv::resolve).unwrap_or_default(),
-            },
-        });
-        let volumes = rs
-            .volumes
-            .into_iter()
-            .map(|v| Volume {
-                host: normalize(&dir.join(v.host)),
-                container: v.container,
-                read_only: v.read_only,
-            })
-            .collect();
-        services.insert(
-            name,
-            Service {
-                image: rs.image,
-                build,
-                environment: rs.environment.map(RawEnv::resolve).unwrap_or_default(),
-                depends_on,
-                link_aliases: Vec::new(),
-                volumes,
-                working_dir: rs.working_dir,
-                command: rs.command,
-                cached: rs.cached.unwrap_or(true),
-            },
-        );
-    }
-    if unknown_ref {
-        return Err(relocate(
-            path,
-            text,
-            &names,
-            None,
-            "a dependency names no service".into(),
-        ));
-    }
-    if let Some(cycle) = super::plan::find_cycle(&services) {
-        let message = format!(
-            "`depends_on`/`links` cycle: {}; services must start in some order, remove one of these dependencies",
-            cycle.join(" -> ")
-        );
-        let edge = (cycle[0].clone(), cycle[1].clone(), message.clone());
-        return Err(relocate(path, text, &names, Some(edge), message));
-    }
-    for (target, alias) in aliases {
-        if let Some(svc) = services.get_mut(&target)
-            && !svc.link_aliases.contains(&alias)
-        {
-            svc.link_aliases.push(alias);
-        }
-    }
-    Ok(ServicesFile {
-        dir: dir.to_path_buf(),
-        services,
-    })
-}
-
-/// Re-parses the services file with checks on, so the error comes back with a position. Falls back
-/// to an unlocated error with `fallback` when the second pass does not trip (it always should).
-fn relocate(
-    path: &Path,
-    text: &str,
-    names: &BTreeSet<String>,
-    bad_edge: Option<(String, String, String)>,
-    fallback: String,
-) -> ConfigError {
-    let checks = Checks {
-        known_services: Some(names.clone()),
-        bad_edge,
-        ..Checks::default()
-    };
-    let _guard = ChecksGuard::install(checks);
-    match parse_services_raw(path, text) {
-        Err(e) => e,
-        Ok(_) => ConfigError::Unlocated {
-            path: path.to_path_buf(),
-            message: fallback,
-        },
-    }
-}
-
-/// Parses a compose short-syntax bind mount `host:container[:ro|:rw]`.
-fn parse_volume(spec: &str) -> Result<RawVolume, String> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (host, container, mode) = match parts.as_slice() {
-        [h, c] => (*h, *c, None),
-        [h, c, m] => (*h, *c, Some(*m)),
-        _ => {
-            return Err(format!(
-                "volume `{spec}` is not `host_path:container_path[:ro]`; only bind mounts of the project are supported"
-            ));
-        }
-    };
-    if !(host.starts_with('.') || host.starts_with('/')) {
-        return Err(format!(
-            "volume `{spec}`: named volumes are not supported; bind-mount a path (`./dir:{container}`)"
-        ));
-    }
-    if !container.starts_with('/') {
-        return Err(format!(
-            "volume `{spec}`: the container path must be absolute"
-        ));
-    }
-    let read_only = match mode {
-        None | Some("rw") => false,
-        Some("ro") => true,
-        Some(other) => {
-            return Err(format!(
-                "volume `{spec}`: unknown mode `{other}`, use `ro` or `rw`"
-            ));
-        }
-    };
-    Ok(RawVolume {
-        host: host.to_string(),
-        container: container.to_string(),
-        read_only,
-    })
-}
-
-/// Removes `.` and `..` components without touching the disk (the path may not exist yet).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,8 +494,10 @@ pub fn parse_steps(
         ..Checks::default()
     };
     let _guard = ChecksGuard::install(checks);
-    let nodes: Vec<StepNode> =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, &e))?;
+    let nodes: Option<Vec<StepNode>> =
+        serde_saphyr::from_str_with_options(text, super::compose::yaml_options(None))
+            .map_err(|e| ConfigError::from_yaml(path, &e, None))?;
+    let nodes = nodes.unwrap_or_default();
     if nodes.is_empty() {
         return Err(ConfigError::Unlocated {
             path: path.to_path_buf(),
@@ -977,6 +510,7 @@ pub fn parse_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::compose::parse_services;
 
     const SERVICES_V1: &str = "\
 db:
@@ -1018,86 +552,6 @@ app:
             } => (line, column, message),
             other => panic!("expected a located error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn v1_services_parse_with_all_fields() {
-        let s = services(SERVICES_V1).expect("parses");
-        let app = &s.services["app"];
-        let build = app.build.as_ref().expect("build");
-        assert_eq!(build.context, Path::new("/proj"));
-        assert_eq!(build.dockerfile, "Dockerfile.app");
-        assert_eq!(build.args["VERSION"], "3");
-        assert_eq!(app.depends_on, vec!["db"]);
-        assert_eq!(app.environment["B"], "two");
-        assert_eq!(app.volumes[0].host, Path::new("/proj/src"));
-        assert!(app.volumes[0].read_only);
-        assert!(!app.cached);
-        assert_eq!(s.services["db"].link_aliases, vec!["database"]);
-        assert_eq!(
-            s.services["db"].command.as_ref().map(Command::argv),
-            Some(vec!["sh".into(), "-c".into(), "httpd -f -p 80".into()])
-        );
-    }
-
-    #[test]
-    fn v2_services_parse_with_map_depends_on() {
-        let s = services(
-            "version: '2.1'\nservices:\n  db:\n    image: x\n  app:\n    build: ./app\n    depends_on:\n      db:\n        condition: service_started\n    environment:\n      N: 1\n",
-        )
-        .expect("parses");
-        assert_eq!(s.services["app"].depends_on, vec!["db"]);
-        assert_eq!(s.services["app"].environment["N"], "1");
-        assert_eq!(
-            s.services["app"].build.as_ref().map(|b| b.context.clone()),
-            Some("/proj/app".into())
-        );
-    }
-
-    #[test]
-    fn unknown_service_key_is_located() {
-        let (line, col, msg) = located(services("db:\n  image: x\n  imgae: y\n").unwrap_err());
-        assert_eq!((line, col), (3, 3), "{msg}");
-        assert!(msg.contains("imgae"), "{msg}");
-    }
-
-    #[test]
-    fn yaml_syntax_error_is_located() {
-        let (line, _, msg) = located(services("db:\n  image: [x\n  build: y\n").unwrap_err());
-        assert!(line >= 2, "{line}: {msg}");
-    }
-
-    #[test]
-    fn unknown_dependency_is_located_at_the_entry() {
-        let (line, col, msg) = located(
-            services("db:\n  image: x\napp:\n  image: y\n  depends_on:\n    - dbb\n").unwrap_err(),
-        );
-        assert_eq!((line, col), (6, 7), "{msg}");
-        assert!(msg.contains("unknown service `dbb`"), "{msg}");
-    }
-
-    #[test]
-    fn dependency_cycle_is_located() {
-        let text = "a:\n  image: x\n  depends_on: [b]\nb:\n  image: x\n  links:\n    - c\nc:\n  image: x\n  depends_on: [a]\n";
-        let (line, _, msg) = located(services(text).unwrap_err());
-        assert!(msg.contains("a -> b -> c -> a"), "{msg}");
-        assert_eq!(line, 3, "{msg}");
-    }
-
-    #[test]
-    fn service_without_image_or_build_is_rejected() {
-        let (line, col, msg) =
-            located(services("app:\n  image: x\ndb:\n  command: x\n").unwrap_err());
-        assert_eq!((line, col), (4, 3), "{msg}");
-        assert!(msg.contains("neither `image` nor `build`"), "{msg}");
-    }
-
-    #[test]
-    fn named_volume_is_rejected() {
-        let (line, col, msg) =
-            located(services("db:\n  image: x\n  volumes: [data:/var]\n").unwrap_err());
-        assert_eq!((line, col), (3, 13), "{msg}");
-        assert!(msg.contains("named volumes"), "{msg}");
     }
 
     #[test]
@@ -1188,12 +642,10 @@ app:
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jet-sample");
         let svc = load_services(&dir.join("layercache-services.yml")).expect("services parse");
         assert_eq!(svc.services["app"].depends_on, vec!["db"]);
-        assert!(
-            svc.services["app"]
-                .volumes
-                .iter()
-                .all(|v| v.host.starts_with(&svc.dir))
-        );
+        assert!(svc.services["app"].mounts.iter().all(|m| match m {
+            Mount::Bind { host, .. } => host.starts_with(&svc.dir),
+            _ => false,
+        }));
         for file in [
             "layercache-steps.yml",
             "layercache-steps-fail.yml",

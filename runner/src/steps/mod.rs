@@ -1,17 +1,32 @@
-//! `layercache steps`: the Jet workflow from the design talk. A compose-style services file and a
+//! `layercache steps`: the Jet workflow from the design talk. A compose services file and a
 //! steps file of serial and parallel groups; every step runs in its own fresh environment.
 //!
-//! - [`config`]: the two YAML files, parsed and validated (every error with file, line, column).
+//! - [`compose`]: the services file, the compose specification as projects write it: raw serde
+//!   types in `compose_raw`, the ignored keys and their reasons in `compose_ignored`, value
+//!   conversions (volumes, sizes, durations, env files' rules) in `compose_values`.
+//! - [`config`]: the steps file, and the errors of both files (every one with file, line, column).
 //! - [`plan`]: pure logic: tag matching, service start order, the serial/parallel executor.
-//! - [`exec`]: the engine side through bollard: builds, networks, containers, push, cleanup.
+//! - `check`: what `--check` prints (notices, services, plan).
+//! - [`exec`]: the engine side through bollard: builds, networks, volumes, containers (their
+//!   create request in `container`), `depends_on` readiness, push with `docker login`
+//!   credentials (`credentials`), cleanup.
 //! - [`output`]: prefixed log lines, the summary table and `--json`.
 //!
-//! Order of a run: parse both files (nothing runs on an error) → build services through the layer
-//! cache (`<namespace>/<service>`; a down server only warns) → make sure the
+//! Order of a run: parse both files (nothing runs on an error; `--check` stops here) → build the
+//! services the steps need through the layer cache (`<namespace>/<service>`; a down server only warns) → make sure the
 //! other images exist → execute the plan (Ctrl-C stops it) → remove everything labelled with the
 //! run id → print the summary. Exit code 0 only when every step that ran passed.
 
+mod check;
+pub mod compose;
+mod compose_ignored;
+mod compose_raw;
+#[cfg(test)]
+mod compose_tests;
+mod compose_values;
 pub mod config;
+mod container;
+mod credentials;
 pub mod exec;
 pub mod output;
 pub mod plan;
@@ -39,9 +54,14 @@ pub struct StepsArgs {
     /// The steps file.
     #[arg(long, default_value = "layercache-steps.yml")]
     pub steps: PathBuf,
-    /// How many steps may run at the same time (default: number of CPUs).
+    /// How many steps may run at the same time (default: no limit, a parallel group runs all its
+    /// steps at once) and how many services build at once (default: number of CPUs).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Parse both files, print every notice and the plan, and exit (non-zero on an error); no
+    /// engine is touched.
+    #[arg(long)]
+    pub check: bool,
     /// Commit id given to steps as `CI_COMMIT_ID` (default: `git rev-parse HEAD` of the project).
     #[arg(long, env = "CI_COMMIT_ID")]
     pub ci_commit_id: Option<String>,
@@ -67,11 +87,23 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
         Some(b) => b.clone(),
         None => git(&services.dir, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default(),
     };
+    // Notices go to stderr: with --json, stdout is only the summary document.
+    for line in check::format_notices(&args.services, &services.notices) {
+        eprintln!("{line}");
+    }
+    if args.check {
+        let plan = plan::build_plan(&nodes, &branch);
+        println!("{}", check::format_plan(&services, &plan, &branch));
+        return Ok(ExitCode::SUCCESS);
+    }
     let commit_id = match &args.ci_commit_id {
         Some(c) => c.clone(),
         None => git(&services.dir, &["rev-parse", "HEAD"]).unwrap_or_default(),
     };
-    let jobs = args
+    // Steps: every step of a parallel group at once unless capped (as Jet did). Builds: one per
+    // CPU unless capped, they are CPU-bound.
+    let step_jobs = plan::step_jobs(args.jobs);
+    let build_jobs = args
         .jobs
         .unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -90,7 +122,7 @@ pub async fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
     let engine =
         Arc::new(Engine::connect(run_id.clone(), services.clone(), ci, printer, cache).await?);
 
-    let outcome = run_with_engine(&engine, &plan, jobs, args.no_cache_build).await;
+    let outcome = run_with_engine(&engine, &plan, step_jobs, build_jobs, args.no_cache_build).await;
     // Cleanup runs whatever happened above: failure, error or Ctrl-C.
     let cleaned = engine.cleanup_twice().await;
     let (outcome, built) = outcome?;
@@ -144,17 +176,19 @@ fn cache_target(
 async fn run_with_engine(
     engine: &Arc<Engine>,
     plan: &PlanNode,
-    jobs: usize,
+    step_jobs: usize,
+    build_jobs: usize,
     no_cache: bool,
 ) -> anyhow::Result<(plan::Outcome, Vec<SummaryService>)> {
     let interrupted = interrupt_signal;
     let steps = plan::leaves(plan);
+    let needed = plan::needed_services(plan, &engine.services().services);
     let prepare = async {
         let built = engine
-            .build_services(jobs, no_cache)
+            .build_services(&needed, build_jobs, no_cache)
             .await
             .context("building the services failed")?;
-        engine.ensure_images(&plan::runnable(plan)).await?;
+        engine.ensure_images(&needed).await?;
         anyhow::Ok(built)
     };
     let built = tokio::select! {
@@ -169,7 +203,7 @@ async fn run_with_engine(
         Box::pin(engine.clone().run_step(step.clone(), slot))
     };
     Ok((
-        plan::execute(plan, jobs, run_step, interrupted()).await,
+        plan::execute(plan, step_jobs, run_step, interrupted()).await,
         built,
     ))
 }

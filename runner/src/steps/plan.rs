@@ -231,6 +231,29 @@ pub fn runnable(plan: &PlanNode) -> Vec<&Step> {
     out
 }
 
+/// The services the runnable steps need, each once, in first-use order: every step's service
+/// after its dependencies. Services nobody needs (a `profiles:` service no step uses, say) are
+/// neither built nor pulled.
+pub fn needed_services(plan: &PlanNode, services: &BTreeMap<String, Service>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for step in runnable(plan) {
+        let mut all = start_order(services, &step.service);
+        all.push(step.service.clone());
+        for s in all {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// How many steps may run at once: `--jobs` when given, else no limit, so a parallel group runs
+/// all its steps at once whatever the number of CPUs (as Jet did).
+pub fn step_jobs(flag: Option<usize>) -> usize {
+    flag.unwrap_or(Semaphore::MAX_PERMITS).max(1)
+}
+
 /// What the step runner reports about one step that ran.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepReport {
@@ -458,7 +481,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::steps::config::{parse_services, parse_steps};
+    use crate::steps::compose::parse_services;
+    use crate::steps::config::parse_steps;
 
     const SERVICES: &str = "\
 db:
@@ -600,6 +624,20 @@ lint:
             "deploy waits for the whole group"
         );
         assert!(all_passed(&results));
+    }
+
+    /// Issue 13: without `--jobs`, a parallel group of three ran two steps, then one, on a
+    /// two-core machine; the default is now every step at once.
+    #[tokio::test(start_paused = true)]
+    async fn without_jobs_a_parallel_group_runs_all_its_steps_at_once() {
+        let p = plan(TREE, "main");
+        let results = execute(&p, step_jobs(None), fake, std::future::pending())
+            .await
+            .results;
+        let starts: Vec<_> = results.iter().map(|r| r.start_offset_ms).collect();
+        assert_eq!(starts, vec![Some(0), Some(0), Some(0), Some(3000)]);
+        assert_eq!(step_jobs(Some(2)), 2);
+        assert_eq!(step_jobs(Some(0)), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,18 +17,20 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-};
+use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
 };
 use futures::StreamExt;
 use layercache_shared::{Digest, Namespace};
 
+mod push;
+mod readiness;
+
 use super::config::{Service, ServicesFile, Step, StepAction};
+use super::container::{ContainerSpec, container_body};
 use super::output::{Printer, SummaryService};
 use super::plan::{StepReport, start_order};
 use crate::build::BuildRequest;
@@ -105,7 +107,10 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         let cache_engine = crate::engine::Engine::connect().await?;
         let docker = cache_engine.docker.clone();
-        let project = project_name(&services.dir);
+        let project = match &services.name {
+            Some(name) if !slug(name).is_empty() => slug(name),
+            _ => project_name(&services.dir),
+        };
         Ok(Engine {
             docker,
             cache_engine,
@@ -129,6 +134,11 @@ impl Engine {
         }
     }
 
+    /// The parsed services file.
+    pub fn services(&self) -> &ServicesFile {
+        &self.services
+    }
+
     fn service(&self, name: &str) -> anyhow::Result<&Service> {
         self.services
             .services
@@ -136,7 +146,7 @@ impl Engine {
             .ok_or_else(|| anyhow!("unknown service `{name}`"))
     }
 
-    /// Builds every service with `build:` through the layer cache, tagged
+    /// Builds every service in `needed` that has `build:` through the layer cache, tagged
     /// `layercache-steps/<project>-<service>:latest`, at most `jobs` at once; services whose
     /// Dockerfiles start with the same two instructions build one after the other (see
     /// [`crate::build::shared_start`]). `no_cache` builds without restoring or reusing layers (and
@@ -144,6 +154,7 @@ impl Engine {
     /// service, in name order.
     pub async fn build_services(
         &self,
+        needed: &[String],
         jobs: usize,
         no_cache: bool,
     ) -> anyhow::Result<Vec<SummaryService>> {
@@ -152,7 +163,7 @@ impl Engine {
             .services
             .services
             .iter()
-            .filter(|(_, s)| s.build.is_some())
+            .filter(|(n, s)| s.build.is_some() && needed.contains(n))
             .enumerate()
         {
             let req = self.service_request(name, svc, no_cache)?;
@@ -221,7 +232,7 @@ impl Engine {
             context: build.context.clone(),
             dockerfile: build.context.join(&build.dockerfile),
             build_args: build.args.clone(),
-            target: None,
+            target: build.target.clone(),
             tags: vec![built_tag(&self.project, name)],
             namespace: service_namespace(&self.cache.namespace, name)?,
             fallbacks,
@@ -266,24 +277,15 @@ impl Engine {
         Ok(row)
     }
 
-    /// Makes sure every `image:` service used by `steps` exists locally, pulling what is missing,
+    /// Makes sure every `image:` service in `needed` exists locally, pulling what is missing,
     /// so a typo fails before any step runs.
-    pub async fn ensure_images(&self, steps: &[&Step]) -> anyhow::Result<()> {
-        let mut needed: Vec<String> = Vec::new();
-        for step in steps {
-            let mut all = start_order(&self.services.services, &step.service);
-            all.push(step.service.clone());
-            for s in all {
-                if !needed.contains(&s) {
-                    needed.push(s);
-                }
-            }
-        }
+    pub async fn ensure_images(&self, needed: &[String]) -> anyhow::Result<()> {
         for service in needed {
-            if self.service(&service)?.build.is_some() {
+            let service = service.as_str();
+            if self.service(service)?.build.is_some() {
                 continue;
             }
-            let image = self.image_for(&service)?;
+            let image = self.image_for(service)?;
             if self.docker.inspect_image(&image).await.is_ok() {
                 continue;
             }
@@ -292,9 +294,11 @@ impl Engine {
                 0,
                 &format!("pulling {image} for service `{service}`"),
             );
-            let options = CreateImageOptionsBuilder::default()
-                .from_image(&image)
-                .build();
+            let mut options = CreateImageOptionsBuilder::default().from_image(&image);
+            if let Some(p) = &self.service(service)?.platform {
+                options = options.platform(p);
+            }
+            let options = options.build();
             let mut stream = self.docker.create_image(Some(options), None, None);
             while let Some(item) = stream.next().await {
                 item.with_context(|| {
@@ -367,18 +371,27 @@ impl Engine {
                 )
             })?;
 
+        let volume_names = self.create_volumes(step, env_name).await?;
+        let mut started: HashMap<String, String> = HashMap::new();
         for dep in start_order(&self.services.services, &step.service) {
-            let id = self.create_container(step, &dep, None, env_name).await?;
+            self.wait_for_dependencies(step, &dep, &started, slot)
+                .await?;
+            let id = self
+                .create_container(step, &dep, None, env_name, &volume_names)
+                .await?;
             self.docker
                 .start_container(&id, None)
                 .await
                 .with_context(|| {
                     format!("failed to start service `{dep}` for step `{}`", step.name)
                 })?;
+            started.insert(dep, id);
         }
+        self.wait_for_dependencies(step, &step.service, &started, slot)
+            .await?;
 
         let id = self
-            .create_container(step, &step.service, command, env_name)
+            .create_container(step, &step.service, command, env_name, &volume_names)
             .await?;
         self.docker
             .start_container(&id, None)
@@ -409,62 +422,41 @@ impl Engine {
         })
     }
 
-    /// Creates a container of `service` on `network`: its aliases are the service name and any
-    /// `links` aliases; `command` overrides the service's command (step containers only).
+    /// Creates a container of `service` on `network`: its aliases are the service name, its
+    /// `links` aliases and its network aliases; `command` overrides the service's command (step
+    /// containers only).
     async fn create_container(
         &self,
         step: &Step,
         service: &str,
         command: Option<&super::config::Command>,
         network: &str,
+        volume_names: &HashMap<String, String>,
     ) -> anyhow::Result<String> {
         let svc = self.service(service)?;
         let image = self.image_for(service)?;
-        let mut env: Vec<String> = svc
-            .environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("CI_COMMIT_ID={}", self.ci.commit_id));
-        env.push(format!("CI_BRANCH={}", self.ci.branch));
-        env.push(format!("CI_STEP_NAME={}", step.name));
-        let binds: Vec<String> = svc
-            .volumes
-            .iter()
-            .map(|v| {
-                let mode = if v.read_only { ":ro" } else { "" };
-                format!("{}:{}{mode}", v.host.display(), v.container)
-            })
-            .collect();
-        let mut aliases = vec![service.to_string()];
-        aliases.extend(svc.link_aliases.iter().cloned());
-        let cmd = command
-            .or(svc.command.as_ref())
-            .map(super::config::Command::argv);
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            cmd,
-            env: Some(env),
-            working_dir: svc.working_dir.clone(),
-            labels: Some(self.labels(network)),
-            host_config: Some(HostConfig {
-                binds: (!binds.is_empty()).then_some(binds),
-                network_mode: Some(network.to_string()),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    network.to_string(),
-                    EndpointSettings {
-                        aliases: Some(aliases),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
-        let name = format!("{network}-{service}");
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = container_body(
+            svc,
+            ContainerSpec {
+                service,
+                image: image.clone(),
+                command,
+                ci_env: vec![
+                    format!("CI_COMMIT_ID={}", self.ci.commit_id),
+                    format!("CI_BRANCH={}", self.ci.branch),
+                    format!("CI_STEP_NAME={}", step.name),
+                ],
+                network,
+                labels: self.labels(network),
+                volume_names,
+            },
+        );
+        let name = format!("{network}-{}", slug(service));
+        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        if let Some(p) = &svc.platform {
+            options = options.platform(p);
+        }
+        let options = options.build();
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -509,66 +501,6 @@ impl Engine {
         tail.into()
     }
 
-    /// Tags the service image as `image_name` and pushes it.
-    async fn push(
-        &self,
-        step: &Step,
-        image_name: &str,
-        registry: Option<&str>,
-        slot: usize,
-    ) -> anyhow::Result<StepReport> {
-        let source = self.image_for(&step.service)?;
-        let (repo, tag) = split_image_name(image_name);
-        self.docker
-            .tag_image(
-                &source,
-                Some(
-                    TagImageOptionsBuilder::default()
-                        .repo(repo)
-                        .tag(tag)
-                        .build(),
-                ),
-            )
-            .await
-            .with_context(|| format!("failed to tag `{source}` as `{repo}:{tag}`"))?;
-        self.printer.line(
-            &step.name,
-            slot,
-            &format!("pushing {repo}:{tag} (from {source})"),
-        );
-        let hint = match registry {
-            Some(r) => format!("check that `{r}` is reachable and that you are logged in to it"),
-            None => {
-                "check the registry host in `image_name` and that you are logged in to it".into()
-            }
-        };
-        let mut stream = self.docker.push_image(
-            repo,
-            Some(PushImageOptionsBuilder::default().tag(tag).build()),
-            None,
-        );
-        let mut log_tail = Vec::new();
-        while let Some(item) = stream.next().await {
-            let info = item.with_context(|| format!("push of `{repo}:{tag}` failed; {hint}"))?;
-            if let Some(detail) = info.error_detail {
-                bail!(
-                    "push of `{repo}:{tag}` failed: {}; {hint}",
-                    detail.message.unwrap_or_default()
-                );
-            }
-            if let Some(status) = info.status {
-                self.printer.line(&step.name, slot, &status);
-                log_tail.push(status);
-            }
-        }
-        Ok(StepReport {
-            passed: true,
-            exit_code: None,
-            error: None,
-            log_tail,
-        })
-    }
-
     /// Removes the containers and the network of one step environment (best effort: the final
     /// [`Engine::cleanup`] catches anything left).
     async fn remove_env(&self, env_name: &str) {
@@ -592,6 +524,17 @@ impl Engine {
             }
         }
         let _ = self.docker.remove_network(env_name).await;
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_volumes(Some(options)).await {
+            for v in list.volumes.unwrap_or_default() {
+                let _ = self
+                    .docker
+                    .remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().build()))
+                    .await;
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), bollard::errors::Error> {
@@ -651,9 +594,31 @@ impl Engine {
                 Err(e) => failures.push(format!("network {name}: {e}")),
             }
         }
+        // Volumes last: a volume is in use until its container is gone.
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let volumes = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .context("failed to list this run's volumes for cleanup")?;
+        for v in volumes.volumes.unwrap_or_default() {
+            match self
+                .docker
+                .remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().build()))
+                .await
+            {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => failures.push(format!("volume {}: {e}", v.name)),
+            }
+        }
         if !failures.is_empty() {
             bail!(
-                "could not remove: {}; remove them with `docker rm -f` / `docker network rm` (label {RUN_LABEL}={})",
+                "could not remove: {}; remove them with `docker rm -f` / `docker network rm` / `docker volume rm` (label {RUN_LABEL}={})",
                 failures.join(", "),
                 self.run_id
             );
@@ -711,18 +676,16 @@ pub fn project_name(dir: &Path) -> String {
     if s.is_empty() { "project".into() } else { s }
 }
 
-/// Lower-case `[a-z0-9_.-]`, other characters become `-`; valid in image and container names.
+/// Lower-case runs of `[a-z0-9]` joined by single `-`: valid as an image name component, a
+/// container, network and volume name, whatever the input (`ctx-_8_x` → `ctx-8-x`; the engine
+/// refuses `-_` inside an image name with "invalid reference format").
 pub fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '_' | '.' | '-' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .collect();
-    s.trim_matches(|c| c == '-' || c == '.' || c == '_')
-        .to_string()
+    let lower = name.to_ascii_lowercase();
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// `host:5000/name:tag` → (`host:5000/name`, `tag`); the tag defaults to `latest`.
@@ -754,6 +717,17 @@ mod tests {
         );
         assert_eq!(project_name(Path::new("/x/My Project")), "my-project");
         assert_eq!(project_name(Path::new("/")), "project");
+        // Regression (issue 13): `-_` kept by the old slug made "invalid reference format".
+        assert_eq!(project_name(Path::new("/tmp/ctx-_8_x")), "ctx-8-x");
+        assert_eq!(slug("a__b..c-_-d"), "a-b-c-d");
+        let reference = regex::Regex::new(
+            r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        )
+        .unwrap();
+        for dir in ["ctx-_8_x", "A_B", "-x-", "._.", "Ünï cødé", "x--y__z"] {
+            let tag = built_tag(&project_name(Path::new(dir)), "web_1");
+            assert!(reference.is_match(&tag), "{dir}: {tag}");
+        }
     }
 
     #[test]
