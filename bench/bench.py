@@ -260,7 +260,7 @@ def run(args, work, procs, server_bin, runner_bin):
     srv_url = f"http://127.0.0.1:{srv_port}"
 
     def start_server(data):
-        p = procs.start([str(server_bin), "--listen", f"127.0.0.1:{srv_port}", "--data-dir", str(data)],
+        p = procs.start([str(server_bin), "--open", "--listen", f"127.0.0.1:{srv_port}", "--data-dir", str(data)],
                         work / "server.log", env=dict(os.environ, RUST_LOG="warn"))
         wait_http(f"{srv_url}/healthz")
         return p

@@ -204,7 +204,7 @@ def main():
             sys.exit(f"{args.server} is missing: run `cargo build --release -p layercache-server`")
         tmp = tempfile.mkdtemp(prefix="lc-bench-")
         host, port = "127.0.0.1", free_port()
-        proc = subprocess.Popen([args.server, "--listen", f"{host}:{port}", "--data-dir",
+        proc = subprocess.Popen([args.server, "--open", "--listen", f"{host}:{port}", "--data-dir",
                                  os.path.join(tmp, "data")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):

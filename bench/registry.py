@@ -120,7 +120,7 @@ class Registries:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.work / "dist-data", ignore_errors=True)
         self.lc = self.procs.start(
-            [str(self.server_bin), "--listen", self.lc_host, "--data-dir", str(self.work / f"lc-data-{g}")],
+            [str(self.server_bin), "--open", "--listen", self.lc_host, "--data-dir", str(self.work / f"lc-data-{g}")],
             self.work / "server.log", env=dict(os.environ, RUST_LOG="warn"))
         cfg = self.work / "registry.yml"
         cfg.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "

@@ -1,10 +1,10 @@
 //! Access control: bearer tokens with a [`Role`] and the [`NamespacePattern`]s they may touch.
 //!
-//! Auth is on whenever the data dir holds at least one live (unrevoked) token; with none the server
-//! is open (and says so at start). Tokens are managed with `layercache-server token ...`
+//! Auth is on unless the server was started with `--open` and no live token ([`AuthGate`]); it
+//! never turns itself off. Tokens are managed with `layercache-server token ...`
 //! ([`create_token`], [`Db::list_tokens`], [`Db::revoke_token`]); only their sha256 is stored.
-//! The token count and the token are read from SQLite on every request, so a token created or
-//! revoked by the CLI while the server runs takes effect at once.
+//! The token is read from SQLite on every request, so a token created or revoked by the CLI while
+//! the server runs takes effect at once.
 //!
 //! The policy, in one place ([`authorize`] classifies every route with [`need_of`]):
 //! - `/healthz` answers everyone.
@@ -36,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use layercache_shared::Namespace;
 use sha2::{Digest as _, Sha256};
 
+use crate::auth_gate::AuthGate;
 use crate::error::ServerError;
 use crate::routes::AppState;
 use crate::store::sqlite::Db;
@@ -414,16 +415,27 @@ fn token_of(value: &str) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The caller of a request: `Open` without live tokens, else the token in `Authorization`.
-fn authenticate(db: &Db, authorization: Option<&str>) -> Result<Access, ServerError> {
-    if db.live_token_count()? == 0 {
+/// The caller of a request: `Open` while the [`AuthGate`] is open, else the token in
+/// `Authorization`.
+fn authenticate(
+    db: &Db,
+    gate: &AuthGate,
+    authorization: Option<&str>,
+) -> Result<Access, ServerError> {
+    if gate.is_open(db)? {
         return Ok(Access::Open);
     }
-    let unauthorized = |reason: &str| ServerError::Unauthorized {
-        reason: format!(
-            "{reason}: this server requires `Authorization: Bearer <token>` (the runner sends \
-             LAYERCACHE_TOKEN); ask the server's admin for a token"
-        ),
+    let unauthorized = |reason: &str| -> ServerError {
+        let advice = match gate.refused(db) {
+            Ok(Some(none_left)) => none_left,
+            _ => "ask the server's admin for a token",
+        };
+        ServerError::Unauthorized {
+            reason: format!(
+                "{reason}: this server requires `Authorization: Bearer <token>` (the runner \
+                 sends LAYERCACHE_TOKEN); {advice}"
+            ),
+        }
     };
     let Some(value) = authorization else {
         return Err(unauthorized("the request has no token"));
@@ -433,17 +445,25 @@ fn authenticate(db: &Db, authorization: Option<&str>) -> Result<Access, ServerEr
     })?;
     let token = token.as_str();
     match db.use_token(&hash_token(token))? {
-        Some(rec) => Ok(Access::Token(Arc::new(rec))),
+        Some(rec) => {
+            gate.token_accepted();
+            Ok(Access::Token(Arc::new(rec)))
+        }
         None => Err(unauthorized("the token is unknown or revoked")),
     }
 }
 
 /// Authenticates and authorizes `need` against the store (blocking: runs SQLite queries).
-fn check(db: &Db, authorization: Option<&str>, need: &Need) -> Result<Access, ServerError> {
+fn check(
+    db: &Db,
+    gate: &AuthGate,
+    authorization: Option<&str>,
+    need: &Need,
+) -> Result<Access, ServerError> {
     if *need == Need::Public {
         return Ok(Access::Open);
     }
-    let access = authenticate(db, authorization)?;
+    let access = authenticate(db, gate, authorization)?;
     match need {
         Need::Public | Need::Authenticated => {}
         Need::Role(role) => access.require_role(*role)?,
@@ -493,9 +513,10 @@ pub async fn authorize(
     let result = if need == Need::Public {
         Ok(Access::Open)
     } else {
+        let gate = Arc::clone(&state.auth);
         state
             .store
-            .blocking(move |s| check(&s.db, authorization.as_deref(), &need))
+            .blocking(move |s| check(&s.db, &gate, authorization.as_deref(), &need))
             .await
     };
     match result {
@@ -644,11 +665,12 @@ mod tests {
         let (tok, rec) = create_token(&db, Role::Read, &all, Some("ci")).unwrap();
         assert_eq!(rec.name.as_deref(), Some("ci"));
         assert!(create_token(&db, Role::Read, &all, Some("ci")).is_err());
-        let access = authenticate(&db, Some(&format!("Bearer {tok}"))).unwrap();
+        let gate = AuthGate::at_start(true, 1);
+        let access = authenticate(&db, &gate, Some(&format!("Bearer {tok}"))).unwrap();
         assert!(matches!(access, Access::Token(_)));
-        let e = authenticate(&db, Some("Bearer lc_nope")).unwrap_err();
+        let e = authenticate(&db, &gate, Some("Bearer lc_nope")).unwrap_err();
         assert_eq!(e.status_and_code().1, "unauthorized");
-        let e = authenticate(&db, None).unwrap_err();
+        let e = authenticate(&db, &gate, None).unwrap_err();
         assert_eq!(e.status_and_code().1, "unauthorized");
     }
 }

@@ -17,6 +17,7 @@
 //! - [`gc`]: the collector (eviction, blob deletion, orphans) and `verify`.
 
 pub mod auth;
+pub mod auth_gate;
 pub mod dashboard;
 pub mod error;
 pub mod gc;
@@ -88,16 +89,9 @@ where
         Ok::<_, ServerError>(store)
     })
     .await??;
-    let tokens = store.db.live_token_count()?;
-    if tokens == 0 {
-        tracing::warn!(
-            "no access tokens in the data dir: the server is OPEN to anyone who can reach it; \
-             create one with `layercache-server token create` to turn auth on"
-        );
-    } else {
-        tracing::info!(tokens, "auth is on: requests need a bearer token");
-    }
+    let gate = auth_gate::AuthGate::at_start(settings.open, store.db.live_token_count()?);
     let state = AppState {
+        auth: Arc::new(gate),
         store: Arc::new(store),
         settings: Arc::new(settings),
         metrics: Default::default(),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<HttpMetrics>,
     /// Registry blob upload sessions in progress.
     pub uploads: Arc<Uploads>,
+    /// Whether requests need a token (decided at start, only ever switched on).
+    pub auth: Arc<crate::auth_gate::AuthGate>,
 }
 
 /// The v1 API. Unknown routes and methods answer JSON errors like every other failure.

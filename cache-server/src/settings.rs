@@ -24,6 +24,9 @@ pub struct Settings {
     pub upload_grace: std::time::Duration,
     /// A registry blob upload session idle this long is dropped with what it received.
     pub upload_timeout: std::time::Duration,
+    /// `--open`: serve without tokens while the data dir holds none (see [`crate::auth_gate`]).
+    /// Off by default: a server without tokens refuses every request until one is created.
+    pub open: bool,
 }
 
 /// Default for [`Settings::gc_interval`].
@@ -42,6 +45,7 @@ impl Settings {
             gc_interval: DEFAULT_GC_INTERVAL,
             upload_grace: DEFAULT_UPLOAD_GRACE,
             upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
+            open: false,
         }
     }
 }

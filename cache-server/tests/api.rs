@@ -46,6 +46,7 @@ impl TestServer {
     ) -> TestServer {
         let settings = Settings {
             max_upload_bytes,
+            open: true,
             ..Settings::new(data_dir)
         };
         Self::start_with(tmp, settings).await
@@ -875,6 +876,7 @@ async fn start_with_quota(max_size: u64) -> TestServer {
     let settings = Settings {
         max_size: Some(max_size),
         gc_interval: std::time::Duration::from_millis(50),
+        open: true,
         ..Settings::new(tmp.path().join("data"))
     };
     TestServer::start_with(tmp, settings).await

@@ -25,12 +25,20 @@ struct TestServer {
 }
 
 impl TestServer {
-    /// Plain HTTP.
+    /// Plain HTTP, with `--open` (which only matters while the data dir has no live token).
     async fn start(data_dir: &Path) -> TestServer {
+        Self::start_open(data_dir, true).await
+    }
+
+    /// Plain HTTP; `open` is `--open`.
+    async fn start_open(data_dir: &Path, open: bool) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let settings = Settings::new(data_dir);
+        let settings = Settings {
+            open,
+            ..Settings::new(data_dir)
+        };
         tokio::spawn(async move {
             serve(listener, settings, async {
                 let _ = rx.await;
@@ -123,7 +131,7 @@ enum Expect {
 // Tests
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_tokens_the_server_is_open() {
+async fn with_open_and_without_tokens_the_server_is_open() {
     let (_tmp, dir) = data_dir();
     let s = TestServer::start(&dir).await;
     let (tar, _, _) = image(b"open");
@@ -472,7 +480,7 @@ async fn lookup_and_entries_stay_within_readable_namespaces() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_revoked_token_is_refused_at_once_and_the_last_one_reopens_the_server() {
+async fn a_revoked_token_is_refused_at_once_and_revoking_the_last_keeps_the_server_closed() {
     let (_tmp, dir) = data_dir();
     let t = token(&dir, Role::Read, &["*"], "ci");
     let s = TestServer::start(&dir).await;
@@ -499,11 +507,50 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_one_reopens_the_server(
     let listed = db.list_tokens().unwrap();
     assert!(listed[0].revoked.is_some() && listed[1].last_used.is_some());
 
-    // With no live token left the server is open again (the single-developer mode).
+    // With no live token left the server stays closed (it was started with `--open`, too):
+    // every caller, anonymous or not, is refused and told why.
     db.revoke_token(&TokenSelector::Name("other".into()))
         .unwrap()
         .unwrap();
+    for (method, path) in [
+        (Method::GET, "/v1/stats"),
+        (Method::PUT, "/v1/images/acme%2Fweb/k"),
+        (Method::DELETE, "/v1/images/acme%2Fweb/k"),
+        (Method::GET, "/metrics"),
+    ] {
+        for t in [None, Some(other.as_str())] {
+            let r = s.req(method.clone(), path, t).send().await.unwrap();
+            let (status, body) = (r.status(), r.text().await.unwrap());
+            assert_eq!(status, 401, "{method} {path} with {t:?}: {body}");
+            assert!(body.contains("no live token"), "{body}");
+        }
+    }
+}
+
+/// Without `--open` a server with no token at all refuses everything but /healthz, and the first
+/// token created lets its holder in at once; with `--open` that same first token turns auth on.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_open_a_tokenless_server_is_closed_and_the_first_token_opens_it_to_its_holder() {
+    let (_tmp, dir) = data_dir();
+    let s = TestServer::start_open(&dir, false).await;
     let r = s.req(Method::GET, "/v1/stats", None).send().await.unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token create"), "{body}");
+    let r = s.req(Method::GET, "/healthz", None).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t = token(&dir, Role::Read, &["*"], "first");
+    let r = s.req(Method::GET, "/v1/stats", Some(&t)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (_tmp, dir) = data_dir();
+    let s = TestServer::start(&dir).await;
+    let r = s.req(Method::GET, "/v1/stats", None).send().await.unwrap();
+    assert_eq!(r.status(), 200, "open while no token exists");
+    let t = token(&dir, Role::Read, &["*"], "first");
+    let r = s.req(Method::GET, "/v1/stats", None).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the first token turns auth on");
+    let r = s.req(Method::GET, "/v1/stats", Some(&t)).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -665,8 +712,9 @@ fn unusable_tls_files_are_reported_with_their_path() {
     assert!(e.to_string().contains("absent.pem"), "{e}");
 }
 
-/// The real binary: with no token it serves and warns that it is open; with `--tls-cert/--tls-key`
-/// and a token it serves HTTPS and refuses anonymous requests.
+/// The real binary: with no token and no `--open` it refuses requests and says how to get in;
+/// with `--open` it serves and warns that it is open; with `--tls-cert/--tls-key` and a token it
+/// serves HTTPS and refuses anonymous requests.
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_warns_when_open_and_serves_https_with_tls_flags() {
     use std::io::{BufRead, BufReader, Read};
@@ -703,6 +751,12 @@ async fn binary_warns_when_open_and_serves_https_with_tls_flags() {
     let (tmp, dir) = data_dir();
     let d = dir.to_str().unwrap();
     let (child, url) = start(&["--listen", "127.0.0.1:0", "--data-dir", d]);
+    let r = reqwest::get(format!("{url}/v1/stats")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let log = stop(child);
+    assert!(log.contains("no live token"), "no closed-mode warning in:\n{log}");
+
+    let (child, url) = start(&["--listen", "127.0.0.1:0", "--data-dir", d, "--open"]);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let r = reqwest::get(format!("{url}/v1/stats")).await.unwrap();
     assert_eq!(r.status(), 200);

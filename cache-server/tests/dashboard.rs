@@ -23,7 +23,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let settings = Settings::new(tmp.path().join("data"));
+        let settings = Settings {
+            open: true,
+            ..Settings::new(tmp.path().join("data"))
+        };
         tokio::spawn(async move {
             serve(listener, settings, async {
                 let _ = rx.await;

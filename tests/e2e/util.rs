@@ -66,10 +66,13 @@ impl TestServer {
     }
 
     /// Starts a server on `data_dir` (kept after drop: restart tests reuse it), with extra flags.
+    /// It runs with `--open`: open while the data dir has no token, closed by the tokens a test
+    /// creates before starting it.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> TestServer {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let child = Command::new(bin("layercache-server"))
+            .arg("--open")
             .arg("--listen")
             .arg(&listen)
             .arg("--data-dir")

@@ -57,6 +57,12 @@ struct ServeArgs {
     /// Largest accepted upload body, in bytes (default 64 GiB).
     #[arg(long, env = "LAYERCACHE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
+    /// Serve without access tokens while the data dir holds none (one developer, or a cache only
+    /// trusted machines reach). Without it, a server with no token refuses every request but
+    /// /healthz until `token create`. The first token created turns auth on; revoking the last
+    /// never turns it off again.
+    #[arg(long, env = "LAYERCACHE_OPEN")]
+    open: bool,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "LAYERCACHE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -214,6 +220,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gc_interval: std::time::Duration::from_secs(args.gc_interval_secs.max(1)),
         upload_grace: std::time::Duration::from_secs(args.policy.upload_grace_secs),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
+        open: args.open,
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {

@@ -40,7 +40,11 @@ pub async fn start_in(
     data_dir: PathBuf,
     configure: impl FnOnce(&mut Settings),
 ) -> Server {
-    let mut settings = Settings::new(&data_dir);
+    // Open unless the test creates tokens (which turn auth on) or configures otherwise.
+    let mut settings = Settings {
+        open: true,
+        ..Settings::new(&data_dir)
+    };
     configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
