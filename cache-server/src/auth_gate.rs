@@ -112,7 +112,10 @@ mod tests {
         assert!(!gate.is_open(&db).unwrap(), "the first token closes it");
         db.revoke_token(&TokenSelector::parse(&rec.id.to_string()))
             .unwrap();
-        assert!(!gate.is_open(&db).unwrap(), "revoking the last keeps it closed");
+        assert!(
+            !gate.is_open(&db).unwrap(),
+            "revoking the last keeps it closed"
+        );
         assert!(gate.refused(&db).unwrap().is_some());
 
         assert!(!AuthGate::at_start(true, 1).is_open(&db).unwrap());

@@ -540,7 +540,11 @@ async fn without_open_a_tokenless_server_is_closed_and_the_first_token_opens_it_
     let r = s.req(Method::GET, "/healthz", None).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let t = token(&dir, Role::Read, &["*"], "first");
-    let r = s.req(Method::GET, "/v1/stats", Some(&t)).send().await.unwrap();
+    let r = s
+        .req(Method::GET, "/v1/stats", Some(&t))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     let (_tmp, dir) = data_dir();
@@ -550,7 +554,11 @@ async fn without_open_a_tokenless_server_is_closed_and_the_first_token_opens_it_
     let t = token(&dir, Role::Read, &["*"], "first");
     let r = s.req(Method::GET, "/v1/stats", None).send().await.unwrap();
     assert_eq!(r.status(), 401, "the first token turns auth on");
-    let r = s.req(Method::GET, "/v1/stats", Some(&t)).send().await.unwrap();
+    let r = s
+        .req(Method::GET, "/v1/stats", Some(&t))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -754,7 +762,10 @@ async fn binary_warns_when_open_and_serves_https_with_tls_flags() {
     let r = reqwest::get(format!("{url}/v1/stats")).await.unwrap();
     assert_eq!(r.status(), 401);
     let log = stop(child);
-    assert!(log.contains("no live token"), "no closed-mode warning in:\n{log}");
+    assert!(
+        log.contains("no live token"),
+        "no closed-mode warning in:\n{log}"
+    );
 
     let (child, url) = start(&["--listen", "127.0.0.1:0", "--data-dir", d, "--open"]);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");

@@ -385,6 +385,10 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Every file and dir this process creates (the index, its WAL, blobs, temp files) is for its
+    // own user only: they hold every tenant's images and the token hashes.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Gc(args)) => {

@@ -7,10 +7,13 @@
 //! - `tmp/`: uploads in progress; wiped at start, since nothing there was committed.
 //! - `quarantine/`: blobs `verify` found corrupt, kept for inspection, never served.
 //!
+//! Only the server's user may read any of it ([`permissions`]).
+//!
 //! Crash safety comes from ordering: a blob file is renamed into place before any row names it,
 //! and an entry row is committed only after all its blobs exist.
 
 pub mod blobs;
+pub mod permissions;
 pub mod pins;
 pub mod sqlite;
 pub mod tokens;
@@ -51,6 +54,7 @@ impl Store {
 
     /// The blob dir and database under `data_dir`, with fresh pins.
     fn assemble(data_dir: &Path, tmp_dir: PathBuf) -> Result<Store, ServerError> {
+        permissions::secure(data_dir)?;
         let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
         let db = Db::open(&data_dir.join("layercache.db"))?;
         Ok(Store {

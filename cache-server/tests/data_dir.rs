@@ -1,0 +1,98 @@
+//! The real binary keeps its data dir to its own user: files 0600, dirs 0700, and a warning when
+//! the operator's data dir is open to others.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts the binary on `data_dir` and waits until it serves (it prints its address first, then
+/// opens the store).
+async fn start(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+        .args(["--open", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (child, url)
+}
+
+/// Kills the binary and returns its log.
+fn stop(mut child: Child) -> String {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    log
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_private_and_an_open_data_dir_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, url) = start(&dir).await;
+    // A blob upload creates the blob fan-out dirs and a temp file on the way.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/blobs"))
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let log = stop(child);
+    assert!(
+        !log.contains("chmod 700"),
+        "a private data dir is not warned about:\n{log}"
+    );
+    assert_eq!(mode(&dir), 0o700);
+    for name in ["layercache.db", "layercache.db-wal"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    let mut stack = vec![dir.join("blobs")];
+    let mut files = 0;
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+            files += 1;
+        }
+    }
+    assert_eq!(files, 1, "the uploaded blob is stored");
+
+    // What an older version left readable is tightened; the operator's loose data dir is not
+    // changed, but named in a warning with the fix.
+    let loose = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(dir.join("layercache.db"), loose).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (child, _) = start(&dir).await;
+    let log = stop(child);
+    assert!(
+        log.contains("chmod 700"),
+        "no warning about the 0777 data dir:\n{log}"
+    );
+    assert_eq!(mode(&dir.join("layercache.db")), 0o600);
+    assert_eq!(mode(&dir), 0o777);
+}
