@@ -228,9 +228,23 @@ impl ServerError {
         }
     }
 
-    /// The message for the client.
+    /// The message for the client: the error's own text for what the client can act on; for
+    /// server failures only what kind it is and the request id that finds the details (paths,
+    /// SQLite messages) in the server's log.
     pub fn client_message(&self) -> String {
-        self.to_string()
+        let (status, _) = self.status_and_code();
+        let id = crate::request_id::current().unwrap_or_default();
+        match self {
+            ServerError::StorageFull { .. } => format!(
+                "the cache server's disk is full: its operator must free space (or lower \
+                 --max-size); request id {id}"
+            ),
+            _ if status == StatusCode::INTERNAL_SERVER_ERROR => format!(
+                "internal error: the cache server could not finish this request; its log has \
+                 the details under request id {id}"
+            ),
+            _ => self.to_string(),
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod lru;
 pub mod metrics;
 pub mod registry;
+pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod store;

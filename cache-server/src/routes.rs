@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{any, get, post, put};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::dashboard;
@@ -83,12 +84,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::authorize,
         ))
-        // One INFO line per request (method, path, status, latency): operators see what happened
-        // without turning on debug logs.
+        .layer(from_fn(crate::request_id::scope))
+        // One INFO line per request (method, path, status, latency, request id): operators see
+        // what happened without turning on debug logs.
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(|req: &axum::extract::Request| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        request_id = %crate::request_id::of(req),
+                    )
+                })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
-//! The real binary keeps its data dir to its own user: files 0600, dirs 0700, and a warning when
-//! the operator's data dir is open to others.
+//! The real binary, as a process: it keeps its data dir to its own user (files 0600, dirs 0700, a
+//! warning when the operator's data dir is open to others), and its 500s tell the client a request
+//! id, never a path or a database message, while its log carries both.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -95,4 +96,59 @@ async fn files_are_private_and_an_open_data_dir_is_warned_about() {
     );
     assert_eq!(mode(&dir.join("layercache.db")), 0o600);
     assert_eq!(mode(&dir), 0o777);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_names_a_request_id_the_log_explains_and_no_internals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, url) = start(&dir).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{url}/v1/blobs"))
+        .body(vec![9u8; 8192])
+        .send()
+        .await
+        .unwrap();
+    let digest = r.json::<serde_json::Value>().await.unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = digest.trim_start_matches("sha256:");
+    let file = dir.join("blobs/sha256").join(&hex[..2]).join(hex);
+    // Truncated behind the server's back: the blob can no longer be served as recorded.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let r = client
+        .get(format!("{url}/v1/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!id.is_empty());
+    let body = r.text().await.unwrap();
+    assert!(body.contains(&format!("request id {id}")), "{body}");
+    for internal in [dir.to_str().unwrap(), "blobs/", "8192"] {
+        assert!(!body.contains(internal), "`{internal}` leaks in {body}");
+    }
+    // A proxy's id is kept, so its logs and ours line up.
+    let r = client
+        .get(format!("{url}/v1/stats"))
+        .header("x-request-id", "lb-1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lb-1234");
+
+    let log = stop(child);
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id) && l.contains("request failed"))
+        .unwrap_or_else(|| panic!("no log line with request id {id}:\n{log}"));
+    assert!(line.contains("8192"), "the log keeps the details: {line}");
 }
