@@ -74,12 +74,24 @@ pub struct ServerOpts {
     /// the environment variable, a flag shows up in process listings.
     #[arg(long, env = "LAYERCACHE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Retries of a request that failed on the way or that an overloaded server turned away
+    /// (429/503, after its Retry-After), with jittered exponential backoff; 0 tries once.
+    #[arg(
+        long,
+        env = "LAYERCACHE_RETRIES",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub retries: u32,
 }
 
 impl ServerOpts {
     /// A client for this server, sending the token if one was given.
     pub fn client(&self) -> Result<crate::client::Client, crate::client::ClientError> {
-        crate::client::Client::new(&self.server, self.token.as_deref())
+        Ok(
+            crate::client::Client::new(&self.server, self.token.as_deref())?
+                .with_retry(crate::retry::RetryPolicy::with_retries(self.retries)),
+        )
     }
 }
 

@@ -27,6 +27,7 @@ mod engine;
 mod push;
 mod report;
 mod restore;
+mod retry;
 mod reuse;
 mod server_cmds;
 mod steps;

@@ -34,16 +34,15 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::client::UPLOAD_CHUNK;
 use crate::client::{Client, ClientError};
 use crate::engine::{Engine, LocalImage};
 use crate::report::{Log, Progress, Summary};
 
 /// Blob uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 3;
-/// Bytes per chunk of an upload body (read from a spool file, or from the save stream).
-const UPLOAD_CHUNK: usize = 256 << 10;
 /// Chunks of a streamed layer buffered between the reader and its upload.
 const STREAM_DEPTH: usize = 8;
 /// Bytes copied per read while spooling a layer.
@@ -291,11 +290,13 @@ enum Ready {
         size: u64,
         path: PathBuf,
     },
-    /// A layer uploaded while it was read: the reader's diff_id and size, and the upload.
+    /// A layer uploaded while it was read: the reader's diff_id and size, the upload, and the
+    /// copy spooled beside it, which a retry sends when the streamed upload broke.
     Streamed {
         digest: Digest,
         size: u64,
         upload: JoinHandle<Result<BlobStored, ClientError>>,
+        path: PathBuf,
     },
     /// An image config, sent once the archive is verified.
     Config { digest: Digest, data: Bytes },
@@ -313,7 +314,7 @@ impl Ready {
     /// Deletes a layer's spool file (not needed, or a repeat); errors are harmless, the spool
     /// directory goes at the end anyway.
     fn discard(&self) {
-        if let Ready::Layer { path, .. } = self {
+        if let Ready::Layer { path, .. } | Ready::Streamed { path, .. } = self {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -322,20 +323,35 @@ impl Ready {
     async fn upload(self, client: &Client) -> anyhow::Result<(Digest, u64)> {
         match self {
             Ready::Layer { digest, size, path } => {
-                let file = tokio::fs::File::open(&path).await;
+                // The spool file stays until the upload is done: a retry reads it again.
+                let sent = client.put_file(digest, size, &path).await;
                 let _ = std::fs::remove_file(&path);
-                let file = file.map_err(|source| ClientError::File { digest, source })?;
-                let body =
-                    reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
-                client.put_blob(digest, size, body).await?;
+                sent?;
                 Ok((digest, size))
             }
             Ready::Streamed {
                 digest,
                 size,
                 upload,
+                path,
             } => {
-                let stored = upload.await.context("a layer upload panicked")??;
+                let streamed = upload.await.context("a layer upload panicked");
+                let stored = match streamed {
+                    Ok(Err(e)) if e.is_transient() => {
+                        // A stream cannot be replayed: the spooled copy goes up instead.
+                        eprintln!(
+                            "the streamed upload of layer {digest} broke ({e}); sending it again"
+                        );
+                        let sent = client.put_file(digest, size, &path).await;
+                        let _ = std::fs::remove_file(&path);
+                        sent?;
+                        return Ok((digest, size));
+                    }
+                    other => {
+                        let _ = std::fs::remove_file(&path);
+                        other??
+                    }
+                };
                 if (stored.digest, stored.size) != (digest, size) {
                     bail!(
                         "the server stored the layer streamed to it as {} ({} bytes), but it \
@@ -473,8 +489,8 @@ enum Taken {
     Skipped,
     /// Spooled to this file (`None` once handed over).
     Spooled(Option<PathBuf>),
-    /// Uploading (`None` once handed over).
-    Streaming(Option<JoinHandle<Result<BlobStored, ClientError>>>),
+    /// Uploading, with its spooled copy (`None` once handed over).
+    Streaming(Option<(JoinHandle<Result<BlobStored, ClientError>>, PathBuf)>),
 }
 
 impl PushSink {
@@ -494,20 +510,31 @@ impl PushSink {
         Ok(Taken::Spooled(Some(path)))
     }
 
-    /// Uploads `content` as it is read. A read error aborts the upload (the server keeps nothing
-    /// of it) and is passed on as it is; an upload that fails stops the reading with its error.
+    /// Uploads `content` as it is read, and spools a copy: a streamed body cannot be sent twice,
+    /// so when the upload breaks (or a busy server turns it away) the uploader sends the copy.
+    /// A read error aborts the upload (the server keeps nothing of it) and is passed on as it is.
     fn stream(&mut self, content: &mut dyn Read) -> io::Result<Taken> {
+        self.count += 1;
+        let path = self.dir.path().join(format!("layer-{}", self.count));
+        let mut copy = std::fs::File::create(&path)?;
         let (chunks, rx) = mpsc::channel::<io::Result<Bytes>>(STREAM_DEPTH);
         let body = reqwest::Body::wrap_stream(ReceiverStream::new(rx));
         let client = self.client.clone();
         let upload = self.rt.spawn(async move { client.post_blob(body).await });
+        // Until the request ends early; the copy goes on to the end of the layer.
+        let mut streaming = true;
         loop {
             let mut chunk = BytesMut::zeroed(UPLOAD_CHUNK);
-            let n = match read_up_to(content, &mut chunk) {
+            let read = read_up_to(content, &mut chunk).and_then(|n| {
+                copy.write_all(&chunk[..n])?;
+                Ok(n)
+            });
+            let n = match read {
                 Ok(n) => n,
                 Err(e) => {
                     let _ = chunks.blocking_send(Err(io::Error::other("the layer read failed")));
                     upload.abort();
+                    let _ = std::fs::remove_file(&path);
                     return Err(e);
                 }
             };
@@ -515,19 +542,11 @@ impl PushSink {
                 break;
             }
             chunk.truncate(n);
-            if chunks.blocking_send(Ok(chunk.freeze())).is_err() {
-                // The request ended before the layer did: its error says why.
-                let why = match self.rt.block_on(upload) {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(_)) => "the server answered before the upload ended".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                return Err(io::Error::other(format!(
-                    "uploading a layer while reading it failed: {why}"
-                )));
+            if streaming && chunks.blocking_send(Ok(chunk.freeze())).is_err() {
+                streaming = false;
             }
         }
-        Ok(Taken::Streaming(Some(upload)))
+        Ok(Taken::Streaming(Some((upload, path))))
     }
 }
 
@@ -567,10 +586,11 @@ impl BlobSink for PushSink {
         let ready = match handle {
             Taken::Skipped => None,
             Taken::Spooled(path) => path.take().map(|path| Ready::Layer { digest, size, path }),
-            Taken::Streaming(upload) => upload.take().map(|upload| Ready::Streamed {
+            Taken::Streaming(upload) => upload.take().map(|(upload, path)| Ready::Streamed {
                 digest,
                 size,
                 upload,
+                path,
             }),
         };
         if let Some(ready) = ready {
@@ -692,8 +712,14 @@ mod tests {
             count: 0,
             buf: vec![0; 7],
             tx,
-            // Nothing listens on port 1: a streamed upload fails to connect.
-            client: Client::new("http://127.0.0.1:1", None).unwrap(),
+            // Nothing listens on port 1: a streamed upload fails to connect; one quick retry.
+            client: Client::new("http://127.0.0.1:1", None).unwrap().with_retry(
+                crate::retry::RetryPolicy {
+                    retries: 1,
+                    base: std::time::Duration::from_millis(1),
+                    ..Default::default()
+                },
+            ),
             rt: rt.handle().clone(),
         };
         (sink, rx)
@@ -736,21 +762,40 @@ mod tests {
         assert!(sink.store(&mut &data[..]).is_err());
     }
 
+    /// A streamed upload that breaks does not stop the reading: the layer's spooled copy is
+    /// handed over with it, and the uploader sends that copy (here to a dead server, so the final
+    /// error names the server after the retries).
     #[test]
-    fn a_streamed_upload_that_fails_stops_the_reading_with_its_error() {
+    fn a_streamed_upload_that_breaks_is_sent_again_from_its_spooled_copy() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (mut sink, _rx) = sink(
+        let (mut sink, mut rx) = sink(
             &rt,
             Expected::new([d("layer")].into(), [d("layer")].into(), true),
         );
         // More than the chunks buffered between reader and upload, so the reader waits on it.
         let data = vec![7u8; (STREAM_DEPTH + 4) * UPLOAD_CHUNK];
-        let err = sink.store(&mut &data[..]).unwrap_err().to_string();
+        let mut handle = sink.store(&mut &data[..]).unwrap();
+        let digest = Digest::of(&data);
+        sink.stored(&mut handle, digest, data.len() as u64);
+        let Ok(ready) = rx.try_recv() else {
+            panic!("expected the streamed layer");
+        };
+        let Ready::Streamed { path, .. } = &ready else {
+            panic!("expected a streamed layer, got {ready:?}");
+        };
+        let path = path.clone();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            data,
+            "the spooled copy is whole"
+        );
+        let client = sink.client.clone();
+        let err = rt.block_on(ready.upload(&client)).unwrap_err().to_string();
         assert!(
-            err.contains("uploading a layer while reading it failed")
-                && err.contains("cannot reach the cache server"),
+            err.contains("cannot reach the cache server") && err.contains("after 2 attempts"),
             "{err}"
         );
+        assert!(!path.exists(), "the copy is removed after the last attempt");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! becomes a warning and the build goes on uncached.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use bollard::query_parameters::ImportImageOptionsBuilder;
@@ -94,14 +94,59 @@ fn names(ns: &[Namespace]) -> String {
     ns.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// Downloads the entry (minus what the engine has) into `docker load`; returns the images the
-/// load says it loaded (`Loaded image: NAME`, `Loaded image ID: ID`).
+/// [`load_once`], again (after a jittered wait, as the client's retry policy allows) when the
+/// download broke on the way: the next try asks again without the layers the engine has by then.
 async fn load(
     engine: &Engine,
     client: &Client,
     hit: &LookupResponse,
     summary: &mut Summary,
     log: &Log,
+) -> anyhow::Result<Vec<String>> {
+    let policy = client.retry_policy();
+    let mut attempt = 1;
+    loop {
+        let (result, broke) = load_once(engine, client, hit, summary, log).await;
+        let wait = policy.next_wait(attempt, None);
+        match (result, wait) {
+            (Err(e), Some(wait)) if broke => {
+                log.line(&format!(
+                    "the cache download broke ({e:#}); downloading again in {:.1} s (attempt {} \
+                     of {})",
+                    wait.as_secs_f64(),
+                    attempt + 1,
+                    policy.retries + 1
+                ));
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            (result, _) => return result,
+        }
+    }
+}
+
+/// Downloads the entry (minus what the engine has) into `docker load`; returns the images the
+/// load says it loaded (`Loaded image: NAME`, `Loaded image ID: ID`), and whether the download
+/// itself broke (a failure worth a retry, unlike a load the engine refused).
+async fn load_once(
+    engine: &Engine,
+    client: &Client,
+    hit: &LookupResponse,
+    summary: &mut Summary,
+    log: &Log,
+) -> (anyhow::Result<Vec<String>>, bool) {
+    let broke = Arc::new(AtomicBool::new(false));
+    let result = load_into(engine, client, hit, summary, log, &broke).await;
+    (result, broke.load(Ordering::Relaxed))
+}
+
+async fn load_into(
+    engine: &Engine,
+    client: &Client,
+    hit: &LookupResponse,
+    summary: &mut Summary,
+    log: &Log,
+    broke: &Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<String>> {
     let local = engine.local_images().await?;
     let images = &hit.manifest.images;
@@ -115,6 +160,7 @@ async fn load(
     let resp = client
         .get_image(&hit.manifest.namespace, &hit.manifest.key, &skip)
         .await?;
+    let b = Arc::clone(broke);
     let progress = Arc::new(Progress::new(
         log,
         "downloading and loading",
@@ -123,9 +169,12 @@ async fn load(
     let counted = Arc::new(AtomicU64::new(0));
     let (p, c) = (Arc::clone(&progress), Arc::clone(&counted));
     let body = resp.bytes_stream().map(move |chunk| {
-        if let Ok(bytes) = &chunk {
-            c.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            p.inc(bytes.len() as u64);
+        match &chunk {
+            Ok(bytes) => {
+                c.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                p.inc(bytes.len() as u64);
+            }
+            Err(_) => b.store(true, Ordering::Relaxed),
         }
         chunk
     });
@@ -155,9 +204,10 @@ async fn load(
         }
     }
     drop(out);
-    summary.bytes_downloaded = counted.load(Ordering::Relaxed);
+    let downloaded = counted.load(Ordering::Relaxed);
+    summary.bytes_downloaded += downloaded;
     if let Ok(progress) = Arc::try_unwrap(progress) {
-        progress.finish(summary.bytes_downloaded);
+        progress.finish(downloaded);
     }
     result.map(|()| loaded)
 }

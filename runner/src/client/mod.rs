@@ -3,6 +3,12 @@
 //! Timeouts: connecting 3 s (a dead server must not stall CI), a lookup 10 s in all; downloads and
 //! uploads have no overall limit but fail when the server stops sending for a minute.
 //!
+//! Retries: connection errors, `429`/`502`/`503`/`504` (honouring `Retry-After`) and, for requests
+//! that are safe to repeat, transfers cut off on the way are tried again with jittered exponential
+//! backoff ([`crate::retry`]); each retry is one log line, and the final error says how many
+//! attempts were made. A streamed upload (`POST /v1/blobs`) cannot be replayed and is tried once;
+//! file uploads reopen their file for each attempt.
+//!
 //! Auth: with a token (`LAYERCACHE_TOKEN` / `--token`) every request carries
 //! `Authorization: Bearer <token>`; a 401 or 403 becomes [`ClientError::TokenRefused`], so the
 //! message says it is the token, not the server, that is the problem.
@@ -18,20 +24,26 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::retry::{self, RetryPolicy};
+
 /// Why a request to the cache server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the cache server for {what} ({url}): {}", chain(.cause))]
+    #[error("cannot reach the cache server for {what} ({url}){}: {}", tries(*.attempts), chain(.cause))]
     Unreachable {
         what: &'static str,
         url: String,
+        /// How many times it was tried (1: no retry was allowed or left).
+        attempts: u32,
         /// Not a `#[source]`: its causes are already in the message, once.
         cause: reqwest::Error,
     },
-    #[error("the cache server refused {what} ({url}): HTTP {status} {code}: {message}")]
+    #[error("the cache server refused {what} ({url}){}: HTTP {status} {code}: {message}", tries(*.attempts))]
     Refused {
         what: &'static str,
         url: String,
+        /// How many times it was tried (more than 1 only for overload and gateway answers).
+        attempts: u32,
         status: StatusCode,
         code: String,
         message: String,
@@ -69,6 +81,18 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether the same request might succeed later: the server was unreachable or the transfer
+    /// broke, or it was overloaded or behind a failing gateway.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { cause, .. } => retry::retryable_error(cause),
+            ClientError::Refused { status, .. } => retry::retryable_status(*status),
+            _ => false,
+        }
+    }
+}
+
 /// An error and its causes in one line: reqwest's own message hides the useful part
 /// ("connection refused", "operation timed out") in its sources.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -82,6 +106,15 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = cause.source();
     }
     parts.join(": ")
+}
+
+/// ", after N attempts" when a request was retried, so the final error says retrying did not help.
+fn tries(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    }
 }
 
 /// What to do about a 401 or 403.
@@ -108,14 +141,32 @@ pub struct Client {
     has_token: bool,
     /// The token, for the registry credentials BuildKit gets (`None`: an open server).
     token: Option<String>,
+    /// How failed requests are retried.
+    retry: RetryPolicy,
+}
+
+/// Whether a request may be sent again after it may have reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Repeating it changes nothing (GET, HEAD, PUT, DELETE, and the read-only POSTs).
+    Safe,
+    /// Retried only when it surely did not take effect: the connection was never made, or the
+    /// server answered 429/503 (it refuses before doing anything).
+    IfNotDone,
 }
 
 /// Connect timeout: a dead server should cost seconds, not minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Whole-request timeout of lookups and other small JSON calls.
 const SMALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per chunk of an upload body (read from a spool file, or from the save stream): large
+/// enough that the syscalls do not show.
+pub const UPLOAD_CHUNK: usize = 256 * 1024;
 /// A transfer that stalls this long is broken.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the build report call is called, in messages and in [`Client::call`]'s replay rule.
+const BUILD_REPORT: &str = "the build report";
 
 fn enc(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
@@ -155,7 +206,19 @@ impl Client {
             http,
             has_token: token.is_some(),
             token: token.map(str::to_string),
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// This client with `policy` for retries.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
+        self.retry = policy;
+        self
+    }
+
+    /// How this client retries (also the policy of transfers retried above it, e.g. restores).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// The server's base URL.
@@ -213,22 +276,113 @@ impl Client {
         )
     }
 
-    /// Sends `req`; a non-2xx answer becomes [`ClientError::Refused`] with the server's reason.
+    /// Sends `req`, retrying as [`Replay::Safe`] allows: see [`Self::send_with`].
     async fn send(
         &self,
         what: &'static str,
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|cause| ClientError::Unreachable {
-            what,
-            url: url.to_string(),
-            cause,
+        self.send_with(what, url, req, Replay::Safe).await
+    }
+
+    /// Sends `req`; a non-2xx answer becomes [`ClientError::Refused`] with the server's reason.
+    /// Retries (while the policy allows and the request can be cloned, i.e. has no streamed body)
+    /// on connection errors and overload or gateway answers, waiting at least `Retry-After`; with
+    /// [`Replay::Safe`] also when the transfer broke after it was sent.
+    async fn send_with(
+        &self,
+        what: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        replay: Replay,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut first = Some(req);
+        let mut keep: Option<reqwest::RequestBuilder> = None;
+        self.send_each(what, url, replay, || {
+            let Some(req) = first.take() else {
+                return Ok(keep.as_ref().and_then(|k| k.try_clone()));
+            };
+            keep = req.try_clone();
+            Ok(Some(req))
+        })
+        .await
+    }
+
+    /// The retry loop: `make` builds each attempt's request (`None`: it cannot be built again,
+    /// the last error stands; an error: give up with it).
+    async fn send_each(
+        &self,
+        what: &'static str,
+        url: &str,
+        replay: Replay,
+        mut make: impl FnMut() -> Result<Option<reqwest::RequestBuilder>, ClientError>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut attempt = 1;
+        let mut req = make()?.expect("the first attempt always has a request");
+        loop {
+            let (err, retry_after) = match self.attempt(what, url, req, attempt).await {
+                Ok(resp) => return Ok(resp),
+                Err(failed) => failed,
+            };
+            let retryable = match &err {
+                ClientError::Unreachable { cause, .. } => {
+                    retry::retryable_error(cause) && (replay == Replay::Safe || cause.is_connect())
+                }
+                ClientError::Refused { status, .. } => {
+                    retry::retryable_status(*status)
+                        && (replay == Replay::Safe
+                            || matches!(
+                                *status,
+                                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                            ))
+                }
+                _ => false,
+            };
+            let Some(wait) = retryable
+                .then(|| self.retry.next_wait(attempt, retry_after))
+                .flatten()
+            else {
+                return Err(err);
+            };
+            let Some(again) = make()? else {
+                return Err(err);
+            };
+            // On stderr like the rest of the run's log (stdout may be the --json summary).
+            eprintln!(
+                "retrying {what} in {:.1} s (attempt {} of {}): {err}",
+                wait.as_secs_f64(),
+                attempt + 1,
+                self.retry.retries + 1
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            req = again;
+        }
+    }
+
+    /// One try of `req`: the response, or the error and the server's `Retry-After`.
+    async fn attempt(
+        &self,
+        what: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        attempts: u32,
+    ) -> Result<reqwest::Response, (ClientError, Option<std::time::Duration>)> {
+        let resp = req.send().await.map_err(|cause| {
+            let err = ClientError::Unreachable {
+                what,
+                url: url.to_string(),
+                attempts,
+                cause,
+            };
+            (err, None)
         })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
+        let retry_after = retry::retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let (code, message, missing) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.code, body.error.message, body.error.missing),
@@ -239,22 +393,25 @@ impl Client {
             ),
         };
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(ClientError::TokenRefused {
+            let err = ClientError::TokenRefused {
                 what,
                 url: url.to_string(),
                 status,
                 message,
                 hint: token_hint(status, self.has_token),
-            });
+            };
+            return Err((err, None));
         }
-        Err(ClientError::Refused {
+        let err = ClientError::Refused {
             what,
             url: url.to_string(),
+            attempts,
             status,
             code,
             message,
             missing,
-        })
+        };
+        Err((err, retry_after))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -269,6 +426,7 @@ impl Client {
             .map_err(|cause| ClientError::Unreachable {
                 what,
                 url: url.to_string(),
+                attempts: 1,
                 cause,
             })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Garbage {
@@ -285,11 +443,18 @@ impl Client {
         url: String,
         body: Option<serde_json::Value>,
     ) -> Result<T, ClientError> {
+        // Every call is a read or an idempotent write but the build report, which a repeat
+        // after a lost answer would count twice.
+        let replay = if what == BUILD_REPORT {
+            Replay::IfNotDone
+        } else {
+            Replay::Safe
+        };
         let mut req = self.http.request(method, &url).timeout(SMALL_TIMEOUT);
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = self.send(what, &url, req).await?;
+        let resp = self.send_with(what, &url, req, replay).await?;
         self.json(what, &url, resp).await
     }
 
@@ -367,6 +532,34 @@ impl Client {
         Ok(())
     }
 
+    /// `PUT /v1/blobs/{digest}` with the `len` bytes of the file at `path`, reopened for each
+    /// attempt so an upload cut off on the way is sent again in full (a PUT of a digest is
+    /// idempotent; the server keeps nothing of a broken one).
+    pub async fn put_file(
+        &self,
+        digest: Digest,
+        len: u64,
+        path: &std::path::Path,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/blobs/{digest}", self.base);
+        self.send_each("a blob upload", &url, Replay::Safe, || {
+            let file =
+                std::fs::File::open(path).map_err(|source| ClientError::File { digest, source })?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                UPLOAD_CHUNK,
+            );
+            Ok(Some(
+                self.http
+                    .put(&url)
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(reqwest::Body::wrap_stream(stream)),
+            ))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// `POST /v1/blobs`: uploads `body` (of a length not known up front) and returns the digest
     /// the server computed; the caller compares it with its own.
     pub async fn post_blob(&self, body: reqwest::Body) -> Result<BlobStored, ClientError> {
@@ -395,12 +588,12 @@ impl Client {
     /// `POST /v1/builds`: reports how a build went, for the dashboard's time-saved figures.
     pub async fn report_build(&self, report: &BuildReport) -> Result<BuildRecorded, ClientError> {
         let body = serde_json::to_value(report).map_err(|e| ClientError::Garbage {
-            what: "the build report",
+            what: BUILD_REPORT,
             url: self.base.clone(),
             detail: e.to_string(),
         })?;
         self.call(
-            "the build report",
+            BUILD_REPORT,
             Method::POST,
             format!("{}/v1/builds", self.base),
             Some(body),
@@ -442,102 +635,4 @@ impl Client {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_urls_percent_encode_the_namespace() {
-        let c = Client::new("http://h:1/", None).unwrap();
-        let url = c.image_url(&"acme/web".parse().unwrap(), &"sha256:ab".parse().unwrap());
-        assert_eq!(url, "http://h:1/v1/images/acme%2Fweb/sha256%3Aab");
-    }
-
-    #[tokio::test]
-    async fn a_dead_server_is_unreachable_and_the_message_names_the_cause() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let c = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
-        let req = LookupRequest {
-            namespaces: vec!["main".parse().unwrap()],
-            key: "k".parse().unwrap(),
-            prefixes: vec![],
-        };
-        let err = c.lookup(&req).await.unwrap_err();
-        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
-        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
-    }
-
-    /// Accepts one connection, records the request head and answers `status` with an error body.
-    async fn one_shot_server(status: &'static str) -> (String, tokio::task::JoinHandle<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = sock.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let body =
-                r#"{"error":{"code":"unauthorized","message":"the token is unknown or revoked"}}"#;
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            sock.write_all(resp.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&head).to_lowercase()
-        });
-        (url, task)
-    }
-
-    #[tokio::test]
-    async fn the_token_is_sent_as_bearer_and_a_401_names_the_token() {
-        let (url, task) = one_shot_server("401 Unauthorized").await;
-        let c = Client::new(&url, Some("lc_secret")).unwrap();
-        let err = c.stats().await.unwrap_err();
-        let head = task.await.unwrap();
-        assert!(head.contains("authorization: bearer lc_secret"), "{head}");
-        assert!(
-            matches!(err, ClientError::TokenRefused { status, .. } if status == StatusCode::UNAUTHORIZED),
-            "{err:?}"
-        );
-        let text = err.to_string();
-        assert!(
-            text.starts_with("the cache server refused the token"),
-            "{text}"
-        );
-        assert!(text.contains("unknown or revoked"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn without_a_token_no_header_is_sent_and_the_hint_says_to_set_one() {
-        let (url, task) = one_shot_server("403 Forbidden").await;
-        let err = Client::new(&url, None).unwrap().stats().await.unwrap_err();
-        assert!(!task.await.unwrap().contains("authorization:"));
-        assert!(
-            matches!(err, ClientError::TokenRefused { status, .. } if status == StatusCode::FORBIDDEN),
-            "{err:?}"
-        );
-        let (url, task) = one_shot_server("401 Unauthorized").await;
-        let err = Client::new(&url, None).unwrap().stats().await.unwrap_err();
-        task.await.unwrap();
-        assert!(err.to_string().contains("LAYERCACHE_TOKEN"), "{err}");
-    }
-
-    #[test]
-    fn a_token_that_cannot_be_a_header_is_refused_up_front() {
-        let err = Client::new("http://h:1", Some("bad\ntoken")).err().unwrap();
-        assert!(matches!(err, ClientError::Setup { .. }), "{err:?}");
-        assert!(
-            !err.to_string().contains("bad"),
-            "the token must not be echoed: {err}"
-        );
-    }
-}
+mod tests;
