@@ -101,7 +101,7 @@ fn matrix_case(kind: EngineKind, builder: &[&str], expect_builder: &str, expect_
         "a step ran again on the wiped engine:\n{out}"
     );
     assert_eq!(warm["cache"], "fallback", "{warm}");
-    assert_eq!(warm["steps_run"], 0, "{warm}");
+    assert_eq!(warm["steps_run"], 0, "{warm}\n{out}");
     assert!(warm["steps_reused"].as_u64().unwrap() >= 3, "{warm}");
     assert_eq!(warm["builder"], expect_builder, "{warm}");
     assert!(warm["warnings"].as_array().unwrap().is_empty(), "{warm}");
@@ -112,7 +112,7 @@ fn matrix_case(kind: EngineKind, builder: &[&str], expect_builder: &str, expect_
     let (changed, out) = build(&engine, &server, &ctx, &feature);
     assert!(ran(&out, "ran-changed"), "{out}");
     assert!(!ran(&out, "ran-build"), "the first stage ran again:\n{out}");
-    assert_eq!(changed["steps_run"], 1, "{changed}");
+    assert_eq!(changed["steps_run"], 1, "{changed}\n{out}");
     assert_ne!(changed["cache"], "miss", "{changed}");
 }
 
@@ -206,16 +206,20 @@ fn buildkit_with_a_read_token_imports_main_and_exports_nothing() {
         &["--namespace", "main"],
     );
     assert!(ok, "{stderr}");
-    assert_eq!(main["pushed"], true, "{main}");
+    assert_eq!(main["pushed"], true, "{main}\n{stderr}");
     assert!(main["warnings"].as_array().unwrap().is_empty(), "{main}");
 
     engine.wipe();
     let args = ["--namespace", "pr-7", "--fallback", "main"];
     let (ok, pr, stderr) = run(&engine, &server.url, Some(&read), &ctx, &args);
     assert!(ok, "{stderr}");
-    assert_eq!(pr["cache"], "fallback", "{pr}");
-    assert_eq!(pr["steps_run"], 0, "{pr}");
-    assert_eq!(pr["pushed"], false, "{pr}");
+    assert_eq!(pr["cache"], "fallback", "{pr}\n{stderr}");
+    assert!(
+        !ran(&stderr, "ran-build") && !ran(&stderr, "ran-final"),
+        "a step ran again with main's cache imported:\n{stderr}"
+    );
+    assert_eq!(pr["steps_run"], 0, "{pr}\n{stderr}");
+    assert_eq!(pr["pushed"], false, "{pr}\n{stderr}");
     assert!(stderr.contains("may only read"), "{stderr}");
     assert!(
         !stderr.contains("exporting cache"),
