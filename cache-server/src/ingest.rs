@@ -303,21 +303,13 @@ pub async fn upload_blob(
     // Held from before the file is found or renamed until its row is (re)inserted. An upload
     // without a digest pins once its content is hashed, still before the rename.
     let pin = expected.map(|d| store.pins.pin([d]));
-    let writer = store
-        .blocking(|s| {
-            s.blobs
-                .begin_write()
-                .map_err(|e| ServerError::io("creating temp file in", &s.tmp_dir, e))
-        })
-        .await?;
-    // The body is read on the runtime; only the writes take a blocking thread (see `receive`).
-    let got = crate::receive::receive(&store, body, writer, limit).await;
+    // The body is read on the runtime; only the writes take a blocking thread, and the temp file
+    // is opened with the first (see `receive`).
+    let got = crate::receive::receive(&store, body, None, limit).await;
     store
         .blocking(move |s| {
             let result = got.result.and_then(|()| {
-                let w = got.writer.ok_or_else(|| {
-                    ServerError::Internal("an upload's write step panicked".into())
-                })?;
+                let w = crate::receive::writer_or_new(s, got.writer)?;
                 finish_blob(s, w, expected, pin)
             });
             count_upload(s, &result, got.received)?;

@@ -5,6 +5,9 @@
 //! stalls costs a socket and the bytes it sent so far, not a thread: before, each upload held a
 //! `spawn_blocking` thread for its whole transfer, and a few hundred stalled uploads took the
 //! whole pool, leaving none for auth and lookups.
+//!
+//! A new upload gets its temp file (and the writer's 1 MiB buffer) only with its first write, so
+//! an upload that stalls before sending [`FLUSH_BYTES`] holds neither a file nor that buffer.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -22,7 +25,8 @@ pub const FLUSH_BYTES: usize = 256 << 10;
 
 /// What [`receive`] did.
 pub struct Received {
-    /// The writer, holding everything that arrived; `None` only if a write step panicked.
+    /// The writer, holding everything that arrived; `None` when none was given and nothing was
+    /// written yet (see [`writer_or_new`]), or when a write step panicked.
     pub writer: Option<Box<dyn BlobWriter>>,
     /// Body bytes read from the client.
     pub received: u64,
@@ -32,16 +36,17 @@ pub struct Received {
     pub result: Result<(), ServerError>,
 }
 
-/// Appends `body` to `writer`, refusing bodies over `limit` bytes. What arrived before a broken
-/// body is written too (a registry client resumes a chunk from where it stopped).
+/// Appends `body` to `writer` (a new temp file, opened with the first write, when `None`),
+/// refusing bodies over `limit` bytes. What arrived before a broken body is written too (a
+/// registry client resumes a chunk from where it stopped).
 pub async fn receive(
     store: &Arc<Store>,
     body: Body,
-    writer: Box<dyn BlobWriter>,
+    mut writer: Option<Box<dyn BlobWriter>>,
     limit: u64,
 ) -> Received {
     let mut stream = body.into_data_stream();
-    let mut writer = Some(writer);
+    let mut opened = writer.is_some();
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0usize;
     let mut received = 0u64;
@@ -67,8 +72,11 @@ pub async fn receive(
             }
         };
         if (end || pending_len >= FLUSH_BYTES) && !pending.is_empty() {
-            let Some(w) = writer.take() else { break };
-            let (w, written) = write_out(store, w, std::mem::take(&mut pending)).await;
+            if opened && writer.is_none() {
+                break; // a write step panicked
+            }
+            opened = true;
+            let (w, written) = write_out(store, writer.take(), std::mem::take(&mut pending)).await;
             writer = w;
             pending_len = 0;
             if let Err(e) = written {
@@ -87,20 +95,42 @@ pub async fn receive(
     }
 }
 
-/// Writes `chunks` to `w` on a blocking thread (hashing happens in the writer); gives `w` back.
+/// `w`, or a new temp file in the store.
+pub fn writer_or_new(
+    store: &Store,
+    w: Option<Box<dyn BlobWriter>>,
+) -> Result<Box<dyn BlobWriter>, ServerError> {
+    match w {
+        Some(w) => Ok(w),
+        None => store
+            .blobs
+            .begin_write()
+            .map_err(|e| ServerError::io("creating temp file in", &store.tmp_dir, e)),
+    }
+}
+
+/// Writes `chunks` to `w` (opened here when `None`) on a blocking thread (hashing happens in the
+/// writer); gives the writer back.
 async fn write_out(
     store: &Arc<Store>,
-    mut w: Box<dyn BlobWriter>,
+    w: Option<Box<dyn BlobWriter>>,
     chunks: Vec<Bytes>,
 ) -> (Option<Box<dyn BlobWriter>>, Result<(), ServerError>) {
     let tmp = store.tmp_dir.clone();
+    let st = Arc::clone(store);
     let step = tokio::task::spawn_blocking(move || {
-        let r = chunks.iter().try_for_each(|c| w.write_all(c));
-        (w, r)
+        let mut w = match writer_or_new(&st, w) {
+            Ok(w) => w,
+            Err(e) => return (None, Err(e)),
+        };
+        let r = chunks
+            .iter()
+            .try_for_each(|c| w.write_all(c))
+            .map_err(|e| ServerError::io("writing upload to", tmp, e));
+        (Some(w), r)
     });
     match step.await {
-        Ok((w, Ok(()))) => (Some(w), Ok(())),
-        Ok((w, Err(e))) => (Some(w), Err(ServerError::io("writing upload to", tmp, e))),
+        Ok(done) => done,
         Err(e) => (None, Err(e.into())),
     }
 }
@@ -126,8 +156,7 @@ mod tests {
         let mut want = big.clone();
         want.extend_from_slice(b"tail");
         let body = chunked(vec![Ok(big), Ok(b"tail".to_vec())]);
-        let w = store.blobs.begin_write().unwrap();
-        let r = receive(&store, body, w, u64::MAX).await;
+        let r = receive(&store, body, None, u64::MAX).await;
         r.result.unwrap();
         assert_eq!(r.received, want.len() as u64);
         let w = r.writer.unwrap();
@@ -138,10 +167,10 @@ mod tests {
     #[tokio::test]
     async fn over_the_limit_is_too_large_and_a_broken_body_keeps_what_came() {
         let (_dir, store) = store();
-        let w = store.blobs.begin_write().unwrap();
-        let r = receive(&store, chunked(vec![Ok(vec![1; 10])]), w, 9).await;
+        let r = receive(&store, chunked(vec![Ok(vec![1; 10])]), None, 9).await;
         assert!(matches!(r.result, Err(ServerError::TooLarge { limit: 9 })));
-        let w = store.blobs.begin_write().unwrap();
+        assert!(r.writer.is_none(), "nothing written, no temp file");
+        let w = Some(store.blobs.begin_write().unwrap());
         let body = chunked(vec![Ok(vec![1; 10]), Err(io::Error::other("gone"))]);
         let r = receive(&store, body, w, u64::MAX).await;
         assert!(matches!(r.result, Err(ServerError::UploadBroken { .. })));

@@ -240,14 +240,15 @@ async fn sigterm_with_a_stalled_client_exits_within_the_deadline() {
         unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
         0
     );
-    let deadline = t0 + Duration::from_secs(6);
+    // The deadline is the process's exit; a second of slack for a loaded machine.
+    let deadline = t0 + Duration::from_secs(3);
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "still running 6 s after SIGTERM with a 2 s shutdown deadline"
+            "still running 3 s after SIGTERM with a 2 s shutdown deadline"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -480,7 +480,7 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     let result = runtime.block_on(run(args));
     // The shutdown deadline has passed or everything finished: do not wait for blocking work
     // still tied to a stalled client.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     result
 }
 

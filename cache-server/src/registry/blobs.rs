@@ -305,7 +305,7 @@ async fn append_chunk(
         OciCode::BlobUploadInvalid.err("an earlier chunk of this upload failed: start it again")
     })?;
     // Read on the runtime, written in short blocking steps (see `crate::receive`).
-    let got = crate::receive::receive(&state.store, body, writer, room).await;
+    let got = crate::receive::receive(&state.store, body, Some(writer), room).await;
     // A chunk broken off midway leaves what arrived: the client asks where the upload stands
     // and resumes from there.
     s.writer = got.writer;

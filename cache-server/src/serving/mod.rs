@@ -12,7 +12,8 @@
 //! - A connection outside a handler that moves no byte for `--idle-timeout-secs` is closed (a
 //!   client that stopped reading its download).
 //! - On shutdown the listener closes, connections finish their requests (idle ones close at once),
-//!   and after `--shutdown-timeout-secs` the loop returns even if a client is still stalled.
+//!   and the loop returns in time for the process to exit within `--shutdown-timeout-secs` even if
+//!   a client is still stalled.
 
 pub mod conns;
 pub mod fdlimit;
@@ -41,6 +42,10 @@ use tower_http::timeout::TimeoutBody;
 use crate::settings::Settings;
 use crate::transfers::Held;
 use conns::{ConnInfo, Slot, Table};
+
+/// Of the shutdown deadline, what is kept for the exit after the drain (aborting the collector,
+/// stopping the runtime), so the process is gone within the deadline, not just the drain.
+const EXIT_MARGIN: Duration = Duration::from_millis(500);
 
 /// How often the accept loop may log that it turned connections away.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -143,7 +148,8 @@ pub async fn run(
         deadline_secs = settings.shutdown_timeout.as_secs_f64(),
         "stopped accepting; finishing in-flight requests"
     );
-    match tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown()).await {
+    let drain = settings.shutdown_timeout.saturating_sub(EXIT_MARGIN);
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections finished"),
         Err(_) => tracing::warn!(
             connections = table.len(),
