@@ -9,7 +9,8 @@ same runners while hostile clients are held open the whole time:
 - 200 slowloris clients: a request header sent one byte per second, never finished;
 - 1000 idle connections: connected, nothing sent.
 
-Whatever the server closes is reopened at once, so the counts hold for the whole run. At the end
+The hostile clients run in their own process (their loop would otherwise take the runners' GIL);
+whatever the server closes is reopened at once, so the counts hold for the whole run. At the end
 the server gets SIGTERM with the hostile clients still connected. Prints a markdown table: runner
 errors, restore throughput (and hostile/baseline ratio), lookup p50/p99, the server's peak RSS
 (VmHWM) and SIGTERM-to-exit time. Exits 1 when a runner saw an error.
@@ -21,6 +22,7 @@ errors, restore throughput (and hostile/baseline ratio), lookup p50/p99, the ser
 
 import argparse
 import http.client
+import multiprocessing
 import os
 import random
 import resource
@@ -150,6 +152,27 @@ class Hostile:
             self.close(s)
 
 
+def hostile_process(host, port, stalled, slowloris, idle, pipe):
+    """The hostile clients in their own process, so their loop does not take the runners' GIL.
+
+    Protocol on `pipe`: sends "ready" once all are open; on "freeze" stops reopening and sends
+    its counts (the sockets stay open); on "close" closes everything and exits.
+    """
+    raise_nofile()
+    h = Hostile(host, port, stalled, slowloris, idle)
+    h.start()
+    pipe.send("ready")
+    assert pipe.recv() == "freeze"
+    h.freeze()
+    held = {k: h.held(k) for k in h.want}
+    held["open_at_sigterm"] = len(h.socks)
+    held["reopened"] = h.reopened
+    held["connect_failures"] = h.connect_failures
+    pipe.send(held)
+    assert pipe.recv() == "close"
+    h.close_all()
+
+
 def start_server(binary, tmp, shutdown_secs):
     host, port = "127.0.0.1", load.free_port()
     log = open(os.path.join(tmp, "server.log"), "wb")
@@ -172,8 +195,13 @@ def one_run(args, images, hostile):
     proc, host, port = start_server(args.server, tmp, args.shutdown_timeout)
     h = None
     if hostile:
-        h = Hostile(host, port, args.stalled, args.slowloris, args.idle)
+        pipe, child_end = multiprocessing.Pipe()
+        h = multiprocessing.Process(target=hostile_process,
+                                    args=(host, port, args.stalled, args.slowloris, args.idle,
+                                          child_end))
         h.start()
+        if pipe.recv() != "ready":
+            sys.exit("the hostile clients did not start")
     ns = f"bench-{int(time.time())}"
     stats = load.Stats()
     start = time.monotonic()
@@ -189,11 +217,8 @@ def one_run(args, images, hostile):
     rss = vm_hwm_kib(proc.pid) or 0
     held = None
     if h:
-        h.freeze()
-        held = {k: h.held(k) for k in h.want}
-        held["open_at_sigterm"] = len(h.socks)
-        held["reopened"] = h.reopened
-        held["connect_failures"] = h.connect_failures
+        pipe.send("freeze")
+        held = pipe.recv()
     t0 = time.monotonic()
     proc.terminate()
     try:
@@ -203,7 +228,8 @@ def one_run(args, images, hostile):
         proc.wait()
     exit_secs = time.monotonic() - t0
     if h:
-        h.close_all()
+        pipe.send("close")
+        h.join(timeout=30)
     shutil.rmtree(tmp, ignore_errors=True)
     return {
         "errors": stats.errors,
