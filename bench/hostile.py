@@ -17,7 +17,7 @@ errors, restore throughput (and hostile/baseline ratio), lookup p50/p99, the ser
 
     cargo build --release -p layercache-server
     python3 bench/hostile.py --seconds 60
-    python3 bench/hostile.py --seconds 8    # a quick run, about 40 s in all
+    python3 bench/hostile.py --seconds 5 --shutdown-timeout 3   # a quick run, about 20 s in all
 """
 
 import argparse
