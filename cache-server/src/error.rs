@@ -119,6 +119,18 @@ pub enum ServerError {
         /// What failed and what to do.
         message: String,
     },
+    #[error(
+        "the server is busy: {limit} {what} are in progress (its limit); retry in \
+         {retry_after_secs}s"
+    )]
+    Busy {
+        /// Which kind of transfer is at its limit ("uploads", "downloads", "tarball uploads").
+        what: &'static str,
+        /// The limit (`--max-uploads`, `--max-downloads`, `--max-tarball-uploads`).
+        limit: usize,
+        /// Sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     #[error("the database failed: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
@@ -159,6 +171,7 @@ impl ServerError {
             InvalidPolicy { .. } => (StatusCode::BAD_REQUEST, "invalid_policy"),
             Tls { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "tls_error"),
             Registry { code, .. } => (code.status(), code.as_str()),
+            Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -275,7 +288,21 @@ impl IntoResponse for ServerError {
         {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
+        self.add_retry_after(&mut resp);
         resp
+    }
+}
+
+impl ServerError {
+    /// `Retry-After` on a busy answer, so clients back off as long as the server asks.
+    pub fn add_retry_after(&self, resp: &mut Response) {
+        if let ServerError::Busy {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
     }
 }
 

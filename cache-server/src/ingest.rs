@@ -300,12 +300,19 @@ pub async fn upload_blob(
     body: Body,
     limit: u64,
 ) -> Result<BlobUpload, ServerError> {
-    let (reader, meter) = upload_reader(body, limit);
-    let mut bridge = SyncIoBridge::new(reader);
+    // Held from before the file is found or renamed until its row is (re)inserted. An upload
+    // without a digest pins once its content is hashed, still before the rename.
+    let pin = expected.map(|d| store.pins.pin([d]));
+    // The body is read on the runtime; only the writes take a blocking thread, and the temp file
+    // is opened with the first (see `receive`).
+    let got = crate::receive::receive(&store, body, None, limit).await;
     store
         .blocking(move |s| {
-            let result = store_blob(s, &mut bridge, expected).map_err(|e| upload_error(e, &meter));
-            count_upload(s, &result, meter.received())?;
+            let result = got.result.and_then(|()| {
+                let w = crate::receive::writer_or_new(s, got.writer)?;
+                finish_blob(s, w, expected, pin)
+            });
+            count_upload(s, &result, got.received)?;
             result
         })
         .await
@@ -332,23 +339,6 @@ pub fn count_upload(
         store.db.count_upload_failure(e.status_and_code().1)?;
     }
     Ok(())
-}
-
-/// Streams `body` into the blob store as `expected`, or under its own digest when `None`.
-fn store_blob(
-    store: &Store,
-    body: &mut dyn BufRead,
-    expected: Option<Digest>,
-) -> Result<BlobUpload, ServerError> {
-    // Held from before the file is found or renamed until its row is (re)inserted. An upload
-    // without a digest pins once its content is hashed, still before the rename.
-    let pin = expected.map(|d| store.pins.pin([d]));
-    let mut w = store
-        .blobs
-        .begin_write()
-        .map_err(|e| ServerError::io("creating temp file in", &store.tmp_dir, e))?;
-    append(store, body, &mut w)?;
-    finish_blob(store, w, expected, pin)
 }
 
 /// Appends all of `body` to the upload `w`.

@@ -9,6 +9,9 @@
 //! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
 //! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
 //! - [`auth`]: bearer tokens, roles and namespace patterns; the middleware on every route.
+//! - [`serving`]: the accept loop: connection cap, timeouts, graceful shutdown with a deadline.
+//! - [`transfers`]: bounded uploads and downloads (`503` + `Retry-After` beyond the limits).
+//! - [`receive`]: upload bodies read on the runtime, written in short blocking steps.
 //! - [`tls`]: optional HTTPS (rustls) for [`serve_tls`].
 //! - [`error`]: [`ServerError`], mapped once to status + JSON body.
 //! - [`dashboard`]: the HTML pages at `/` and `/entries/{ns}/{key}`.
@@ -25,13 +28,16 @@ pub mod handlers;
 pub mod ingest;
 pub mod lru;
 pub mod metrics;
+pub mod receive;
 pub mod registry;
 pub mod request_id;
 pub mod routes;
+pub mod serving;
 pub mod settings;
 pub mod store;
 pub mod tarball;
 pub mod tls;
+pub mod transfers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,7 +49,8 @@ use routes::{AppState, router};
 use store::Store;
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and
-/// waits for in-flight requests (including streaming downloads) to finish.
+/// lets in-flight requests (including streaming downloads) finish for up to
+/// [`Settings::shutdown_timeout`]; see [`serving`] for the limits on connections.
 ///
 /// Fails when the data dir cannot be opened (permissions, a corrupt database) or the listener
 /// breaks.
@@ -52,7 +59,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve_on(listener, settings, shutdown).await
+    serve_on(listener, serving::Transport::Plain, settings, shutdown).await
 }
 
 /// Like [`serve`], over HTTPS with `tls` (from [`tls::load_config`]).
@@ -62,20 +69,16 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = listener.local_addr().ok();
-    let listener = tls::TlsListener::new(listener, tls)
-        .map_err(|e| ServerError::io("serving TLS on", format!("{addr:?}"), e))?;
-    serve_on(listener, settings, shutdown).await
+    let transport = serving::Transport::Tls(tokio_rustls::TlsAcceptor::from(tls));
+    serve_on(listener, transport, settings, shutdown).await
 }
 
-async fn serve_on<L>(
-    listener: L,
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    transport: serving::Transport,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
+) -> Result<(), ServerError> {
     let data_dir = settings.data_dir.clone();
     let policy = gc::policy_of(&settings);
     let grace_secs = settings.upload_grace.as_secs();
@@ -108,8 +111,8 @@ where
     ));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let settings = Arc::clone(&state.settings);
+    let result = serving::run(listener, transport, router(state), &settings, shutdown)
         .await
         .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e));
     collector.abort();

@@ -78,6 +78,12 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn(metrics::tag_route))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
+        // Uploads and downloads take a slot or get 503 (inside auth and metrics: a refused token
+        // takes no slot, and 503s are counted).
+        .layer(from_fn_with_state(
+            Arc::new(crate::transfers::TransferLimits::new(&state.settings)),
+            crate::transfers::limit,
+        ))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         // Every route above, fallbacks included: tokens, roles, namespaces (see `auth`).
         .layer(axum::middleware::from_fn_with_state(

@@ -1,6 +1,7 @@
 //! Server settings, filled from flags and `LAYERCACHE_*` environment variables by `bin/main.rs`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default cap on one upload's body: a generous size for a CI image with its whole parent chain.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
@@ -27,12 +28,55 @@ pub struct Settings {
     /// `--open`: serve without tokens while the data dir holds none (see [`crate::auth_gate`]).
     /// Off by default: a server without tokens refuses every request until one is created.
     pub open: bool,
+    /// Blob uploads (v1 blobs, registry blob uploads and chunks) handled at once; more wait
+    /// [`Settings::queue_wait`], then get 503 (see [`crate::transfers`]).
+    pub max_uploads: usize,
+    /// Tarball uploads (`PUT /v1/images/...`) handled at once: each holds a blocking thread while
+    /// the archive streams through the reader, so these are kept well below tokio's 512.
+    pub max_tarball_uploads: usize,
+    /// Blob and tarball downloads streaming at once.
+    pub max_downloads: usize,
+    /// How long a transfer waits for a free slot before it is answered 503 with `Retry-After`.
+    pub queue_wait: Duration,
+    /// A request body that sends nothing for this long is aborted (a stalled upload).
+    pub body_timeout: Duration,
+    /// Time a connection has to send a request's headers; also how long a kept-alive connection
+    /// may sit between requests (hyper runs one timer for both).
+    pub header_timeout: Duration,
+    /// A connection with no request in a handler that moves no byte for this long is closed (a
+    /// client that stopped reading its download).
+    pub idle_timeout: Duration,
+    /// Open connections at most; lowered at start to fit the open-file limit (see
+    /// [`crate::serving`]).
+    pub max_connections: usize,
+    /// After SIGTERM, how long in-flight requests may take before the server exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
+/// Default for [`Settings::max_uploads`]: an upload waiting on its client costs a socket, a temp
+/// file and a few KiB, so the bound is about descriptors, not threads.
+pub const DEFAULT_MAX_UPLOADS: usize = 1024;
+/// Default for [`Settings::max_tarball_uploads`].
+pub const DEFAULT_MAX_TARBALL_UPLOADS: usize = 32;
+/// Default for [`Settings::max_downloads`]: each buffers up to a few MiB for a slow reader.
+pub const DEFAULT_MAX_DOWNLOADS: usize = 256;
+/// Default for [`Settings::queue_wait`].
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Default for [`Settings::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Settings::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default for [`Settings::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for [`Settings::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default for [`Settings::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default for [`Settings::gc_interval`].
-pub const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// Default for [`Settings::upload_grace`].
-pub const DEFAULT_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub const DEFAULT_UPLOAD_GRACE: Duration = Duration::from_secs(15 * 60);
 
 impl Settings {
     /// Settings with the default upload limit, no quota and no time-to-live.
@@ -46,6 +90,15 @@ impl Settings {
             upload_grace: DEFAULT_UPLOAD_GRACE,
             upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
             open: false,
+            max_uploads: DEFAULT_MAX_UPLOADS,
+            max_tarball_uploads: DEFAULT_MAX_TARBALL_UPLOADS,
+            max_downloads: DEFAULT_MAX_DOWNLOADS,
+            queue_wait: DEFAULT_QUEUE_WAIT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }

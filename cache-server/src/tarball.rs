@@ -1,10 +1,10 @@
 //! Streaming response bodies made of inline bytes and stored blob ranges: a tarball assembled from
 //! a [`TarPlan`], or one blob (or a range of it).
 //!
-//! A blocking thread takes blob files in [`CHUNK`]-sized pieces (mapped, not copied:
-//! [`crate::store::blobs::BlobRead::chunk`]) into a bounded channel that the response body drains,
-//! which keeps loopback throughput close to `sendfile`; the bound keeps memory per response at a
-//! few MiB however slow the client is.
+//! An async task reads blob files in [`CHUNK`]-sized pieces, each in a short blocking step
+//! ([`crate::store::blobs::BlobRead::chunk`]), into a bounded channel that the response body
+//! drains; the bound keeps memory per response at a few MiB however slow the client is, and a
+//! client that stops reading parks the task, not a thread.
 
 use std::io;
 use std::sync::Arc;
@@ -80,10 +80,15 @@ pub fn segments_of(plan: &TarPlan) -> Vec<Segment> {
 /// verify`, and the runner's `docker load` checks layer digests itself.
 pub fn stream_segments(store: Arc<Store>, segments: Vec<Segment>, pins: PinGuard) -> Body {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || {
-        let sent = produce(&store, &segments, &tx);
+    // An async task, not a blocking thread: a reader that stops reading parks this task on
+    // `send`, which costs no thread (a blocking producer held one per slow client).
+    tokio::spawn(async move {
+        let sent = produce(&store, segments, &tx).await;
         drop(pins);
-        if let Err(e) = store.db.add_counter(counter::BYTES_SERVED, sent) {
+        let counted = store
+            .blocking(move |s| Ok(s.db.add_counter(counter::BYTES_SERVED, sent)?))
+            .await;
+        if let Err(e) = counted {
             tracing::warn!(error = %e, "counting bytes served failed");
         }
     });
@@ -91,27 +96,32 @@ pub fn stream_segments(store: Arc<Store>, segments: Vec<Segment>, pins: PinGuard
 }
 
 /// Sends every segment; returns the bytes handed to the body.
-fn produce(store: &Store, segments: &[Segment], tx: &mpsc::Sender<io::Result<Bytes>>) -> u64 {
+async fn produce(
+    store: &Arc<Store>,
+    segments: Vec<Segment>,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> u64 {
     let mut sent = 0u64;
     for seg in segments {
         match seg {
             Segment::Inline(b) => {
-                if tx.blocking_send(Ok(b.clone())).is_err() {
+                let n = b.len() as u64;
+                if tx.send(Ok(b)).await.is_err() {
                     return sent;
                 }
-                sent += b.len() as u64;
+                sent += n;
             }
             Segment::Blob {
                 digest,
                 size,
                 offset,
                 len,
-            } => match send_blob(store, digest, *size, *offset, *len, tx) {
+            } => match send_blob(store, digest, size, offset, len, tx).await {
                 Ok((n, true)) => sent += n,
                 Ok((n, false)) => return sent + n,
                 Err(e) => {
                     tracing::error!(%digest, error = %e, "streaming a blob failed; aborting the response");
-                    let _ = tx.blocking_send(Err(e));
+                    let _ = tx.send(Err(e)).await;
                     return sent;
                 }
             },
@@ -120,47 +130,66 @@ fn produce(store: &Store, segments: &[Segment], tx: &mpsc::Sender<io::Result<Byt
     sent
 }
 
-/// Sends `len` bytes of `digest` from `offset`. Returns bytes sent and whether the client is
-/// still listening.
-fn send_blob(
-    store: &Store,
-    digest: &Digest,
+/// Sends `len` bytes of `digest` from `offset`, reading each chunk in a short blocking step.
+/// Returns bytes sent and whether the client is still listening.
+async fn send_blob(
+    store: &Arc<Store>,
+    digest: Digest,
     size: u64,
     offset: u64,
     len: u64,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> io::Result<(u64, bool)> {
-    let blob = store.blobs.open(digest)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("blob {digest} is not stored"),
-        )
-    })?;
-    let on_disk = blob.size();
-    if on_disk != size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "blob {digest} is {on_disk} bytes on disk, not the recorded {size}: it is corrupt \
-                 (run `layercache-server verify`)"
-            ),
-        ));
-    }
+    let blobs = Arc::clone(&store.blobs);
+    let mut blob = blocking(move || {
+        let blob = blobs.open(&digest)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {digest} is not stored"),
+            )
+        })?;
+        let on_disk = blob.size();
+        if on_disk != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {digest} is {on_disk} bytes on disk, not the recorded {size}: it is \
+                     corrupt (run `layercache-server verify`)"
+                ),
+            ));
+        }
+        Ok(blob)
+    })
+    .await?;
     let mut remaining = len;
     let mut sent = 0;
     while remaining > 0 {
         let n = remaining.min(CHUNK as u64) as usize;
         let at = offset + sent;
-        let chunk = blob
-            .chunk(at, n)
-            .map_err(|e| io::Error::new(e.kind(), format!("reading blob {digest} at {at}: {e}")))?;
-        if tx.blocking_send(Ok(chunk)).is_err() {
+        let (b, chunk) = blocking(move || {
+            let chunk = blob.chunk(at, n).map_err(|e| {
+                io::Error::new(e.kind(), format!("reading blob {digest} at {at}: {e}"))
+            });
+            Ok((blob, chunk))
+        })
+        .await?;
+        blob = b;
+        if tx.send(Ok(chunk?)).await.is_err() {
             return Ok((sent, false));
         }
         sent += n as u64;
         remaining -= n as u64;
     }
     Ok((sent, true))
+}
+
+/// Runs `f` on the blocking pool; a panic there is an I/O error of the transfer.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("reading a blob failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ use layercache_server::gc::{self, Sweep};
 use layercache_server::lru::{Policy, parse_size};
 use layercache_server::registry::uploads::DEFAULT_UPLOAD_TIMEOUT;
 use layercache_server::settings::{
-    DEFAULT_GC_INTERVAL, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UPLOAD_GRACE,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_GC_INTERVAL, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DOWNLOADS, DEFAULT_MAX_TARBALL_UPLOADS,
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_QUEUE_WAIT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
 };
 use layercache_server::store::Store;
 use layercache_server::store::sqlite::Db;
@@ -77,9 +80,46 @@ struct ServeArgs {
     /// Seconds a registry blob upload session may sit idle between chunks before it is dropped.
     #[arg(long, env = "LAYERCACHE_UPLOAD_TIMEOUT_SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT.as_secs())]
     upload_timeout_secs: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Log line format.
     #[arg(long, env = "LAYERCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// Limits on connections and transfers, so slow or hostile clients cannot take the server down.
+#[derive(Debug, Clone, clap::Args)]
+struct LimitArgs {
+    /// Blob uploads handled at once; more wait --queue-wait-secs, then get 503 + Retry-After.
+    #[arg(long, env = "LAYERCACHE_MAX_UPLOADS", default_value_t = DEFAULT_MAX_UPLOADS)]
+    max_uploads: usize,
+    /// Tarball uploads (`PUT /v1/images/...`) handled at once (each holds a thread).
+    #[arg(long, env = "LAYERCACHE_MAX_TARBALL_UPLOADS", default_value_t = DEFAULT_MAX_TARBALL_UPLOADS)]
+    max_tarball_uploads: usize,
+    /// Blob and tarball downloads streaming at once.
+    #[arg(long, env = "LAYERCACHE_MAX_DOWNLOADS", default_value_t = DEFAULT_MAX_DOWNLOADS)]
+    max_downloads: usize,
+    /// Seconds a transfer waits for a free slot before it is answered 503.
+    #[arg(long, env = "LAYERCACHE_QUEUE_WAIT_SECS", default_value_t = DEFAULT_QUEUE_WAIT.as_secs())]
+    queue_wait_secs: u64,
+    /// A request body that sends nothing for this many seconds is aborted (a stalled upload).
+    #[arg(long, env = "LAYERCACHE_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_BODY_TIMEOUT.as_secs())]
+    body_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers, and that a kept-alive connection may
+    /// wait for its next request.
+    #[arg(long, env = "LAYERCACHE_HEADER_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_TIMEOUT.as_secs())]
+    header_timeout_secs: u64,
+    /// A connection with no request in a handler that moves no byte for this many seconds is
+    /// closed (a client that stopped reading).
+    #[arg(long, env = "LAYERCACHE_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout_secs: u64,
+    /// Open connections at most (lowered to half the open-file limit). At the cap the longest
+    /// idle connection is closed for a new one; when all are busy the new one is closed.
+    #[arg(long, env = "LAYERCACHE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// After SIGTERM/SIGINT, seconds in-flight requests may take before the server exits anyway.
+    #[arg(long, env = "LAYERCACHE_SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+    shutdown_timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +237,7 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down");
 }
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -221,6 +261,15 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upload_grace: std::time::Duration::from_secs(args.policy.upload_grace_secs),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
         open: args.open,
+        max_uploads: args.limits.max_uploads,
+        max_tarball_uploads: args.limits.max_tarball_uploads,
+        max_downloads: args.limits.max_downloads,
+        queue_wait: secs(args.limits.queue_wait_secs),
+        body_timeout: secs(args.limits.body_timeout_secs.max(1)),
+        header_timeout: secs(args.limits.header_timeout_secs.max(1)),
+        idle_timeout: secs(args.limits.idle_timeout_secs.max(1)),
+        max_connections: args.limits.max_connections,
+        shutdown_timeout: secs(args.limits.shutdown_timeout_secs),
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {
@@ -233,6 +282,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
 }
 
 fn open_db(data_dir: &Path) -> anyhow::Result<Db> {
@@ -414,8 +467,21 @@ fn main() -> ExitCode {
 
 fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    // Every connection, upload temp file and blob being read is a descriptor: a soft limit of
+    // 1024 is what a few hundred idle clients exhaust.
+    match layercache_server::serving::fdlimit::raise() {
+        Ok((before, after)) if after > before => {
+            tracing::info!("raised the open-file limit from {before} to {after}")
+        }
+        Ok((before, _)) => tracing::info!("open-file limit {before}"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-    runtime.block_on(run(args))
+    let result = runtime.block_on(run(args));
+    // The shutdown deadline has passed or everything finished: do not wait for blocking work
+    // still tied to a stalled client.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use layercache_shared::Digest;
 use tokio::sync::OwnedMutexGuard;
-use tokio_util::io::SyncIoBridge;
 
 use super::error::OciCode;
 use super::path::RepoName;
@@ -21,7 +20,7 @@ use crate::auth::Access;
 use crate::error::ServerError;
 use crate::handlers::blobs::{BlobAnswer, blob_response};
 use crate::handlers::check_content_length;
-use crate::ingest::{self, BlobUpload, upload_reader};
+use crate::ingest::{self, BlobUpload};
 use crate::routes::AppState;
 use crate::tarball::{Segment, stream_segments};
 
@@ -302,24 +301,16 @@ async fn append_chunk(
     let limit = state.settings.max_upload_bytes;
     let room = limit.saturating_sub(offset);
     check_content_length(headers, room).map_err(|_| ServerError::TooLarge { limit })?;
-    let mut writer = s.writer.take().ok_or_else(|| {
+    let writer = s.writer.take().ok_or_else(|| {
         OciCode::BlobUploadInvalid.err("an earlier chunk of this upload failed: start it again")
     })?;
-    let (reader, meter) = upload_reader(body, room);
-    let mut bridge = SyncIoBridge::new(reader);
-    let (writer, result) = state
-        .store
-        .blocking(move |st| {
-            let r = ingest::append(st, &mut bridge, &mut writer)
-                .map_err(|e| ingest::upload_error(e, &meter));
-            Ok((writer, r))
-        })
-        .await?;
+    // Read on the runtime, written in short blocking steps (see `crate::receive`).
+    let got = crate::receive::receive(&state.store, body, Some(writer), room).await;
     // A chunk broken off midway leaves what arrived: the client asks where the upload stands
     // and resumes from there.
-    s.writer = Some(writer);
+    s.writer = got.writer;
     s.last_active = std::time::Instant::now();
-    result.map_err(|e| match e {
+    got.result.map_err(|e| match e {
         ServerError::TooLarge { .. } => ServerError::TooLarge { limit },
         other => other,
     })

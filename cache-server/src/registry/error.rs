@@ -28,6 +28,8 @@ pub enum OciCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// The server is at a transfer limit (503 `UNAVAILABLE`, as distribution answers).
+    Unavailable,
     /// A path naming no endpoint (404 with `NAME_UNKNOWN`, as distribution answers).
     NotFound,
     /// A chunk that does not continue the upload where it stands (416 `BLOB_UPLOAD_INVALID`).
@@ -55,6 +57,7 @@ impl OciCode {
             Denied => "DENIED",
             Unsupported => "UNSUPPORTED",
             TooManyRequests => "TOOMANYREQUESTS",
+            Unavailable => "UNAVAILABLE",
             Unknown => "UNKNOWN",
         }
     }
@@ -73,6 +76,7 @@ impl OciCode {
             Denied => StatusCode::FORBIDDEN,
             Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +105,7 @@ impl ServerError {
             Forbidden { .. } => OciCode::Denied,
             MethodNotAllowed => OciCode::Unsupported,
             BadRequest { .. } | UploadBroken { .. } => OciCode::BlobUploadInvalid,
+            Busy { .. } => OciCode::Unavailable,
             _ => OciCode::Unknown,
         }
     }
@@ -155,6 +160,7 @@ impl IntoResponse for OciError {
         {
             h.insert(header::CONTENT_RANGE, v);
         }
+        err.add_retry_after(&mut resp);
         resp
     }
 }
