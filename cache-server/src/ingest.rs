@@ -15,7 +15,7 @@ use axum::body::Body;
 use futures::StreamExt;
 use layercache_shared::api::{CommitImage, CommitRequest, PutReport};
 use layercache_shared::archive::{self, ArchiveError, BlobSink, Limits};
-use layercache_shared::{CacheKey, Digest, Namespace};
+use layercache_shared::{CacheKey, Digest, Namespace, parents};
 use tokio::io::AsyncBufRead;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -422,7 +422,8 @@ fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError>
     Ok(cfg.rootfs.diff_ids)
 }
 
-/// Orders images so that each comes after its parent when the parent is among them.
+/// Orders images so that each comes after its parent when the parent is among them, in linear
+/// time (see [`layercache_shared::parents`]).
 pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, ServerError> {
     let ids: HashSet<Digest> = images.iter().map(|i| i.id).collect();
     if ids.len() != images.len() {
@@ -430,25 +431,12 @@ pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, Serve
             "an image is listed twice in the commit request: list each image once",
         ));
     }
-    let mut placed: HashSet<Digest> = HashSet::new();
-    let mut pending = images;
-    let mut out = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|i| match i.parent {
-            Some(p) if ids.contains(&p) => placed.contains(&p),
-            _ => true,
-        });
-        placed.extend(ready.iter().map(|i| i.id));
-        out.extend(ready);
-        pending = rest;
-        if pending.len() == before {
-            return Err(ServerError::bad_request(
-                "the images' parent links form a cycle: fix the `parent` fields",
-            ));
-        }
-    }
-    Ok(out)
+    let links: Vec<(Digest, Option<Digest>)> = images.iter().map(|i| (i.id, i.parent)).collect();
+    let order = parents::parents_first(&parents::parent_indexes(&links)).map_err(|_| {
+        ServerError::bad_request("the images' parent links form a cycle: fix the `parent` fields")
+    })?;
+    let mut slots: Vec<Option<CommitImage>> = images.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
 /// `PUT /v1/images/{ns}/{key}/manifest`: commits an entry from blobs already on the server.
