@@ -26,9 +26,6 @@ use crate::store::blobs::{BlobStore, BlobWriter};
 use crate::store::pins::PinGuard;
 use crate::store::sqlite::{NewEntry, NewImage, counter};
 
-/// Largest image config the server reads when committing from a manifest: real ones are a few KiB.
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
 /// Copy buffer for ingest and blob uploads: big reads keep syscalls and hashing calls few.
 const COPY_BUFFER: usize = 256 << 10;
 
@@ -112,9 +109,12 @@ struct TempSink {
 impl BlobSink for TempSink {
     type Handle = Box<dyn BlobWriter>;
 
+    /// Writes the layer, then parks the writer: until the archive is verified, every layer waits
+    /// as a closed temp file, so memory and open files stay at one layer in flight.
     fn store(&mut self, content: &mut dyn Read) -> io::Result<Self::Handle> {
         let mut w = self.blobs.begin_write()?;
         copy_large(content, &mut w)?;
+        w.park()?;
         Ok(w)
     }
 }
@@ -141,7 +141,7 @@ pub async fn ingest_tarball(
     // disconnects and this handler's future is dropped.
     store
         .blocking(move |s| {
-            let result = ingest_blocking(s, bridge, namespace, key, prefixes)
+            let result = ingest_blocking(s, bridge, namespace, key, prefixes, limit)
                 .map_err(|e| upload_error(e, &meter));
             let received = meter.received();
             let (dedup, failed) = match &result {
@@ -163,8 +163,12 @@ pub async fn ingest_tarball(
         .await
 }
 
-/// An archive error, as 507 when the disk filled up under it.
+/// An archive error, as 507 when the disk filled up under it, and as 413 when the layers inflate
+/// past the upload limit.
 fn archive_error(e: ArchiveError) -> ServerError {
+    if let ArchiveError::ContentTooLarge { limit } = e {
+        return ServerError::TooLarge { limit };
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>()
@@ -188,12 +192,17 @@ fn ingest_blocking(
     namespace: Namespace,
     key: CacheKey,
     prefixes: Vec<Digest>,
+    max_upload_bytes: u64,
 ) -> Result<Outcome, ServerError> {
     let mut sink = TempSink {
         blobs: Arc::clone(&store.blobs),
     };
-    let parsed =
-        archive::read_archive(reader, &mut sink, &Limits::default()).map_err(archive_error)?;
+    // Layers count inflated: a gzip layer that expands past the upload limit is a 413 too.
+    let limits = Limits {
+        max_content_bytes: max_upload_bytes,
+        ..Limits::default()
+    };
+    let parsed = archive::read_archive(reader, &mut sink, &limits).map_err(archive_error)?;
 
     let layer_sizes: HashMap<Digest, u64> =
         parsed.layers.iter().map(|(d, b)| (*d, b.size)).collect();
@@ -389,19 +398,10 @@ pub fn finish_blob(
     })
 }
 
-/// The part of an image config the server reads.
-#[derive(serde::Deserialize)]
-struct ConfigRootfs {
-    rootfs: Rootfs,
-}
-
-#[derive(serde::Deserialize)]
-struct Rootfs {
-    diff_ids: Vec<Digest>,
-}
-
-/// Reads config blob `id` and returns its `rootfs.diff_ids`.
+/// Reads config blob `id` and returns its `rootfs.diff_ids`, within the tarball reader's
+/// [`Limits`] (size, values, layers): a config is the same document whichever way it arrives.
 fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError> {
+    let limits = Limits::default();
     let bad = |reason: String| ServerError::BadConfig {
         digest: *id,
         reason,
@@ -411,15 +411,16 @@ fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError>
         .open(id)
         .map_err(|e| ServerError::io("opening config blob", id.to_string(), e))?
         .ok_or_else(|| ServerError::MissingBlobs { missing: vec![*id] })?;
-    if file.size() > MAX_CONFIG_BYTES {
-        return Err(bad(format!("it is larger than {MAX_CONFIG_BYTES} bytes")));
+    if file.size() > limits.max_json_bytes {
+        return Err(bad(format!(
+            "it is larger than {} bytes",
+            limits.max_json_bytes
+        )));
     }
     let json = file
         .chunk(0, file.size() as usize)
         .map_err(|e| ServerError::io("reading config blob", id.to_string(), e))?;
-    let cfg: ConfigRootfs = serde_json::from_slice(&json)
-        .map_err(|e| bad(format!("no valid `rootfs.diff_ids` in it: {e}")))?;
-    Ok(cfg.rootfs.diff_ids)
+    archive::config_diff_ids("config", &json, &limits).map_err(|e| bad(e.to_string()))
 }
 
 /// Orders images so that each comes after its parent when the parent is among them, in linear

@@ -148,6 +148,13 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(bad)
 }
 
+/// The number of values (array elements, object members and scalars, at any depth) in a JSON
+/// document, counted without building anything: what a caller checks before parsing untrusted
+/// JSON into types that allocate per value.
+pub fn json_value_count(bytes: &[u8]) -> Result<usize, serde_json::Error> {
+    serde_json::from_slice::<Counted>(bytes).map(|Counted(n)| n)
+}
+
 /// Refuses `count` items of `what` above `limit`.
 pub(crate) fn check_count(
     count: usize,
