@@ -71,6 +71,19 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the upload needs {requested} bytes but the size quota (--max-size {max_size} bytes) has \
+         room for {} next to uploads in progress: retry later, or raise --max-size",
+        max_size.saturating_sub(*reserved)
+    )]
+    QuotaFull {
+        /// Bytes the upload asked for.
+        requested: u64,
+        /// Bytes other uploads in progress hold.
+        reserved: u64,
+        /// `--max-size`.
+        max_size: u64,
+    },
     #[error("{action} `{}` failed: {source}", path.display())]
     Io {
         /// What the server was doing.
@@ -155,7 +168,9 @@ impl ServerError {
             MissingBlobs { .. } => (StatusCode::BAD_REQUEST, "missing_blobs"),
             BadConfig { .. } => (StatusCode::BAD_REQUEST, "bad_config"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "bad_range"),
-            StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+            StorageFull { .. } | QuotaFull { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "storage_full")
+            }
             Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
             UploadBroken { .. } => (StatusCode::BAD_REQUEST, "upload_broken"),
             CorruptBlob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_blob"),

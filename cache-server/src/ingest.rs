@@ -8,10 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use futures::StreamExt;
 use layercache_shared::api::{CommitImage, CommitRequest, PutReport};
 use layercache_shared::archive::{self, ArchiveError, BlobSink, Limits};
@@ -24,6 +24,7 @@ use crate::error::{ServerError, is_storage_full};
 use crate::store::Store;
 use crate::store::blobs::{BlobStore, BlobWriter};
 use crate::store::pins::PinGuard;
+use crate::store::quota::Quota;
 use crate::store::sqlite::{NewEntry, NewImage, counter};
 
 /// Copy buffer for ingest and blob uploads: big reads keep syscalls and hashing calls few.
@@ -36,6 +37,9 @@ pub struct UploadMeter {
     received: AtomicU64,
     /// `max_upload_bytes`.
     limit: u64,
+    /// Set when the body outgrew its space reservation and no more could be had (see
+    /// [`crate::store::quota`]): the error to answer.
+    no_room: Mutex<Option<ServerError>>,
 }
 
 impl UploadMeter {
@@ -50,13 +54,21 @@ impl UploadMeter {
 }
 
 /// A request body as an async reader that fails once more than `limit` bytes arrived.
+///
+/// Space under the quota is reserved for the body's declared length (`Content-Length`) before any
+/// of it is read, a [`ServerError::QuotaFull`] (507) when it cannot fit; the reservation grows as
+/// bytes arrive past it and is released when the reader is dropped (the upload stored or failed).
 pub fn upload_reader(
     body: Body,
     limit: u64,
-) -> (impl AsyncBufRead + Send + Unpin + 'static, Arc<UploadMeter>) {
+    quota: &Arc<Quota>,
+) -> Result<(impl AsyncBufRead + Send + Unpin + 'static, Arc<UploadMeter>), ServerError> {
+    let declared = HttpBody::size_hint(&body).exact().unwrap_or(0);
+    let mut reservation = quota.reserve(declared.min(limit))?;
     let meter = Arc::new(UploadMeter {
         received: AtomicU64::new(0),
         limit,
+        no_room: Mutex::new(None),
     });
     let m = Arc::clone(&meter);
     let stream = body.into_data_stream().map(move |chunk| {
@@ -69,18 +81,30 @@ pub fn upload_reader(
                 m.limit
             )));
         }
+        if let Err(e) = reservation.grow_to(total) {
+            let text = e.to_string();
+            *m.no_room.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return Err(io::Error::other(text));
+        }
         Ok(chunk)
     });
-    (StreamReader::new(stream), meter)
+    Ok((StreamReader::new(stream), meter))
 }
 
 /// Turns the outcome of an upload into the error to answer: a body over the limit is a 413
 /// whatever the reading code made of it.
 pub fn upload_error(e: ServerError, meter: &UploadMeter) -> ServerError {
     if meter.exceeded() {
-        ServerError::TooLarge { limit: meter.limit }
-    } else {
-        e
+        return ServerError::TooLarge { limit: meter.limit };
+    }
+    match meter
+        .no_room
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        Some(no_room) => no_room,
+        None => e,
     }
 }
 
@@ -135,7 +159,7 @@ pub async fn ingest_tarball(
     body: Body,
     limit: u64,
 ) -> Result<PutReport, ServerError> {
-    let (reader, meter) = upload_reader(body, limit);
+    let (reader, meter) = upload_reader(body, limit, &store.quota)?;
     let bridge = SyncIoBridge::new(reader);
     // Counters are updated on the blocking thread itself: it runs to the end even when the client
     // disconnects and this handler's future is dropped.
@@ -309,7 +333,7 @@ pub async fn upload_blob(
     body: Body,
     limit: u64,
 ) -> Result<BlobUpload, ServerError> {
-    let (reader, meter) = upload_reader(body, limit);
+    let (reader, meter) = upload_reader(body, limit, &store.quota)?;
     let mut bridge = SyncIoBridge::new(reader);
     store
         .blocking(move |s| {

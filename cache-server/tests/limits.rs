@@ -438,3 +438,81 @@ async fn a_long_parent_chain_commits_quickly_and_parents_first() {
         "not parents first"
     );
 }
+
+/// Uploads were written whole, then the collector evicted to get back under `--max-size`: a blob
+/// larger than the quota was stored (201), and uploads in progress could together pass it. Now
+/// an upload reserves its declared size first: one that cannot fit beside the reservations in
+/// flight is a 507 before its body is read, and a finished upload gives its reservation back.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_reserve_quota_space_before_they_are_written() {
+    let s = start(|st| st.max_size = Some(10 << 20)).await;
+    let too_big: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let r = s
+        .client
+        .put(format!("{}/v1/blobs/{}", s.url, Digest::of(&too_big)))
+        .body(too_big)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "storage_full", "{body}");
+            let msg = body["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("--max-size"), "{msg}");
+        }
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+
+    // A 6 MiB upload in progress (1 MiB sent, then waiting) holds its 6 MiB.
+    let first: Vec<u8> = (0..6u32 << 20).map(|i| (i % 241) as u8).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let url = format!("{}/v1/blobs/{}", s.url, Digest::of(&first));
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let pending = tokio::spawn(
+        s.client
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, first.len())
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(Bytes::copy_from_slice(&first[..1 << 20])))
+        .await
+        .unwrap();
+    let second: Vec<u8> = (0..6u32 << 20).map(|i| (i % 239) as u8).collect();
+    let put_second = || {
+        s.client
+            .put(format!("{}/v1/blobs/{}", s.url, Digest::of(&second)))
+            .body(second.clone())
+            .send()
+    };
+    // Poll until the first upload's reservation is in place (its request reached the handler).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = put_second().await.unwrap();
+        if r.status() == StatusCode::INSUFFICIENT_STORAGE {
+            break;
+        }
+        // It fit because the first had not reserved yet: try again.
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert!(
+            Instant::now() < deadline,
+            "the second upload was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.send(Ok(Bytes::copy_from_slice(&first[1 << 20..])))
+        .await
+        .unwrap();
+    drop(tx);
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // The first upload's reservation is released: the second fits now.
+    let r = put_second().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}

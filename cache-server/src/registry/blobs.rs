@@ -305,7 +305,7 @@ async fn append_chunk(
     let mut writer = s.writer.take().ok_or_else(|| {
         OciCode::BlobUploadInvalid.err("an earlier chunk of this upload failed: start it again")
     })?;
-    let (reader, meter) = upload_reader(body, room);
+    let (reader, meter) = upload_reader(body, room, &state.store.quota)?;
     let mut bridge = SyncIoBridge::new(reader);
     let (writer, result) = state
         .store
