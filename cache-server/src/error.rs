@@ -44,6 +44,11 @@ pub enum ServerError {
         /// The configured `max_upload_bytes`.
         limit: u64,
     },
+    #[error("{what}: the server's limit for JSON requests; split the request")]
+    JsonTooLarge {
+        /// Which body, and which limit it passed.
+        what: String,
+    },
     #[error(
         "the uploaded content has digest {found}, not the {expected} named in the URL: upload it again"
     )]
@@ -65,6 +70,19 @@ pub enum ServerError {
         action: String,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "the upload needs {requested} bytes but the size quota (--max-size {max_size} bytes) has \
+         room for {} next to uploads in progress: retry later, or raise --max-size",
+        max_size.saturating_sub(*reserved)
+    )]
+    QuotaFull {
+        /// Bytes the upload asked for.
+        requested: u64,
+        /// Bytes other uploads in progress hold.
+        reserved: u64,
+        /// `--max-size`.
+        max_size: u64,
     },
     #[error("{action} `{}` failed: {source}", path.display())]
     Io {
@@ -148,20 +166,23 @@ impl ServerError {
             NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             BadArchive { source } => {
                 let code = source.code();
-                // `storage`: the server could not store a member, not the tarball's fault.
-                let status = if code == "storage" {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    StatusCode::BAD_REQUEST
+                // `storage`: the server could not store a member, not the tarball's fault;
+                // `too_large`: a document or count over a limit (the message names it).
+                let status = match code {
+                    "storage" => StatusCode::INTERNAL_SERVER_ERROR,
+                    "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
                 };
                 (status, code)
             }
-            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            TooLarge { .. } | JsonTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "digest_mismatch"),
             MissingBlobs { .. } => (StatusCode::BAD_REQUEST, "missing_blobs"),
             BadConfig { .. } => (StatusCode::BAD_REQUEST, "bad_config"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "bad_range"),
-            StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+            StorageFull { .. } | QuotaFull { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "storage_full")
+            }
             Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
             UploadBroken { .. } => (StatusCode::BAD_REQUEST, "upload_broken"),
             CorruptBlob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_blob"),

@@ -111,11 +111,13 @@ pub fn collect(
         .iter()
         .flat_map(|e| e.blobs.iter().copied())
         .collect();
+    // Space reserved by uploads in progress counts too: room is made before they land.
     let kept_bytes: u64 = rows
         .iter()
         .filter(|r| r.refcount == 0 && fresh(r.created) && !held.contains(&r.digest))
         .map(|r| r.size)
-        .sum();
+        .sum::<u64>()
+        + store.quota.reserved();
     let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
     for (holder, last_used, reason) in &plan.evict {
         let evicted = match holder {

@@ -8,14 +8,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use futures::StreamExt;
 use layercache_shared::api::{CommitImage, CommitRequest, PutReport};
 use layercache_shared::archive::{self, ArchiveError, BlobSink, Limits};
-use layercache_shared::{CacheKey, Digest, Namespace};
+use layercache_shared::{CacheKey, Digest, Namespace, parents};
 use tokio::io::AsyncBufRead;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -24,10 +24,8 @@ use crate::error::{ServerError, is_storage_full};
 use crate::store::Store;
 use crate::store::blobs::{BlobStore, BlobWriter};
 use crate::store::pins::PinGuard;
+use crate::store::quota::Quota;
 use crate::store::sqlite::{NewEntry, NewImage, counter};
-
-/// Largest image config the server reads when committing from a manifest: real ones are a few KiB.
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Copy buffer for ingest and blob uploads: big reads keep syscalls and hashing calls few.
 const COPY_BUFFER: usize = 256 << 10;
@@ -39,6 +37,9 @@ pub struct UploadMeter {
     received: AtomicU64,
     /// `max_upload_bytes`.
     limit: u64,
+    /// Set when the body outgrew its space reservation and no more could be had (see
+    /// [`crate::store::quota`]): the error to answer.
+    no_room: Mutex<Option<ServerError>>,
 }
 
 impl UploadMeter {
@@ -53,13 +54,21 @@ impl UploadMeter {
 }
 
 /// A request body as an async reader that fails once more than `limit` bytes arrived.
+///
+/// Space under the quota is reserved for the body's declared length (`Content-Length`) before any
+/// of it is read, a [`ServerError::QuotaFull`] (507) when it cannot fit; the reservation grows as
+/// bytes arrive past it and is released when the reader is dropped (the upload stored or failed).
 pub fn upload_reader(
     body: Body,
     limit: u64,
-) -> (impl AsyncBufRead + Send + Unpin + 'static, Arc<UploadMeter>) {
+    quota: &Arc<Quota>,
+) -> Result<(impl AsyncBufRead + Send + Unpin + 'static, Arc<UploadMeter>), ServerError> {
+    let declared = HttpBody::size_hint(&body).exact().unwrap_or(0);
+    let mut reservation = quota.reserve(declared.min(limit))?;
     let meter = Arc::new(UploadMeter {
         received: AtomicU64::new(0),
         limit,
+        no_room: Mutex::new(None),
     });
     let m = Arc::clone(&meter);
     let stream = body.into_data_stream().map(move |chunk| {
@@ -72,18 +81,30 @@ pub fn upload_reader(
                 m.limit
             )));
         }
+        if let Err(e) = reservation.grow_to(total) {
+            let text = e.to_string();
+            *m.no_room.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return Err(io::Error::other(text));
+        }
         Ok(chunk)
     });
-    (StreamReader::new(stream), meter)
+    Ok((StreamReader::new(stream), meter))
 }
 
 /// Turns the outcome of an upload into the error to answer: a body over the limit is a 413
 /// whatever the reading code made of it.
 pub fn upload_error(e: ServerError, meter: &UploadMeter) -> ServerError {
     if meter.exceeded() {
-        ServerError::TooLarge { limit: meter.limit }
-    } else {
-        e
+        return ServerError::TooLarge { limit: meter.limit };
+    }
+    match meter
+        .no_room
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        Some(no_room) => no_room,
+        None => e,
     }
 }
 
@@ -112,9 +133,12 @@ struct TempSink {
 impl BlobSink for TempSink {
     type Handle = Box<dyn BlobWriter>;
 
+    /// Writes the layer, then parks the writer: until the archive is verified, every layer waits
+    /// as a closed temp file, so memory and open files stay at one layer in flight.
     fn store(&mut self, content: &mut dyn Read) -> io::Result<Self::Handle> {
         let mut w = self.blobs.begin_write()?;
         copy_large(content, &mut w)?;
+        w.park()?;
         Ok(w)
     }
 }
@@ -135,13 +159,13 @@ pub async fn ingest_tarball(
     body: Body,
     limit: u64,
 ) -> Result<PutReport, ServerError> {
-    let (reader, meter) = upload_reader(body, limit);
+    let (reader, meter) = upload_reader(body, limit, &store.quota)?;
     let bridge = SyncIoBridge::new(reader);
     // Counters are updated on the blocking thread itself: it runs to the end even when the client
     // disconnects and this handler's future is dropped.
     store
         .blocking(move |s| {
-            let result = ingest_blocking(s, bridge, namespace, key, prefixes)
+            let result = ingest_blocking(s, bridge, namespace, key, prefixes, limit)
                 .map_err(|e| upload_error(e, &meter));
             let received = meter.received();
             let (dedup, failed) = match &result {
@@ -163,8 +187,12 @@ pub async fn ingest_tarball(
         .await
 }
 
-/// An archive error, as 507 when the disk filled up under it.
+/// An archive error, as 507 when the disk filled up under it, and as 413 when the layers inflate
+/// past the upload limit.
 fn archive_error(e: ArchiveError) -> ServerError {
+    if let ArchiveError::ContentTooLarge { limit } = e {
+        return ServerError::TooLarge { limit };
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>()
@@ -188,12 +216,17 @@ fn ingest_blocking(
     namespace: Namespace,
     key: CacheKey,
     prefixes: Vec<Digest>,
+    max_upload_bytes: u64,
 ) -> Result<Outcome, ServerError> {
     let mut sink = TempSink {
         blobs: Arc::clone(&store.blobs),
     };
-    let parsed =
-        archive::read_archive(reader, &mut sink, &Limits::default()).map_err(archive_error)?;
+    // Layers count inflated: a gzip layer that expands past the upload limit is a 413 too.
+    let limits = Limits {
+        max_content_bytes: max_upload_bytes,
+        ..Limits::default()
+    };
+    let parsed = archive::read_archive(reader, &mut sink, &limits).map_err(archive_error)?;
 
     let layer_sizes: HashMap<Digest, u64> =
         parsed.layers.iter().map(|(d, b)| (*d, b.size)).collect();
@@ -306,7 +339,9 @@ pub async fn upload_blob(
     // The body is read on the runtime; only the writes take a blocking thread, and the temp file
     // is opened with the first (see `receive`).
     let got = crate::receive::receive(&store, body, None, limit).await;
-    store
+    // Held until the blob's row is in: until then the collector counts it as reserved.
+    let reservation = got.reservation;
+    let stored = store
         .blocking(move |s| {
             let result = got.result.and_then(|()| {
                 let w = crate::receive::writer_or_new(s, got.writer)?;
@@ -315,7 +350,9 @@ pub async fn upload_blob(
             count_upload(s, &result, got.received)?;
             result
         })
-        .await
+        .await;
+    drop(reservation);
+    stored
 }
 
 /// Adds a blob upload's outcome to the counters: bytes received, bytes already stored, failures
@@ -379,19 +416,10 @@ pub fn finish_blob(
     })
 }
 
-/// The part of an image config the server reads.
-#[derive(serde::Deserialize)]
-struct ConfigRootfs {
-    rootfs: Rootfs,
-}
-
-#[derive(serde::Deserialize)]
-struct Rootfs {
-    diff_ids: Vec<Digest>,
-}
-
-/// Reads config blob `id` and returns its `rootfs.diff_ids`.
+/// Reads config blob `id` and returns its `rootfs.diff_ids`, within the tarball reader's
+/// [`Limits`] (size, values, layers): a config is the same document whichever way it arrives.
 fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError> {
+    let limits = Limits::default();
     let bad = |reason: String| ServerError::BadConfig {
         digest: *id,
         reason,
@@ -401,18 +429,20 @@ fn config_layers(store: &Store, id: &Digest) -> Result<Vec<Digest>, ServerError>
         .open(id)
         .map_err(|e| ServerError::io("opening config blob", id.to_string(), e))?
         .ok_or_else(|| ServerError::MissingBlobs { missing: vec![*id] })?;
-    if file.size() > MAX_CONFIG_BYTES {
-        return Err(bad(format!("it is larger than {MAX_CONFIG_BYTES} bytes")));
+    if file.size() > limits.max_json_bytes {
+        return Err(bad(format!(
+            "it is larger than {} bytes",
+            limits.max_json_bytes
+        )));
     }
     let json = file
         .chunk(0, file.size() as usize)
         .map_err(|e| ServerError::io("reading config blob", id.to_string(), e))?;
-    let cfg: ConfigRootfs = serde_json::from_slice(&json)
-        .map_err(|e| bad(format!("no valid `rootfs.diff_ids` in it: {e}")))?;
-    Ok(cfg.rootfs.diff_ids)
+    archive::config_diff_ids("config", &json, &limits).map_err(|e| bad(e.to_string()))
 }
 
-/// Orders images so that each comes after its parent when the parent is among them.
+/// Orders images so that each comes after its parent when the parent is among them, in linear
+/// time (see [`layercache_shared::parents`]).
 pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, ServerError> {
     let ids: HashSet<Digest> = images.iter().map(|i| i.id).collect();
     if ids.len() != images.len() {
@@ -420,25 +450,12 @@ pub fn parents_first(images: Vec<CommitImage>) -> Result<Vec<CommitImage>, Serve
             "an image is listed twice in the commit request: list each image once",
         ));
     }
-    let mut placed: HashSet<Digest> = HashSet::new();
-    let mut pending = images;
-    let mut out = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|i| match i.parent {
-            Some(p) if ids.contains(&p) => placed.contains(&p),
-            _ => true,
-        });
-        placed.extend(ready.iter().map(|i| i.id));
-        out.extend(ready);
-        pending = rest;
-        if pending.len() == before {
-            return Err(ServerError::bad_request(
-                "the images' parent links form a cycle: fix the `parent` fields",
-            ));
-        }
-    }
-    Ok(out)
+    let links: Vec<(Digest, Option<Digest>)> = images.iter().map(|i| (i.id, i.parent)).collect();
+    let order = parents::parents_first(&parents::parent_indexes(&links)).map_err(|_| {
+        ServerError::bad_request("the images' parent links form a cycle: fix the `parent` fields")
+    })?;
+    let mut slots: Vec<Option<CommitImage>> = images.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
 /// `PUT /v1/images/{ns}/{key}/manifest`: commits an entry from blobs already on the server.

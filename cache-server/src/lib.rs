@@ -93,6 +93,7 @@ async fn serve_on(
         Ok::<_, ServerError>(store)
     })
     .await??;
+    store.quota.set_max_size(settings.max_size);
     let gate = auth_gate::AuthGate::at_start(settings.open, store.db.live_token_count()?);
     let state = AppState {
         auth: Arc::new(gate),

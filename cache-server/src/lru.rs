@@ -8,7 +8,8 @@
 //! frees exactly the blobs whose last reference it held, so the plan simulates refcounts while it
 //! walks entries from least to most recently used.
 //!
-//! Also here: [`parse_size`], the syntax of `--max-size`.
+//! Also here: [`Reservations`], the space promised to uploads in progress (refused when it cannot
+//! fit the quota), and [`parse_size`], the syntax of `--max-size`.
 
 use std::collections::HashMap;
 
@@ -183,6 +184,54 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     Ok(v as u64)
 }
 
+/// Bytes promised to uploads in progress, counted against the quota before they are written
+/// (bazel-remote reserves before it writes). Stored entries do not block a reservation: the
+/// collector evicts them to make room, counting reservations like blobs about to be committed. What
+/// cannot be made room for is refused: one upload larger than the quota, or uploads in progress
+/// that together would pass it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reservations {
+    /// Bytes reserved and not yet released.
+    reserved: u64,
+}
+
+/// A reservation that cannot fit: what was asked, what was already promised, and the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom {
+    pub requested: u64,
+    pub reserved: u64,
+    pub max_size: u64,
+}
+
+impl Reservations {
+    /// Bytes currently reserved.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Reserves `bytes` if, with what is already reserved, they fit `max_size`; without a quota
+    /// nothing is counted and everything fits.
+    pub fn try_reserve(&mut self, max_size: Option<u64>, bytes: u64) -> Result<(), NoRoom> {
+        let Some(max) = max_size else {
+            return Ok(());
+        };
+        if self.reserved.saturating_add(bytes) > max {
+            return Err(NoRoom {
+                requested: bytes,
+                reserved: self.reserved,
+                max_size: max,
+            });
+        }
+        self.reserved += bytes;
+        Ok(())
+    }
+
+    /// Gives back `bytes` of an earlier reservation (the upload ended, stored or not).
+    pub fn release(&mut self, bytes: u64) {
+        self.reserved = self.reserved.saturating_sub(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +375,32 @@ mod tests {
             let e = parse_size(bad).unwrap_err();
             assert!(e.to_string().contains("200GiB"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn reservations_fit_the_quota_together_and_are_released() {
+        let mut r = Reservations::default();
+        let max = Some(100);
+        assert_eq!(r.try_reserve(max, 60), Ok(()));
+        assert_eq!(
+            r.try_reserve(max, 50),
+            Err(NoRoom {
+                requested: 50,
+                reserved: 60,
+                max_size: 100
+            })
+        );
+        assert_eq!(r.reserved(), 60, "a refusal reserves nothing");
+        assert_eq!(r.try_reserve(max, 40), Ok(()));
+        r.release(60);
+        assert_eq!(r.try_reserve(max, 50), Ok(()));
+        assert_eq!(r.reserved(), 90);
+        assert!(
+            r.try_reserve(max, 101).is_err(),
+            "larger than the quota alone"
+        );
+        let mut open = Reservations::default();
+        assert_eq!(open.try_reserve(None, u64::MAX), Ok(()));
+        assert_eq!(open.reserved(), 0, "without a quota nothing is counted");
     }
 }

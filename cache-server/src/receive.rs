@@ -6,6 +6,10 @@
 //! `spawn_blocking` thread for its whole transfer, and a few hundred stalled uploads took the
 //! whole pool, leaving none for auth and lookups.
 //!
+//! Space under the quota is reserved for the body's declared length (`Content-Length`) before a
+//! byte of it is read, and grows as bytes arrive past it: a 507 when it cannot fit (bazel-remote
+//! reserves before writing). The caller holds the [`Reservation`] until the blob is stored.
+//!
 //! A new upload gets its temp file (and the writer's 1 MiB buffer) only with its first write, so
 //! an upload that stalls before sending [`FLUSH_BYTES`] holds neither a file nor that buffer.
 
@@ -18,6 +22,7 @@ use futures::StreamExt;
 use crate::error::ServerError;
 use crate::store::Store;
 use crate::store::blobs::BlobWriter;
+use crate::store::quota::Reservation;
 
 /// Bytes gathered before a blocking write: large enough to keep thread hand-offs rare (one per
 /// 256 KiB), small enough that a thousand uploads in flight stay within a few hundred MiB.
@@ -34,6 +39,9 @@ pub struct Received {
     /// client disconnected or stalled past the body timeout, [`ServerError::TooLarge`] past
     /// `limit`, an I/O error when the temp file could not be written.
     pub result: Result<(), ServerError>,
+    /// The space held for what arrived; keep it until the blob is stored (`None` when even the
+    /// declared length could not be reserved: `result` is then that 507).
+    pub reservation: Option<Reservation>,
 }
 
 /// Appends `body` to `writer` (a new temp file, opened with the first write, when `None`),
@@ -45,6 +53,18 @@ pub async fn receive(
     mut writer: Option<Box<dyn BlobWriter>>,
     limit: u64,
 ) -> Received {
+    let declared = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0);
+    let mut reservation = match store.quota.reserve(declared.min(limit)) {
+        Ok(r) => r,
+        Err(e) => {
+            return Received {
+                writer,
+                received: 0,
+                result: Err(e),
+                reservation: None,
+            };
+        }
+    };
     let mut stream = body.into_data_stream();
     let mut opened = writer.is_some();
     let mut pending: Vec<Bytes> = Vec::new();
@@ -64,6 +84,10 @@ pub async fn receive(
                 received += frame.len() as u64;
                 if received > limit {
                     result = Err(ServerError::TooLarge { limit });
+                    break;
+                }
+                if let Err(e) = reservation.grow_to(received) {
+                    result = Err(e);
                     break;
                 }
                 pending_len += frame.len();
@@ -92,6 +116,7 @@ pub async fn receive(
         writer,
         received,
         result,
+        reservation: Some(reservation),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{any, get, post, put};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -76,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(registry::base))
         .route("/v2/{*rest}", any(registry::dispatch))
         .route_layer(from_fn(metrics::tag_route))
+        // JSON bodies (read with the `Bytes` extractor) stop at this size while they arrive;
+        // tarball and blob bodies stream with their own limit (`--max-upload-bytes`).
+        .layer(DefaultBodyLimit::max(crate::handlers::MAX_JSON_BODY))
         .fallback(images::not_found)
         .method_not_allowed_fallback(images::method_not_allowed)
         // Uploads and downloads take a slot or get 503 (inside auth and metrics: a refused token

@@ -8,6 +8,7 @@
 //! - [`archive`]: the `docker save` tarball format, read (legacy and OCI layouts) and written (legacy).
 //! - [`oci`]: OCI and Docker distribution documents (media types, descriptors, manifests).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and runner.
+//! - [`parents`]: images ordered parents first, in linear time.
 
 pub mod api;
 pub mod archive;
@@ -17,6 +18,7 @@ pub mod dockerfile;
 pub mod key;
 pub mod names;
 pub mod oci;
+pub mod parents;
 
 pub use digest::{Digest, DigestError};
 pub use names::{CacheKey, NameError, Namespace};

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -33,9 +33,9 @@ fn blob_digest(path: Result<Path<String>, PathRejection>) -> Result<Digest, Serv
 pub async fn missing(
     State(state): State<AppState>,
     access: Access,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MissingResponse>, ServerError> {
-    let req: MissingRequest = json_body(&body, "missing blobs request")?;
+    let (req, _) = json_body::<MissingRequest>(body, "missing blobs request")?;
     let missing = state
         .store
         .blocking(move |s| {

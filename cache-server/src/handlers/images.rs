@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -152,11 +152,10 @@ pub async fn put_manifest(
     State(state): State<AppState>,
     access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PutReport>), ServerError> {
     let (ns, key) = entry_name(path)?;
-    let request: CommitRequest = json_body(&body, "commit request")?;
-    let received = body.len() as u64;
+    let (request, received) = json_body::<CommitRequest>(body, "commit request")?;
     let mut report = state
         .store
         .blocking(move |s| ingest::commit_blocking(s, &access, ns, key, request))

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use layercache_shared::Namespace;
@@ -66,9 +66,9 @@ pub fn window_param(query: Option<&str>) -> Result<String, ServerError> {
 pub async fn post_build(
     State(state): State<AppState>,
     access: Access,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BuildRecorded>), ServerError> {
-    let report: BuildReport = json_body(&body, "build report")?;
+    let (report, _) = json_body::<BuildReport>(body, "build report")?;
     // A runner reports builds of the namespaces it pushes to, not anyone else's statistics.
     access.require(Role::Write, report.namespace.as_str())?;
     let s = &report.seconds;

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use layercache_shared::api::{LookupRequest, LookupResponse, MatchKind};
 
 use super::json_body;
@@ -18,9 +19,9 @@ use crate::store::sqlite::retry_replaced;
 pub async fn lookup(
     State(state): State<AppState>,
     access: Access,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LookupResponse>, ServerError> {
-    let req: LookupRequest = json_body(&body, "lookup request")?;
+    let (req, _) = json_body::<LookupRequest>(body, "lookup request")?;
     if req.namespaces.is_empty() {
         return Err(ServerError::bad_request(
             "the lookup request names no namespace: list at least one",

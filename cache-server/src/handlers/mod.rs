@@ -12,9 +12,11 @@ pub mod insights;
 pub mod lookup;
 pub mod stats;
 
+use axum::body::Bytes;
 use axum::extract::Path;
-use axum::extract::rejection::PathRejection;
-use axum::http::{HeaderMap, header};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use layercache_shared::archive::format::json_value_count;
 use layercache_shared::{CacheKey, Digest, Namespace};
 use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
@@ -29,10 +31,43 @@ pub fn entry_name(
     Ok((ns.parse()?, key.parse()?))
 }
 
-/// A JSON request body, with the parse error said in the error body.
-pub fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ServerError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ServerError::bad_request(format!("the {what} body is not valid JSON: {e}")))
+/// Largest JSON request body (commit, lookup, missing blobs, build report): a commit of a
+/// 12 000-image chain is 2 MiB. Set on the router as axum's `DefaultBodyLimit`, so the body is
+/// refused while it is read, not after.
+pub const MAX_JSON_BODY: usize = 4 << 20;
+
+/// Values (array elements, object members) in one JSON request body: parsed requests hold a heap
+/// object per value, so this bounds their memory whatever the body's shape.
+pub const MAX_JSON_VALUES: usize = 200_000;
+
+/// A JSON request body read within [`MAX_JSON_BODY`] and [`MAX_JSON_VALUES`], with the parse
+/// error said in the error body. Returns the value and the body's size.
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<(T, u64), ServerError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::JsonTooLarge {
+                what: format!("the {what} body is larger than {MAX_JSON_BODY} bytes"),
+            }
+        } else {
+            ServerError::bad_request(format!("reading the {what} body failed: {}", e.body_text()))
+        }
+    })?;
+    let bad_json = |e: serde_json::Error| {
+        ServerError::bad_request(format!("the {what} body is not valid JSON: {e}"))
+    };
+    let values = json_value_count(&body).map_err(bad_json)?;
+    if values > MAX_JSON_VALUES {
+        return Err(ServerError::JsonTooLarge {
+            what: format!(
+                "the {what} body holds {values} JSON values, more than {MAX_JSON_VALUES}"
+            ),
+        });
+    }
+    let value = serde_json::from_slice(&body).map_err(bad_json)?;
+    Ok((value, body.len() as u64))
 }
 
 /// The percent-decoded value of query parameter `name`.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use layercache_shared::Digest;
 use layercache_shared::digest::HashingWriter;
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 /// Buffer between the hashing writer and the temp file: tar readers hand out small slices, and
 /// one write syscall per MiB keeps ingest disk-bound rather than syscall-bound.
@@ -73,6 +73,13 @@ pub trait BlobWriter: Write + Send {
     /// Stores the content as `expected` if its digest matches; otherwise discards it with
     /// [`BlobError::Mismatch`]. Dropping a writer without committing discards the content.
     fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError>;
+    /// Done writing, but not committing yet: flushes and gives back the write buffer and the open
+    /// file, keeping only what [`BlobWriter::commit`] needs. Ingest parks each layer once it is
+    /// written, so a tarball of hundreds of layers holds one buffer and one file open at a time,
+    /// not hundreds. Writing to a parked writer fails. The default does nothing.
+    fn park(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where blobs live. Implemented by [`FsBlobStore`]; an object-store backend can follow.
@@ -146,7 +153,10 @@ impl BlobStore for FsBlobStore {
     fn begin_write(&self) -> io::Result<Box<dyn BlobWriter>> {
         let temp = NamedTempFile::new_in(&self.tmp)?;
         Ok(Box::new(FsBlobWriter {
-            inner: HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, temp)),
+            state: WriterState::Open(HashingWriter::new(BufWriter::with_capacity(
+                WRITE_BUFFER,
+                temp,
+            ))),
             store: self.clone(),
             kicked: 0,
         }))
@@ -204,22 +214,52 @@ impl BlobRead for FsBlobRead {
 
 /// An upload into an [`FsBlobStore`]; the temp file is deleted on drop unless committed.
 struct FsBlobWriter {
-    /// Hashes then buffers into the temp file.
-    inner: HashingWriter<BufWriter<NamedTempFile>>,
+    /// Open for writing, or parked.
+    state: WriterState,
     /// Where the blob goes on commit.
     store: FsBlobStore,
     /// Bytes written when write-back was last started (see [`WRITE_BEHIND`]).
     kicked: u64,
 }
 
+/// Where an [`FsBlobWriter`] is in its life.
+enum WriterState {
+    /// Hashes then buffers into the temp file.
+    Open(HashingWriter<BufWriter<NamedTempFile>>),
+    /// Written and closed ([`BlobWriter::park`]): the temp file by path only, no fd, no buffer.
+    Parked {
+        digest: Digest,
+        size: u64,
+        path: TempPath,
+    },
+    /// Parking failed half-way; the temp file is gone.
+    Broken,
+}
+
+/// Writing to a writer that was parked (or broke while parking).
+fn parked_error() -> io::Error {
+    io::Error::other("the upload was already finished (parked); it takes no more writes")
+}
+
 impl FsBlobWriter {
+    /// The open writer, or an error once parked.
+    fn open(&mut self) -> io::Result<&mut HashingWriter<BufWriter<NamedTempFile>>> {
+        match &mut self.state {
+            WriterState::Open(w) => Ok(w),
+            _ => Err(parked_error()),
+        }
+    }
+
     /// Starts write-back of what reached the temp file so far, without waiting for it.
     fn write_behind(&mut self) {
-        if self.inner.len() - self.kicked < WRITE_BEHIND {
+        let WriterState::Open(inner) = &self.state else {
+            return;
+        };
+        if inner.len() - self.kicked < WRITE_BEHIND {
             return;
         }
-        self.kicked = self.inner.len();
-        start_writeback(self.inner.get_ref().get_ref().as_file());
+        self.kicked = inner.len();
+        start_writeback(inner.get_ref().get_ref().as_file());
     }
 }
 
@@ -239,44 +279,82 @@ fn start_writeback(_file: &File) {}
 
 impl Write for FsBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.open()?.write(buf)?;
         self.write_behind();
         Ok(n)
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)?;
+        self.open()?.write_all(buf)?;
         self.write_behind();
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        match &mut self.state {
+            WriterState::Open(w) => w.flush(),
+            WriterState::Parked { .. } => Ok(()),
+            WriterState::Broken => Err(parked_error()),
+        }
+    }
+}
+
+/// Maps an I/O error of the blob store to [`BlobError::Io`] naming `path`.
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError {
+    let path = path.to_path_buf();
+    move |source| BlobError::Io {
+        action,
+        path,
+        source,
     }
 }
 
 impl BlobWriter for FsBlobWriter {
     fn written(&self) -> u64 {
-        self.inner.len()
+        match &self.state {
+            WriterState::Open(w) => w.len(),
+            WriterState::Parked { size, .. } => *size,
+            WriterState::Broken => 0,
+        }
     }
 
     fn digest(&self) -> Digest {
-        self.inner.digest()
+        match &self.state {
+            WriterState::Open(w) => w.digest(),
+            WriterState::Parked { digest, .. } => *digest,
+            WriterState::Broken => Digest::of(b""),
+        }
+    }
+
+    fn park(&mut self) -> io::Result<()> {
+        let WriterState::Open(inner) = std::mem::replace(&mut self.state, WriterState::Broken)
+        else {
+            return Ok(()); // already parked (or broken: commit reports it)
+        };
+        let (digest, size, buffered) = inner.finish();
+        let temp = buffered.into_inner().map_err(|e| e.into_error())?;
+        self.state = WriterState::Parked {
+            digest,
+            size,
+            path: temp.into_temp_path(),
+        };
+        Ok(())
     }
 
     fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
-        let FsBlobWriter { inner, store, .. } = *self;
-        let (found, size, buffered) = inner.finish();
-        let io_err = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BlobError::Io {
-                action,
-                path,
-                source,
+        let FsBlobWriter { state, store, .. } = *self;
+        let (found, size, temp) = match state {
+            WriterState::Open(inner) => {
+                let (found, size, buffered) = inner.finish();
+                let temp = buffered
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .map_err(io_err("writing upload to", &store.tmp))?;
+                (found, size, temp.into_temp_path())
+            }
+            WriterState::Parked { digest, size, path } => (digest, size, path),
+            WriterState::Broken => {
+                return Err(io_err("writing upload to", &store.tmp)(parked_error()));
             }
         };
-        let temp = buffered
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .map_err(io_err("writing upload to", &store.tmp))?;
         if found != *expected {
             return Err(BlobError::Mismatch {
                 expected: *expected,
@@ -292,9 +370,11 @@ impl BlobWriter for FsBlobWriter {
                 newly_stored: false,
             });
         }
-        temp.as_file()
-            .sync_all()
-            .map_err(io_err("syncing upload", temp.path()))?;
+        // Opened again by path: a parked writer holds no fd. fsync through a read-only fd flushes
+        // the file's pages all the same.
+        File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing upload", &temp))?;
         let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
         temp.persist(&dest)
@@ -389,6 +469,47 @@ mod tests {
         w.write_all(&[0u8; 3 << 20]).unwrap();
         assert_eq!(count_files(&dir.path().join("tmp")), 1);
         drop(w);
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+    }
+
+    /// Issue 12: a tarball of hundreds of layers held each one's buffer and open file until the
+    /// commit. A parked writer keeps its temp file (by path) and commits as before.
+    #[test]
+    fn a_parked_writer_closes_its_file_and_still_commits() {
+        let (dir, s) = store();
+        let fds = || {
+            fs::read_dir("/proc/self/fd")
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let mut writers = Vec::new();
+        let before = fds();
+        for i in 0..50u8 {
+            let mut w = s.begin_write().unwrap();
+            w.write_all(&[i; 1000]).unwrap();
+            w.park().unwrap();
+            assert!(
+                w.write_all(b"more").is_err(),
+                "a parked writer takes no writes"
+            );
+            assert_eq!(w.written(), 1000);
+            writers.push(w);
+        }
+        assert!(
+            fds() < before + 10,
+            "{} fds open for 50 parked writers",
+            fds() - before
+        );
+        assert_eq!(count_files(&dir.path().join("tmp")), 50);
+        let w = writers.remove(7);
+        let d = Digest::of(&[7u8; 1000]);
+        assert_eq!(w.digest(), d);
+        assert!(w.commit(&d).unwrap().newly_stored);
+        assert_eq!(
+            s.open(&d).unwrap().unwrap().chunk(0, 3).unwrap(),
+            [7u8; 3][..]
+        );
+        drop(writers);
         assert_eq!(count_files(&dir.path().join("tmp")), 0);
     }
 

@@ -15,6 +15,7 @@
 pub mod blobs;
 pub mod permissions;
 pub mod pins;
+pub mod quota;
 pub mod sqlite;
 pub mod tokens;
 
@@ -39,6 +40,8 @@ pub struct Store {
     pub pins: Arc<Pins>,
     /// Woken after commits so the collector checks the quota without waiting for its timer.
     pub gc_wake: Arc<tokio::sync::Notify>,
+    /// Space reserved against `--max-size` by uploads in progress (set by `serve`).
+    pub quota: Arc<quota::Quota>,
 }
 
 impl Store {
@@ -57,12 +60,14 @@ impl Store {
         permissions::secure(data_dir)?;
         let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
         let db = Db::open(&data_dir.join("layercache.db"))?;
+        let gc_wake: Arc<tokio::sync::Notify> = Arc::default();
         Ok(Store {
             db,
             blobs: Arc::new(blobs),
             tmp_dir,
             pins: Arc::default(),
-            gc_wake: Arc::default(),
+            quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake))),
+            gc_wake,
         })
     }
 

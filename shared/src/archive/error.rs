@@ -222,6 +222,16 @@ pub enum ArchiveError {
         path: String,
     },
 
+    /// The layers inflate (gzip) to more than [`super::Limits::max_content_bytes`].
+    #[error(
+        "the tarball's layers hold more than {limit} bytes once decompressed (gzip layers count \
+         inflated)"
+    )]
+    ContentTooLarge {
+        /// The limit that was exceeded.
+        limit: u64,
+    },
+
     /// A limit of [`super::Limits`] was exceeded.
     #[error("the tarball has too many {what}: the limit is {limit}")]
     TooLarge {
@@ -246,7 +256,7 @@ impl ArchiveError {
             ArchiveError::ConfigDigestMismatch { .. }
             | ArchiveError::BlobDigestMismatch { .. }
             | ArchiveError::LayerDigestMismatch { .. } => "digest_mismatch",
-            ArchiveError::TooLarge { .. } => "too_large",
+            ArchiveError::TooLarge { .. } | ArchiveError::ContentTooLarge { .. } => "too_large",
             ArchiveError::UnsafePath { .. }
             | ArchiveError::LinkEscapes { .. }
             | ArchiveError::LinkLoop { .. }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ArchiveError;
+use super::{ArchiveError, Limits};
 use crate::Digest;
 
 /// One element of `manifest.json` (an image), as Docker writes and reads it.
@@ -70,7 +70,23 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
     /// Build steps; `docker load` compares them to accept a `Parent` link, so the reader does too.
     #[serde(default)]
-    pub history: Vec<serde_json::Value>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One build step of a config's `history`: the fields `docker load` compares (moby's
+/// `image.History.Equal`) to accept a `Parent` link; anything else in an entry is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub empty_layer: Option<bool>,
 }
 
 /// `rootfs` of an image config.
@@ -89,20 +105,123 @@ pub const INDEX_MEDIA_TYPES: [&str; 2] = [
 /// Parses an image config and returns its `rootfs.diff_ids`, bottom-up.
 ///
 /// For callers that hold a config blob outside a tarball (the server committing an entry from
-/// uploaded blobs). `path` only names the config in the error.
-pub fn config_diff_ids(path: &str, config: &[u8]) -> Result<Vec<Digest>, ArchiveError> {
-    Ok(parse_json::<ImageConfig>(path, config)?.rootfs.diff_ids)
+/// uploaded blobs). `path` only names the config in the error. The config must stay within
+/// `limits` ([`Limits::max_json_bytes`], [`Limits::max_json_values`], [`Limits::max_layers`]).
+pub fn config_diff_ids(
+    path: &str,
+    config: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Digest>, ArchiveError> {
+    let diff_ids = parse_json::<ImageConfig>(path, config, limits)?
+        .rootfs
+        .diff_ids;
+    check_count(diff_ids.len(), limits.max_layers, || {
+        format!("layers (`rootfs.diff_ids`) in `{path}`")
+    })?;
+    Ok(diff_ids)
 }
 
 /// Parses a JSON member, naming it in the error.
+///
+/// Before anything is built from it, the document's size and its number of values (array
+/// elements and object members at any depth, counted without allocating) are checked against
+/// `limits`: a few MiB of `[{},{},…]` would otherwise become millions of heap objects.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     path: &str,
     bytes: &[u8],
+    limits: &Limits,
 ) -> Result<T, ArchiveError> {
-    serde_json::from_slice(bytes).map_err(|e| ArchiveError::BadJson {
+    let bad = |e: serde_json::Error| ArchiveError::BadJson {
         path: path.to_string(),
         reason: e.to_string(),
-    })
+    };
+    if bytes.len() as u64 > limits.max_json_bytes {
+        return Err(ArchiveError::TooLarge {
+            what: format!("bytes in JSON document `{path}`"),
+            limit: limits.max_json_bytes,
+        });
+    }
+    let Counted(values) = serde_json::from_slice(bytes).map_err(bad)?;
+    check_count(values, limits.max_json_values, || {
+        format!("values in JSON document `{path}`")
+    })?;
+    serde_json::from_slice(bytes).map_err(bad)
+}
+
+/// The number of values (array elements, object members and scalars, at any depth) in a JSON
+/// document, counted without building anything: what a caller checks before parsing untrusted
+/// JSON into types that allocate per value.
+pub fn json_value_count(bytes: &[u8]) -> Result<usize, serde_json::Error> {
+    serde_json::from_slice::<Counted>(bytes).map(|Counted(n)| n)
+}
+
+/// Refuses `count` items of `what` above `limit`.
+pub(crate) fn check_count(
+    count: usize,
+    limit: usize,
+    what: impl FnOnce() -> String,
+) -> Result<(), ArchiveError> {
+    if count > limit {
+        return Err(ArchiveError::TooLarge {
+            what: what(),
+            limit: limit as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The number of values in a JSON document, found by walking it without keeping anything.
+struct Counted(usize);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+struct CountVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CountVisitor {
+    type Value = Counted;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_unit<E>(self) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_none<E>(self) -> Result<Counted, E> {
+        Ok(Counted(1))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Counted, A::Error> {
+        let mut n = 1usize;
+        while let Some(Counted(c)) = seq.next_element()? {
+            n = n.saturating_add(c);
+        }
+        Ok(Counted(n))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Counted, A::Error> {
+        let mut n = 1usize;
+        while let Some((serde::de::IgnoredAny, Counted(c))) = map.next_entry()? {
+            n = n.saturating_add(c);
+        }
+        Ok(Counted(n))
+    }
 }
 
 #[cfg(test)]
@@ -122,13 +241,43 @@ mod tests {
 
     #[test]
     fn config_without_diff_ids_is_bad_json() {
-        let err = config_diff_ids("c.json", br#"{"rootfs":{"type":"layers"}}"#).unwrap_err();
+        let limits = Limits::default();
+        let err =
+            config_diff_ids("c.json", br#"{"rootfs":{"type":"layers"}}"#, &limits).unwrap_err();
         assert!(matches!(err, ArchiveError::BadJson { ref path, .. } if path == "c.json"));
         let ok = config_diff_ids(
             "c.json",
             format!(r#"{{"rootfs":{{"diff_ids":["{}"]}}}}"#, Digest::of(b"")).as_bytes(),
+            &limits,
         )
         .unwrap();
         assert_eq!(ok, vec![Digest::of(b"")]);
+    }
+
+    #[test]
+    fn documents_with_too_many_values_are_refused_before_parsing() {
+        let limits = Limits {
+            max_json_values: 10,
+            ..Limits::default()
+        };
+        let Counted(n) = serde_json::from_slice(br#"{"a":[1,2,{"b":null}],"c":"x"}"#).unwrap();
+        assert_eq!(n, 7, "the object, a, its 3 elements, b, c");
+        let many = format!("[{}]", ["{}"; 11].join(","));
+        let err = parse_json::<Vec<serde_json::Value>>("h.json", many.as_bytes(), &limits);
+        assert!(
+            matches!(err, Err(ArchiveError::TooLarge { limit: 10, .. })),
+            "{err:?}"
+        );
+        let few = format!("[{}]", ["{}"; 9].join(","));
+        assert!(parse_json::<Vec<serde_json::Value>>("h.json", few.as_bytes(), &limits).is_ok());
+        let big = Limits {
+            max_json_bytes: 4,
+            ..Limits::default()
+        };
+        let err = parse_json::<Vec<u8>>("m.json", b"[1,2,3]", &big);
+        assert!(
+            matches!(err, Err(ArchiveError::TooLarge { limit: 4, .. })),
+            "{err:?}"
+        );
     }
 }

@@ -7,10 +7,14 @@
 //!   [`write::Piece`]s: inline header/metadata bytes and references to stored blobs, so a server or
 //!   runner can stream it from its blob store without building it anywhere.
 //! - [`format`]: serde types of `manifest.json`, `index.json`, OCI manifests and image configs.
+//!   `members` (links, manifests → image references) and `assemble` (checks against configs,
+//!   parents first) are its later steps.
 //! - `error`: [`ArchiveError`], why a tarball was refused, with a stable [`ArchiveError::code`].
 
+mod assemble;
 mod error;
 pub mod format;
+mod members;
 pub mod read;
 pub mod write;
 
