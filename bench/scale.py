@@ -207,7 +207,8 @@ def routes(host, port, n, rnd):
                 "prefixes": [SHARED_PREFIX, sha(str(rnd.random()).encode())]}
 
     def prefix_hit():
-        return {"namespaces": [ns_of(rnd.randrange(n))], "key": f"absent{rnd.random()}",
+        # Entries 0, 4, 8, ... carry the shared instruction: ask one of their namespaces.
+        return {"namespaces": [ns_of(4 * rnd.randrange(n // 4))], "key": f"absent{rnd.random()}",
                 "prefixes": [SHARED_PREFIX, sha(str(rnd.random()).encode())]}
 
     def tarball():
