@@ -14,11 +14,16 @@ operator or runner hits:
 - `GET /v1/images/NS/KEY` of an entry's tarball (a few KB);
 - exact-hit lookups while another client polls `/` without pause.
 
-How the store is filled (honestly: through the public HTTP API, nothing hidden): every entry is
-one image of two layers, a base layer shared by all entries plus a unique ~100-byte layer, and a
-~300-byte config; the client PUTs the unique layer and the config with `PUT /v1/blobs/DIGEST` and
-commits with `PUT /v1/images/NS/KEY/manifest`, from --fill-clients threads. Every fourth entry's
-first instruction-prefix hash is one shared value; the rest are unique.
+How the store is filled: every entry is one image of two layers, a base layer shared by all
+entries plus a unique small layer, and a ~300-byte config; every fourth entry's first
+instruction-prefix hash is one shared value, the rest are unique.
+- `--fill http` (default): through the public API, from --fill-clients threads: `PUT /v1/blobs`
+  of the unique layer and the config, then `PUT /v1/images/NS/KEY/manifest`. One fsync per write
+  makes this ~30-100 entries/s.
+- `--fill direct`: stops the server, runs the hidden `layercache-server bench-fill` on the data
+  dir (the same `commit_entry` transactions and triggers, blob files written in place, but no
+  upload validation and `synchronous = OFF`; see cache-server/src/store/bench_fill.rs), and
+  starts it again: 100k entries in minutes. Not with --url.
 
 Each route gets up to --samples requests or --route-seconds seconds, whichever ends first (at
 least 3 requests), so a route that takes seconds at 100k still finishes. Prints a markdown table of
@@ -262,32 +267,42 @@ def main():
     ap.add_argument("--samples", type=int, default=200, help="max requests per route")
     ap.add_argument("--route-seconds", type=float, default=10, help="time budget per route")
     ap.add_argument("--fill-clients", type=int, default=16)
+    ap.add_argument("--fill", choices=["http", "direct"], default="http")
+    ap.add_argument("--skip", default="", help="comma-separated substrings of route names not to "
+                    "measure (for a baseline whose dashboard takes minutes per request)")
     ap.add_argument("--url", help="use a running, empty, open server instead of starting one")
     ap.add_argument("--server", default="target/release/layercache-server")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     proc = tmp = None
+    data = None
+
+    def start_server():
+        p = subprocess.Popen([args.server, "--open", "--listen", f"{host}:{port}",
+                              "--data-dir", data],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                if request(http.client.HTTPConnection(host, port, timeout=1), "GET",
+                           "/healthz")[0] == 200:
+                    return p
+            except OSError:
+                time.sleep(0.05)
+        sys.exit("the server did not become healthy")
+
     if args.url:
+        if args.fill == "direct":
+            sys.exit("--fill direct needs its own server: leave out --url")
         u = urllib.parse.urlparse(args.url)
         host, port = u.hostname, u.port or 80
     else:
         if not os.path.exists(args.server):
             sys.exit(f"{args.server} is missing: run `cargo build --release -p layercache-server`")
         tmp = tempfile.mkdtemp(prefix="lc-scale-")
+        data = os.path.join(tmp, "data")
         host, port = "127.0.0.1", free_port()
-        proc = subprocess.Popen([args.server, "--open", "--listen", f"{host}:{port}",
-                                 "--data-dir", os.path.join(tmp, "data")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                if request(http.client.HTTPConnection(host, port, timeout=1), "GET",
-                           "/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            sys.exit("the server did not become healthy")
+        proc = start_server()
 
     results = {}  # size -> {route: (p50, p99)}
     order = []
@@ -295,24 +310,35 @@ def main():
         filled = 0
         for n in sizes:
             t0 = time.monotonic()
-            fill(host, port, filled, n, args.fill_clients)
+            if args.fill == "direct":
+                proc.terminate()
+                proc.wait(timeout=60)
+                subprocess.run([args.server, "bench-fill", "--data-dir", data, "--from",
+                                str(filled), "--to", str(n)], check=True)
+                proc = start_server()
+            else:
+                fill(host, port, filled, n, args.fill_clients)
             print(f"filled {n} entries (+{n - filled} in {time.monotonic() - t0:.0f}s)",
                   file=sys.stderr, flush=True)
             filled = n
             rnd = random.Random(n)
             table, hit = routes(host, port, n, rnd)
             res = {}
+            skip = [k for k in args.skip.split(",") if k]
             for name, fn in table:
+                if any(k in name for k in skip):
+                    continue
                 lat = measure(fn, args.samples, args.route_seconds)
                 res[name] = (pct(lat, 50), pct(lat, 99))
                 print(f"  {n}: {name}: p50 {res[name][0]:.1f} ms p99 {res[name][1]:.1f} ms "
                       f"({len(lat)} requests)", file=sys.stderr, flush=True)
             name = "lookup exact hit while `/` is polled"
-            lat = while_polled(host, port, hit, args.samples, args.route_seconds)
-            res[name] = (pct(lat, 50), pct(lat, 99))
-            print(f"  {n}: {name}: p50 {res[name][0]:.1f} ms p99 {res[name][1]:.1f} ms "
-                  f"({len(lat)} requests)", file=sys.stderr, flush=True)
-            for r in res:
+            if not any(k in name for k in skip):
+                lat = while_polled(host, port, hit, args.samples, args.route_seconds)
+                res[name] = (pct(lat, 50), pct(lat, 99))
+                print(f"  {n}: {name}: p50 {res[name][0]:.1f} ms p99 {res[name][1]:.1f} ms "
+                      f"({len(lat)} requests)", file=sys.stderr, flush=True)
+            for r in res:  # routes in first-measured order
                 if r not in order:
                     order.append(r)
             results[n] = res
@@ -328,9 +354,11 @@ def main():
     print(f"| route | {head} | p99 {hi // 1000}k / {lo // 1000}k |")
     print("|---|" + "---|" * len(done) + "---|")
     for r in order:
-        cells = " | ".join(f"{results[n][r][0]:.1f} / {results[n][r][1]:.1f} ms" for n in done)
-        ratio = results[hi][r][1] / max(results[lo][r][1], 1e-9)
-        print(f"| {r} | {cells} | {ratio:.1f}× |")
+        cells = " | ".join(f"{results[n][r][0]:.1f} / {results[n][r][1]:.1f} ms"
+                           if r in results[n] else "–" for n in done)
+        ratio = (f"{results[hi][r][1] / max(results[lo][r][1], 1e-9):.1f}×"
+                 if r in results[hi] and r in results[lo] else "–")
+        print(f"| {r} | {cells} | {ratio} |")
 
 
 if __name__ == "__main__":
