@@ -124,6 +124,13 @@ impl Db {
             for d in blobs.keys() {
                 inc.execute([d.to_string()])?;
             }
+            let mut mark =
+                tx.prepare_cached("UPDATE blobs SET layer = 1 WHERE digest = ?1 AND layer = 0")?;
+            for img in &entry.images {
+                for (d, _) in &img.layers {
+                    mark.execute([d.to_string()])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(entry_id)

@@ -336,8 +336,10 @@ impl Db {
 
     /// The `limit` largest entries and layers.
     ///
-    /// Both walk a size index from the top and stop after `limit` rows. A layer's entry count is
-    /// its blob's maintained `refcount` (entries referencing it), not a count over the entries.
+    /// Both walk a size index from the top and stop after `limit` rows (layers: the partial index
+    /// of referenced layer blobs, so configs larger than every layer are not walked past). A
+    /// layer's entry count is its blob's maintained `refcount` (entries referencing it), not a
+    /// count over the entries.
     pub fn largest(&self, limit: u64) -> rusqlite::Result<Largest> {
         let ids: Vec<i64> = {
             let conn = self.read()?;
@@ -351,7 +353,7 @@ impl Db {
         let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT b.digest, b.size, b.refcount FROM blobs b
-             WHERE b.refcount > 0
+             WHERE b.layer = 1 AND b.refcount > 0
                AND EXISTS (SELECT 1 FROM image_layers il WHERE il.diff_id = b.digest)
              ORDER BY b.size DESC, b.rowid DESC LIMIT ?1",
         )?;

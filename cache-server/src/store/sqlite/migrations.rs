@@ -169,7 +169,8 @@ CREATE TABLE blob_uploads (
     // strictly increasing; see `Db::use_stamp`). The namespace beside each prefix row, so a prefix
     // match reads the asked namespaces' rows only. Totals maintained by triggers, so `/v1/stats`,
     // `/metrics` and the dashboard read one row instead of counting the cache. Unreferenced blobs
-    // indexed for the collector.
+    // indexed for the collector. Blobs flagged `layer` (an entry uses them as a layer, not only
+    // as a config) with a size index of the referenced ones, for the largest layers.
     r#"
 ALTER TABLE entries ADD COLUMN last_use INTEGER NOT NULL DEFAULT 0;
 UPDATE entries SET last_use = last_used * 1000;
@@ -179,6 +180,9 @@ UPDATE entry_prefixes SET namespace = (SELECT namespace FROM entries WHERE id = 
 DROP INDEX entry_prefixes_by_hash;
 CREATE INDEX entry_prefixes_by_namespace ON entry_prefixes (hash, depth, namespace);
 CREATE INDEX blobs_unreferenced ON blobs (created) WHERE refcount = 0;
+ALTER TABLE blobs ADD COLUMN layer INTEGER NOT NULL DEFAULT 0;
+UPDATE blobs SET layer = 1 WHERE digest IN (SELECT diff_id FROM image_layers);
+CREATE INDEX blobs_layers_by_size ON blobs (size) WHERE layer = 1 AND refcount > 0;
 CREATE TABLE totals (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -180,7 +180,8 @@ fn opening_removes_images_left_by_earlier_versions() {
              DROP INDEX entry_prefixes_by_namespace;
              ALTER TABLE entry_prefixes DROP COLUMN namespace;
              CREATE INDEX entry_prefixes_by_hash ON entry_prefixes (hash, depth);
-             DROP INDEX blobs_unreferenced;
+             DROP INDEX blobs_unreferenced; DROP INDEX blobs_layers_by_size;
+             ALTER TABLE blobs DROP COLUMN layer;
              PRAGMA user_version = 3;",
             image_of(&["old"]),
             d("old"),
