@@ -108,15 +108,16 @@ impl Db {
                 ins_entry_image.execute(params![entry_id, id, pos as i64, tags, parent])?;
             }
             let mut ins_prefix = tx.prepare_cached(
-                "INSERT INTO entry_prefixes (entry_id, depth, hash, namespace)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO entry_prefixes (entry_id, depth, hash, namespace, last_use)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for (i, h) in entry.prefixes.iter().enumerate() {
                 ins_prefix.execute(params![
                     entry_id,
                     (i + 1) as i64,
                     h.to_string(),
-                    entry.namespace.as_str()
+                    entry.namespace.as_str(),
+                    stamp
                 ])?;
             }
             let mut inc =
@@ -298,18 +299,18 @@ fn manifest_in(conn: &Connection, id: i64) -> rusqlite::Result<EntryManifest> {
 /// the earlier namespace wins, then the most recently used entry. Returns the entry id and the
 /// shared depth.
 ///
-/// One indexed probe per (depth, namespace), deepest first, reading the rows of that namespace
-/// only (`entry_prefixes_by_namespace`): a first instruction every entry of the fleet shares costs
-/// the asked namespaces' rows, not the cache's.
+/// One index seek per (depth, namespace), deepest first (`entry_prefixes_by_namespace` ends in
+/// the use stamp, which commits and hits keep equal to the entry's): a first instruction every
+/// entry of the fleet shares costs one row per namespace asked, not the rows sharing it.
 pub(super) fn find_prefix_in(
     conn: &Connection,
     namespaces: &[Namespace],
     prefixes: &[Digest],
 ) -> rusqlite::Result<Option<(i64, u32)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT e.id FROM entry_prefixes p JOIN entries e ON e.id = p.entry_id
-         WHERE p.hash = ?1 AND p.depth = ?2 AND p.namespace = ?3
-         ORDER BY e.last_use DESC, e.id DESC LIMIT 1",
+        "SELECT entry_id FROM entry_prefixes
+         WHERE hash = ?1 AND depth = ?2 AND namespace = ?3
+         ORDER BY last_use DESC LIMIT 1",
     )?;
     for depth in (1..=prefixes.len()).rev() {
         let hash = prefixes[depth - 1].to_string();
@@ -344,6 +345,8 @@ impl Db {
             "UPDATE entries SET hits = hits + 1, last_used = ?2, last_use = ?3 WHERE id = ?1",
             params![id, sql_u64(now()), stamp],
         )?;
+        tx.prepare_cached("UPDATE entry_prefixes SET last_use = ?2 WHERE entry_id = ?1")?
+            .execute(params![id, stamp])?;
         add_counter_tx(&tx, counter::HITS, 1)?;
         insights::count_lookup_tx(&tx, id, kind, now())?;
         if let Some(kind) = kind {

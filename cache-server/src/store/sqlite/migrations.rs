@@ -166,8 +166,8 @@ CREATE TABLE blob_uploads (
 "#,
     // Issue 14, fast at fleet size. Recency precise enough that eviction follows the order of
     // use: `last_use` is a per-database use stamp (milliseconds since the epoch, bumped to stay
-    // strictly increasing; see `Db::use_stamp`). The namespace beside each prefix row, so a prefix
-    // match reads the asked namespaces' rows only. Totals maintained by triggers, so `/v1/stats`,
+    // strictly increasing; see `Db::use_stamp`). The namespace and use stamp beside each prefix
+    // row, so a prefix match is one index seek per namespace asked. Totals maintained by triggers, so `/v1/stats`,
     // `/metrics` and the dashboard read one row instead of counting the cache. Unreferenced blobs
     // indexed for the collector. Blobs flagged `layer` (an entry uses them as a layer, not only
     // as a config) with a size index of the referenced ones, for the largest layers.
@@ -176,9 +176,12 @@ ALTER TABLE entries ADD COLUMN last_use INTEGER NOT NULL DEFAULT 0;
 UPDATE entries SET last_use = last_used * 1000;
 CREATE INDEX entries_by_last_use ON entries (last_use);
 ALTER TABLE entry_prefixes ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
-UPDATE entry_prefixes SET namespace = (SELECT namespace FROM entries WHERE id = entry_id);
+ALTER TABLE entry_prefixes ADD COLUMN last_use INTEGER NOT NULL DEFAULT 0;
+UPDATE entry_prefixes SET
+    namespace = (SELECT namespace FROM entries WHERE id = entry_id),
+    last_use = (SELECT last_use FROM entries WHERE id = entry_id);
 DROP INDEX entry_prefixes_by_hash;
-CREATE INDEX entry_prefixes_by_namespace ON entry_prefixes (hash, depth, namespace);
+CREATE INDEX entry_prefixes_by_namespace ON entry_prefixes (hash, depth, namespace, last_use);
 CREATE INDEX blobs_unreferenced ON blobs (created) WHERE refcount = 0;
 ALTER TABLE blobs ADD COLUMN layer INTEGER NOT NULL DEFAULT 0;
 UPDATE blobs SET layer = 1 WHERE digest IN (SELECT diff_id FROM image_layers);

@@ -179,6 +179,7 @@ fn opening_removes_images_left_by_earlier_versions() {
              DROP INDEX entries_by_last_use; ALTER TABLE entries DROP COLUMN last_use;
              DROP INDEX entry_prefixes_by_namespace;
              ALTER TABLE entry_prefixes DROP COLUMN namespace;
+             ALTER TABLE entry_prefixes DROP COLUMN last_use;
              CREATE INDEX entry_prefixes_by_hash ON entry_prefixes (hash, depth);
              DROP INDEX blobs_unreferenced; DROP INDEX blobs_layers_by_size;
              ALTER TABLE blobs DROP COLUMN layer;
