@@ -346,7 +346,6 @@ def main():
         if proc:
             proc.terminate()
             proc.wait(timeout=60)
-            shutil.rmtree(tmp, ignore_errors=True)
 
     done = [n for n in sizes if n in results]
     lo, hi = done[0], done[-1]
@@ -358,7 +357,10 @@ def main():
                            if r in results[n] else "–" for n in done)
         ratio = (f"{results[hi][r][1] / max(results[lo][r][1], 1e-9):.1f}×"
                  if r in results[hi] and r in results[lo] else "–")
-        print(f"| {r} | {cells} | {ratio} |")
+        print(f"| {r} | {cells} | {ratio} |", flush=True)
+    if tmp:
+        # After the table: removing 100k entries' blob files takes a while.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
