@@ -16,26 +16,38 @@ use layercache_test_support::tarball::{Image, layer, noise, save};
 /// Bytes of each entry's own layer: the entries' configs and tar headers are small next to it.
 const LAYER: usize = 16 * 1024;
 
+/// The server process, killed when dropped (also when an assertion fails).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The binary on `data_dir` with a quota, collecting every second; its address.
-async fn start(data_dir: &Path, max_size: u64) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
-        .args([
-            "--open",
-            "--listen",
-            "127.0.0.1:0",
-            "--gc-interval-secs",
-            "1",
-        ])
-        .args(["--upload-grace-secs", "0", "--max-size"])
-        .arg(max_size.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+async fn start(data_dir: &Path, max_size: u64) -> (Server, String) {
+    let mut child = Server(
+        Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+            .args([
+                "--open",
+                "--listen",
+                "127.0.0.1:0",
+                "--gc-interval-secs",
+                "1",
+            ])
+            .args(["--upload-grace-secs", "0", "--max-size"])
+            .arg(max_size.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
@@ -84,7 +96,7 @@ async fn the_collector_keeps_the_entry_in_use_and_evicts_the_least_recently_used
     let tmp = tempfile::tempdir().unwrap();
     // Room for five entries, not six.
     let max = (1..=5).map(stored).sum::<u64>() + LAYER as u64 / 2;
-    let (mut child, url) = start(&tmp.path().join("data"), max).await;
+    let (server, url) = start(&tmp.path().join("data"), max).await;
     let client = reqwest::Client::new();
     let entry = |i: u64| format!("{url}/v1/images/ci/e{i}");
 
@@ -123,8 +135,7 @@ async fn the_collector_keeps_the_entry_in_use_and_evicts_the_least_recently_used
         assert!(Instant::now() < deadline, "nothing was evicted: {keys:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
     assert_eq!(
         left,
         ["e1", "e3", "e4", "e5", "e6"],
