@@ -98,46 +98,25 @@ pub fn collect(
     let mut report = GcReport::default();
     let fresh = |created: u64| now.saturating_sub(created) < sweep.grace_secs;
 
-    // 1. Plan and evict.
-    let rows = store.db.blob_rows()?;
-    let sizes = rows.iter().map(|r| (r.digest, r.size)).collect();
-    // Fresh unreferenced blobs are a push about to commit: they count against the quota. Blobs
-    // only pinned by a transfer of an entry already evicted (their `created` was reset) go when
-    // it ends; counting them would evict live entries for space that is about to be free.
-    // Registry tags count as entries: each holds what its manifest reaches.
-    let mut entries = store.db.entry_usage()?;
-    entries.extend(liveness::tag_uses(&store.db.registry_graph()?));
-    let held: HashSet<Digest> = entries
-        .iter()
-        .flat_map(|e| e.blobs.iter().copied())
-        .collect();
-    // Space reserved by uploads in progress counts too: room is made before they land.
-    let kept_bytes: u64 = rows
-        .iter()
-        .filter(|r| r.refcount == 0 && fresh(r.created) && !held.contains(&r.digest))
-        .map(|r| r.size)
-        .sum::<u64>()
-        + store.quota.reserved();
-    let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
-    for (holder, last_used, reason) in &plan.evict {
-        let evicted = match holder {
-            Holder::Entry(id) => store.db.evict_entry(*id, *last_used)?,
-            Holder::Tag(id) => store.db.evict_tag(*id, *last_used)?,
-        };
-        if evicted {
-            match reason {
-                lru::Reason::Expired => report.entries_expired += 1,
-                lru::Reason::OverQuota => report.entries_evicted += 1,
-            }
+    // 1. Plan and evict, only when there is something to evict: over the quota (the maintained
+    // byte total counts every blob row, so at or under it nothing counts more), or an entry or tag
+    // past the time-to-live (an indexed probe). Otherwise the run reads no entry or blob rows.
+    let over_quota = match policy.max_size {
+        // Space reserved by uploads in progress counts too: room is made before they land.
+        Some(max) => store.db.stored_bytes()? + store.quota.reserved() > max,
+        None => false,
+    };
+    let expired = match policy.ttl_secs {
+        Some(ttl) => {
+            let cutoff = now.saturating_sub(ttl);
+            store
+                .db
+                .anything_expired(cutoff.saturating_mul(1000).saturating_add(1), cutoff + 1)?
         }
-    }
-    if plan.still_over(policy) {
-        tracing::warn!(
-            bytes = plan.bytes_after,
-            max_size = ?policy.max_size,
-            "still over the size quota after evicting: the rest is pinned by transfers in progress \
-             or uploaded within the grace period"
-        );
+        None => false,
+    };
+    if over_quota || expired {
+        evict(store, policy, &fresh, now, &mut report)?;
     }
 
     // 2. Registry manifests no tag reaches any more (a replaced cache manifest, or children of
@@ -149,14 +128,12 @@ pub fn collect(
     }
 
     // 3. Unreferenced blobs (refcounts as of after the evictions; a blob any manifest row still
-    // names is spared by `delete_unreferenced`).
-    let candidates: Vec<Digest> = store
-        .db
-        .blob_rows()?
-        .into_iter()
-        .filter(|r| r.refcount == 0 && !fresh(r.created))
-        .map(|r| r.digest)
-        .collect();
+    // names is spared by `delete_unreferenced`), from the partial index of refcount-0 rows.
+    let candidates = if sweep.grace_secs > now {
+        Vec::new()
+    } else {
+        store.db.unreferenced_blobs(now - sweep.grace_secs)?
+    };
     for batch in candidates.chunks(DELETE_BATCH) {
         let pins = store.pins.lock();
         let unpinned: Vec<Digest> = batch
@@ -185,6 +162,59 @@ pub fn collect(
         tracing::info!(?report, "collection freed space");
     }
     Ok(report)
+}
+
+/// Step 1 of [`collect`]: loads the plan's inputs (every entry and tag with its blobs, every blob
+/// row; through a reader, so requests do not wait) and evicts what the plan says, each entry in
+/// its own write transaction.
+fn evict(
+    store: &Store,
+    policy: &Policy,
+    fresh: &dyn Fn(u64) -> bool,
+    now: u64,
+    report: &mut GcReport,
+) -> Result<(), ServerError> {
+    let rows = store.db.blob_rows()?;
+    let sizes = rows.iter().map(|r| (r.digest, r.size)).collect();
+    // Fresh unreferenced blobs are a push about to commit: they count against the quota. Blobs
+    // only pinned by a transfer of an entry already evicted (their `created` was reset) go when
+    // it ends; counting them would evict live entries for space that is about to be free.
+    // Registry tags count as entries: each holds what its manifest reaches.
+    let mut entries = store.db.entry_usage()?;
+    entries.extend(liveness::tag_uses(&store.db.registry_graph()?));
+    let held: HashSet<Digest> = entries
+        .iter()
+        .flat_map(|e| e.blobs.iter().copied())
+        .collect();
+    let kept_bytes: u64 = rows
+        .iter()
+        .filter(|r| r.refcount == 0 && fresh(r.created) && !held.contains(&r.digest))
+        .map(|r| r.size)
+        .sum::<u64>()
+        + store.quota.reserved();
+    let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
+    for (holder, last_used, reason) in &plan.evict {
+        let evicted = match holder {
+            Holder::Entry(id) => store.db.evict_entry(*id, *last_used)?,
+            // Tags keep seconds; the plan saw them × 1000.
+            Holder::Tag(id) => store.db.evict_tag(*id, *last_used / 1000)?,
+        };
+        if evicted {
+            match reason {
+                lru::Reason::Expired => report.entries_expired += 1,
+                lru::Reason::OverQuota => report.entries_evicted += 1,
+            }
+        }
+    }
+    if plan.still_over(policy) {
+        tracing::warn!(
+            bytes = plan.bytes_after,
+            max_size = ?policy.max_size,
+            "still over the size quota after evicting: the rest is pinned by transfers in progress, \
+             reserved by uploads, or uploaded within the grace period"
+        );
+    }
+    Ok(())
 }
 
 /// The blob files under `<data>/blobs/sha256`, with their digests (files with other names are
@@ -231,12 +261,15 @@ fn remove_orphans(store: &Store, grace_secs: u64, now: u64) -> Result<u64, Serve
     let root = blobs_root(store);
     let files = blob_files(&root).map_err(|e| ServerError::io("listing blobs in", &root, e))?;
     let mut removed = 0;
+    // One scan of the rows instead of one query per file; only files without a row then get the
+    // authoritative check below.
+    let recorded = store.db.blob_digests()?;
     for (digest, path) in files {
-        if modified_within(&path, grace_secs, now) {
+        if recorded.contains(&digest) || modified_within(&path, grace_secs, now) {
             continue;
         }
         // Under the pin lock: an upload that pinned the digest may be between its rename and
-        // its insert.
+        // its insert (and so missing from `recorded`).
         let pins = store.pins.lock();
         if pins.is_pinned(&digest) || store.db.blob_size(&digest)?.is_some() {
             continue;

@@ -42,7 +42,10 @@ pub enum Holder {
 pub struct EntryUse {
     /// Which entry or tag.
     pub id: Holder,
-    /// Seconds since the epoch of the last restore or lookup hit (or the commit).
+    /// When it was last restored, hit by a lookup or committed, in milliseconds since the epoch:
+    /// for entries a use stamp, unique and in the order of use (see `Db::use_stamp`), so the
+    /// least recently used goes first even among uses within one second; for registry tags, their
+    /// second-resolution `last_used` × 1000.
     pub last_used: u64,
     /// Every distinct blob the entry references.
     pub blobs: Vec<Digest>,
@@ -116,7 +119,7 @@ pub fn plan(
     for e in order {
         let expired = policy
             .ttl_secs
-            .is_some_and(|ttl| now.saturating_sub(e.last_used) >= ttl);
+            .is_some_and(|ttl| now.saturating_mul(1000).saturating_sub(e.last_used) >= ttl * 1000);
         if expired {
             release(e, &mut bytes);
             evict.push((e.id, e.last_used, Reason::Expired));
@@ -243,7 +246,7 @@ mod tests {
     fn entry(id: i64, last_used: u64, blobs: &[&str]) -> EntryUse {
         EntryUse {
             id: Holder::Entry(id),
-            last_used,
+            last_used: last_used * 1000,
             blobs: blobs.iter().map(|b| d(b)).collect(),
         }
     }

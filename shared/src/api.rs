@@ -233,10 +233,13 @@ pub struct TagList {
     pub tags: Vec<TagSummary>,
 }
 
-/// `GET /v1/entries[?namespace=NS]`.
+/// `GET /v1/entries[?namespace=NS][&limit=N][&cursor=C]`: one page, sorted by namespace and key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EntryList {
     pub entries: Vec<EntrySummary>,
+    /// Pass as `cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// The JSON of every error answer: `{"error": {"code", "message"}}`.

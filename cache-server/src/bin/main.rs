@@ -46,6 +46,17 @@ enum Command {
     Gc(GcArgs),
     /// Re-hash every stored blob; quarantine corrupt ones and drop the entries using them.
     Verify(VerifyArgs),
+    /// For bench/scale.py only: fills a data dir (no server running on it) with hand-made
+    /// entries `from..to` (see `store::bench_fill`).
+    #[command(hide = true)]
+    BenchFill {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// Flags of `serve`.
@@ -453,6 +464,11 @@ fn main() -> ExitCode {
             run_verify(args)
         }
         Some(Command::Token(cmd)) => token(cmd),
+        Some(Command::BenchFill { data_dir, from, to }) => {
+            layercache_server::store::Store::open(&data_dir)
+                .and_then(|s| layercache_server::store::bench_fill::fill(&s, from, to))
+                .with_context(|| format!("filling `{}`", data_dir.display()))
+        }
         Some(Command::Serve(args)) => serve_main(args),
         None => serve_main(cli.serve),
     };

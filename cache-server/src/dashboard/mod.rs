@@ -15,17 +15,17 @@
 pub mod chart;
 pub mod html;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Html;
-use layercache_shared::Digest;
 use layercache_shared::api::{
     BuildList, EntryDetail, EntryRef, EntrySummary, ImageInfo, Largest, LayerInfo, Stats,
     StatsHistory, TagSummary,
 };
+use layercache_shared::{Digest, Namespace};
 
 use crate::auth::{Access, Role};
 use crate::error::ServerError;
@@ -37,6 +37,9 @@ use html::{ago, bytes, card, count, duration, esc, page, seg, short};
 
 /// Entries listed per namespace on the main page before "more" (the JSON lists all).
 const ENTRIES_PER_NAMESPACE: usize = 100;
+/// Entries listed per namespace when the page shows every namespace: the page stays small (and
+/// cheap) however many entries each holds; the namespace's own page lists more.
+const ENTRIES_PER_NAMESPACE_ALL: usize = 10;
 
 /// Everything the main page shows, read in one blocking task.
 struct Overview {
@@ -44,7 +47,8 @@ struct Overview {
     history: StatsHistory,
     largest: Largest,
     builds: BuildList,
-    entries: Vec<EntrySummary>,
+    /// Per namespace shown: its name, entry count, bytes, and its first entries by key.
+    sections: Vec<(Namespace, u64, u64, Vec<EntrySummary>)>,
     namespaces: Vec<String>,
     /// Registry tags (of the filtered namespace, if any).
     tags: Vec<TagSummary>,
@@ -66,14 +70,24 @@ pub async fn index(
     let o = state
         .store
         .blocking(move |s| {
-            let mut all = s.db.list_entries(None)?;
-            all.retain(|e| access.can_read(&e.namespace));
-            let mut namespaces: Vec<String> = all.iter().map(|e| e.namespace.to_string()).collect();
-            namespaces.dedup();
-            let entries = match &filter {
-                Some(f) => all.into_iter().filter(|e| &e.namespace == f).collect(),
-                None => all,
+            // Costs what the page shows: namespace totals are maintained rows, and each section
+            // reads one page of its namespace.
+            let mut totals = s.db.namespace_totals()?;
+            totals.retain(|(n, _, _)| access.can_read(n));
+            let namespaces: Vec<String> = totals.iter().map(|(n, _, _)| n.to_string()).collect();
+            let per_namespace = if filter.is_some() {
+                ENTRIES_PER_NAMESPACE
+            } else {
+                ENTRIES_PER_NAMESPACE_ALL
             };
+            let mut sections = Vec::new();
+            for (n, count, bytes) in totals {
+                if filter.as_ref().is_some_and(|f| f != &n) {
+                    continue;
+                }
+                let page = s.db.list_entries(Some(&n), None, per_namespace as u64)?;
+                sections.push((n, count, bytes, page.items));
+            }
             Ok(Overview {
                 stats: s.db.stats()?,
                 history: s
@@ -86,7 +100,7 @@ pub async fn index(
                     l
                 },
                 builds: s.db.builds(filter.as_ref(), 10)?,
-                entries,
+                sections,
                 namespaces,
                 tags: s.db.list_tags(filter.as_ref().map(|f| f.as_str()))?,
             })
@@ -336,33 +350,26 @@ fn render_index(o: &Overview, ns: Option<&str>, quota: Option<u64>, now: u64) ->
 
     // Entries per namespace.
     b.push_str("<h2>Entries</h2>");
-    let mut by_ns: BTreeMap<&str, Vec<&EntrySummary>> = BTreeMap::new();
-    for e in &o.entries {
-        by_ns.entry(e.namespace.as_str()).or_default().push(e);
-    }
-    if by_ns.is_empty() {
+    if o.sections.is_empty() {
         b.push_str(r#"<p class="muted">No entries stored.</p>"#);
     }
-    for (n, list) in by_ns {
-        let total: u64 = list.iter().map(|e| e.total_size).sum();
+    for (n, count, total, shown) in &o.sections {
+        let n = n.as_str();
         let _ = write!(
             b,
             r#"<h3>{} <span class="muted">· {} entries · {}</span></h3>"#,
             esc(n),
-            list.len(),
-            bytes(total)
+            count,
+            bytes(*total)
         );
-        let shown: Vec<EntrySummary> = list
-            .iter()
-            .take(ENTRIES_PER_NAMESPACE)
-            .map(|e| (*e).clone())
-            .collect();
-        entries_table(&mut b, &shown, false, now, &format!("entries-{}", seg(n)));
-        if list.len() > ENTRIES_PER_NAMESPACE {
+        entries_table(&mut b, shown, false, now, &format!("entries-{}", seg(n)));
+        let more = count.saturating_sub(shown.len() as u64);
+        if more > 0 {
             let _ = write!(
                 b,
-                r#"<p class="muted">{} more: <a href="/v1/entries?namespace={}">all as JSON</a></p>"#,
-                list.len() - ENTRIES_PER_NAMESPACE,
+                r#"<p class="muted">{} more: <a href="/?namespace={}">this namespace</a> · <a href="/v1/entries?namespace={}">all as JSON</a> (paged, see <code>next_cursor</code>)</p>"#,
+                more,
+                seg(n),
                 seg(n)
             );
         }

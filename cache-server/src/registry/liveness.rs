@@ -85,7 +85,8 @@ pub fn tag_uses(graph: &RegistryGraph) -> Vec<EntryUse> {
                 .collect();
             Some(EntryUse {
                 id: Holder::Tag(tag),
-                last_used,
+                // The planner orders by milliseconds (entries' use stamps).
+                last_used: last_used.saturating_mul(1000),
                 blobs: blobs.into_iter().collect(),
             })
         })

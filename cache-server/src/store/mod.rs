@@ -12,6 +12,7 @@
 //! Crash safety comes from ordering: a blob file is renamed into place before any row names it,
 //! and an entry row is committed only after all its blobs exist.
 
+pub mod bench_fill;
 pub mod blobs;
 pub mod permissions;
 pub mod pins;

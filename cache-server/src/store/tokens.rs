@@ -154,9 +154,10 @@ impl Db {
         Ok(Some(rec))
     }
 
-    /// How many tokens are not revoked; auth is on when this is above zero.
+    /// How many tokens are not revoked; auth is on when this is above zero. Read through a reader
+    /// (every request of an open server asks): it never waits for a write or a slow read.
     pub fn live_token_count(&self) -> rusqlite::Result<u64> {
-        self.conn().query_row(
+        self.read()?.query_row(
             "SELECT COUNT(*) FROM tokens WHERE revoked IS NULL",
             [],
             |r| u64_at(r, 0),
@@ -165,9 +166,10 @@ impl Db {
 
     /// The live token whose hash is `hash`, marking it used (at most once per
     /// [`LAST_USED_RESOLUTION_SECS`]).
+    /// The lookup reads through a reader; only the (rare) touch takes the writer.
     pub fn use_token(&self, hash: &str) -> rusqlite::Result<Option<TokenRecord>> {
-        let conn = self.conn();
-        let rec = conn
+        let rec = self
+            .read()?
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM tokens WHERE hash = ?1 AND revoked IS NULL"
             ))?
@@ -176,7 +178,7 @@ impl Db {
         if let Some(rec) = &rec {
             let now = now();
             if should_touch(rec.last_used, now) {
-                conn.execute(
+                self.conn().execute(
                     "UPDATE tokens SET last_used = ?2 WHERE id = ?1",
                     params![rec.id, sql_u64(now)],
                 )?;
@@ -214,7 +216,7 @@ impl Db {
             }
             let mine = match uploader {
                 Some(id) => self
-                    .conn()
+                    .read()?
                     .prepare_cached(
                         "SELECT 1 FROM blob_uploads WHERE digest = ?1 AND token_id = ?2",
                     )?
@@ -236,7 +238,7 @@ impl Db {
     }
 
     pub fn blob_namespaces(&self, digest: &str) -> rusqlite::Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT e.namespace FROM entries e JOIN entry_images ei ON ei.entry_id = e.id
              WHERE ei.image_id = ?1

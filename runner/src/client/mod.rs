@@ -624,13 +624,31 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/entries[?namespace=NS]`.
+    /// `GET /v1/entries[?namespace=NS]`, every page (the server pages its listings; older
+    /// servers answer everything in one page without a cursor).
     pub async fn entries(&self, ns: Option<&Namespace>) -> Result<EntryList, ClientError> {
-        let mut url = format!("{}/v1/entries", self.base);
-        if let Some(ns) = ns {
-            url = format!("{url}?namespace={}", enc(ns.as_str()));
+        let mut all = EntryList {
+            entries: Vec::new(),
+            next_cursor: None,
+        };
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}/v1/entries?limit=1000", self.base);
+            if let Some(ns) = ns {
+                url = format!("{url}&namespace={}", enc(ns.as_str()));
+            }
+            if let Some(c) = &cursor {
+                url = format!("{url}&cursor={}", enc(c));
+            }
+            let page: EntryList = self
+                .call("the entry listing", Method::GET, url, None)
+                .await?;
+            all.entries.extend(page.entries);
+            match page.next_cursor {
+                Some(next) if cursor.as_ref() != Some(&next) => cursor = Some(next),
+                _ => return Ok(all),
+            }
         }
-        self.call("the entry listing", Method::GET, url, None).await
     }
 }
 

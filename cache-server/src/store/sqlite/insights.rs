@@ -236,7 +236,7 @@ impl Db {
 
     /// All-time build totals and the `limit` newest reports, of one namespace or all.
     pub fn builds(&self, namespace: Option<&Namespace>, limit: u64) -> rusqlite::Result<BuildList> {
-        let conn = self.conn();
+        let conn = self.read()?;
         let counter_value = |name: &str| -> rusqlite::Result<u64> {
             conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
                 u64_at(r, 0)
@@ -292,7 +292,7 @@ impl Db {
                 ..HistoryPoint::default()
             })
             .collect();
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT start, kind, SUM(count) FROM activity
              WHERE width = ?1 AND start >= ?2 AND start <= ?3 AND (?4 IS NULL OR namespace = ?4)
@@ -335,31 +335,27 @@ impl Db {
     }
 
     /// The `limit` largest entries and layers.
+    ///
+    /// Both walk a size index from the top and stop after `limit` rows (layers: the partial index
+    /// of referenced layer blobs, so configs larger than every layer are not walked past). A
+    /// layer's entry count is its blob's maintained `refcount` (entries referencing it), not a
+    /// count over the entries.
     pub fn largest(&self, limit: u64) -> rusqlite::Result<Largest> {
-        let names: Vec<(String, String)> = {
-            let conn = self.conn();
+        let ids: Vec<i64> = {
+            let conn = self.read()?;
             let mut stmt = conn.prepare_cached(
-                "SELECT namespace, key FROM entries ORDER BY total_size DESC, id LIMIT ?1",
+                "SELECT id FROM entries ORDER BY total_size DESC, id DESC LIMIT ?1",
             )?;
-            stmt.query_map([sql_u64(limit)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map([sql_u64(limit)], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        let mut entries = Vec::new();
-        for (ns, key) in names {
-            let ns: Namespace = ns.parse().map_err(|e| conv_err(0, e))?;
-            entries.extend(
-                self.list_entries(Some(&ns))?
-                    .into_iter()
-                    .filter(|e| e.key.as_str() == key),
-            );
-        }
-        let conn = self.conn();
+        let entries = self.entry_summaries(&ids)?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT b.digest, b.size,
-                (SELECT COUNT(DISTINCT ei.entry_id) FROM image_layers il
-                   JOIN entry_images ei ON ei.image_id = il.image_id WHERE il.diff_id = b.digest)
-             FROM blobs b WHERE EXISTS (SELECT 1 FROM image_layers il WHERE il.diff_id = b.digest)
-             ORDER BY b.size DESC, b.digest LIMIT ?1",
+            "SELECT b.digest, b.size, b.refcount FROM blobs b
+             WHERE b.layer = 1 AND b.refcount > 0
+               AND EXISTS (SELECT 1 FROM image_layers il WHERE il.diff_id = b.digest)
+             ORDER BY b.size DESC, b.rowid DESC LIMIT ?1",
         )?;
         let layers = stmt
             .query_map([sql_u64(limit)], |r| {
@@ -373,10 +369,27 @@ impl Db {
         Ok(Largest { entries, layers })
     }
 
+    /// Every namespace holding entries, with its entry count and bytes (maintained by triggers),
+    /// by name.
+    pub fn namespace_totals(&self) -> rusqlite::Result<Vec<(Namespace, u64, u64)>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT namespace, entries, bytes FROM namespace_totals ORDER BY namespace",
+        )?;
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?.parse().map_err(|e| conv_err(0, e))?,
+                u64_at(r, 1)?,
+                u64_at(r, 2)?,
+            ))
+        })?
+        .collect()
+    }
+
     /// Entry `id`'s manifest and, per layer, the other entries that reference it.
     pub fn entry_detail(&self, id: i64) -> rusqlite::Result<EntryDetail> {
         let manifest = self.manifest(id)?;
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT e.namespace, e.key FROM image_layers il
              JOIN entry_images ei ON ei.image_id = il.image_id
@@ -409,7 +422,7 @@ impl Db {
 
     /// All-time lookup counts as `(namespace, kind, count)`, namespaces in first-seen order.
     pub fn lookup_totals(&self) -> rusqlite::Result<Vec<(String, String, u64)>> {
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT t.namespace, t.kind, t.count FROM lookup_totals t
              JOIN (SELECT namespace, MIN(rowid) AS first FROM lookup_totals GROUP BY namespace) f
@@ -422,7 +435,7 @@ impl Db {
 
     /// Every counter of the `counters` table, by name.
     pub fn counters(&self) -> rusqlite::Result<Vec<(String, u64)>> {
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
         stmt.query_map([], |r| Ok((r.get(0)?, u64_at(r, 1)?)))?
             .collect()
@@ -430,23 +443,7 @@ impl Db {
 
     /// The summary of one entry (as in `GET /v1/entries`), when stored.
     pub fn entry_summary(&self, id: i64) -> rusqlite::Result<Option<EntrySummary>> {
-        let (ns, key): (String, String) = match self
-            .conn()
-            .query_row(
-                "SELECT namespace, key FROM entries WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
-        {
-            Some(v) => v,
-            None => return Ok(None),
-        };
-        let ns: Namespace = ns.parse().map_err(|e| conv_err(0, e))?;
-        Ok(self
-            .list_entries(Some(&ns))?
-            .into_iter()
-            .find(|e| e.key.as_str() == key))
+        Ok(self.entry_summaries(&[id])?.pop())
     }
 }
 

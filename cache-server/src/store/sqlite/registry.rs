@@ -378,7 +378,7 @@ impl Db {
 
     /// Every manifest with its references, and every tag (collector).
     pub fn registry_graph(&self) -> rusqlite::Result<RegistryGraph> {
-        let conn = self.conn();
+        let conn = self.read()?;
         let mut by_id: BTreeMap<i64, GraphManifest> = BTreeMap::new();
         let mut stmt =
             conn.prepare_cached("SELECT id, repo, digest, created, subject FROM manifests")?;
