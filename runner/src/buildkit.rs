@@ -89,12 +89,16 @@ pub async fn through_registry(
             false
         }
     };
+    // The one cache to import: BuildKit fetches and merges every `--cache-from`, so naming the
+    // tags that do not exist, or a second tag of the same cache, only costs time.
+    let mut cache_from = Vec::new();
     if usable && !req.no_cache {
         match cache_result(client, &repo, &fallbacks, &tags).await {
             Ok(Some((kind, repo, tag))) => {
                 log.line(&format!("cache {kind} hit: {host}/{repo}:{tag}"));
                 summary.cache = kind.into();
                 summary.restored_from = Some(format!("{repo}:{tag}"));
+                cache_from.push(format!("{host}/{repo}:{tag}"));
             }
             Ok(None) => log.line(&format!("cache miss for {repo} in the registry")),
             Err(e) => {
@@ -120,14 +124,10 @@ pub async fn through_registry(
     } else {
         true
     };
-    let mut cache_from = Vec::new();
-    if usable && !req.no_cache {
-        for r in std::iter::once(&repo).chain(&fallbacks) {
-            cache_from.extend(tags.iter().map(|t| format!("{host}/{r}:{t}")));
-        }
-    }
+    // Exported once, under the exact key's tag; the target's tag is pointed at the same manifest
+    // afterwards (a second `--cache-to` would make BuildKit export everything twice).
     let cache_to = if export {
-        tags.iter().map(|t| format!("{host}/{repo}:{t}")).collect()
+        vec![format!("{host}/{repo}:{}", tags[0])]
     } else {
         vec![]
     };
@@ -156,7 +156,13 @@ pub async fn through_registry(
     };
     if !cache_to.is_empty() {
         if outcome.export_errors.is_empty() {
-            summary.pushed = true;
+            match client.registry_copy_tag(&repo, &tags[0], &tags[1]).await {
+                Ok(()) => summary.pushed = true,
+                Err(e) => summary.server_problem(
+                    log,
+                    format!("tagging the exported cache as {}: {e}", tags[1]),
+                ),
+            }
         } else {
             summary.server_problem(
                 log,

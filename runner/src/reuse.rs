@@ -4,9 +4,9 @@
 //! - Classic builder: each `Step N/M : INSTR` except `FROM`; reused when ` ---> Using cache`
 //!   follows before the next step.
 //! - BuildKit (`--progress=plain`): each vertex named `[stage n/m] INSTR` except `FROM`; reused when
-//!   its `#K CACHED` line comes, or when it only downloads and extracts its result from the imported
-//!   cache (`#K extracting sha256:…`, for a step a later step that runs builds on); run when
-//!   `#K DONE` comes without either. (Metadata-only instructions,
+//!   its `#K CACHED` line comes, or when it only downloads or extracts its result from the
+//!   imported cache (`#K sha256:… 1MB / 1MB done`, `#K extracting sha256:…`: for a step a later
+//!   step that runs builds on) and prints nothing of its own; run otherwise. (Metadata-only instructions,
 //!   `ENV`, `LABEL`, … are no vertices in BuildKit, so the counts differ between builders.)
 
 use std::collections::BTreeMap;
@@ -68,8 +68,21 @@ impl ClassicCounter {
 /// Reads BuildKit's `--progress=plain` output lines.
 #[derive(Debug, Default)]
 pub struct BuildkitCounter {
-    /// Step vertices by number: `Some(true)` cached, `Some(false)` done, `None` not ended yet.
-    steps: BTreeMap<u64, Option<bool>>,
+    /// Step vertices by number.
+    steps: BTreeMap<u64, Vertex>,
+}
+
+/// What the output said of one step vertex.
+#[derive(Debug, Default, Clone, Copy)]
+struct Vertex {
+    /// `#K CACHED`.
+    cached: bool,
+    /// Its result came from the imported cache: layer downloads (`#K sha256:… 1.06MB / 1.06MB
+    /// done`) or `#K extracting sha256:…`, without the step running. Which of the two BuildKit
+    /// prints depends on timing, so either counts.
+    fetched: bool,
+    /// The step's command printed (`#K 0.301 text`): it ran.
+    output: bool,
 }
 
 impl BuildkitCounter {
@@ -95,24 +108,32 @@ impl BuildkitCounter {
                 pos.contains('/') && pos.split('/').all(|n| n.parse::<u32>().is_ok())
             });
             if is_step && !instr.to_ascii_uppercase().starts_with("FROM ") {
-                self.steps.entry(num).or_insert(None);
+                self.steps.entry(num).or_default();
             }
-        } else if rest == "CACHED" || rest.starts_with("extracting sha256:") {
-            if let Some(state) = self.steps.get_mut(&num) {
-                *state = Some(true);
-            }
-        } else if rest.starts_with("DONE")
-            && let Some(state) = self.steps.get_mut(&num)
+            return;
+        }
+        let Some(v) = self.steps.get_mut(&num) else {
+            return;
+        };
+        let first = rest.split(' ').next().unwrap_or_default();
+        if rest == "CACHED" {
+            v.cached = true;
+        } else if rest.starts_with("extracting sha256:")
+            || (first.starts_with("sha256:") && rest.contains(" / "))
         {
-            state.get_or_insert(false);
+            v.fetched = true;
+        } else if first.parse::<f64>().is_ok() {
+            v.output = true;
         }
     }
 
-    /// The counts, once the output ended; vertices that never ended count as run.
+    /// The counts, once the output ended; a step is reused when cached, or fetched from the
+    /// imported cache without printing anything of its own; every other step vertex ran (or
+    /// never ended, which counts as run too).
     pub fn finish(self) -> StepCounts {
         let mut counts = StepCounts::default();
-        for state in self.steps.values() {
-            if *state == Some(true) {
+        for v in self.steps.values() {
+            if v.cached || (v.fetched && !v.output) {
                 counts.reused += 1;
             } else {
                 counts.run += 1;
@@ -153,5 +174,20 @@ mod tests {
         let mut c = BuildkitCounter::default();
         out.lines().for_each(|l| c.line(l));
         assert_eq!(c.finish(), StepCounts { run: 1, reused: 3 });
+    }
+
+    /// Seen on Engine 26.1 (containerd store): a step whose layers were only downloaded from the
+    /// imported cache, no `extracting` line; it did not run (its marker never printed).
+    #[test]
+    fn buildkit_steps_fetched_from_the_cache_without_extracting_are_reused() {
+        let out = "#8 [stage-1 2/3] COPY --from=build /one /one\n#8 CACHED\n\
+                   #9 [stage-1 3/3] RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo ran-final\"]\n\
+                   #9 sha256:e27e24e8d882 154B / 154B 0.0s done\n\
+                   #9 sha256:5025fff788fc 1.06MB / 1.06MB 0.0s done\n#9 DONE 0.1s\n\
+                   #10 [stage-1 4/4] RUN echo again\n#10 sha256:aa 1B / 1B done\n\
+                   #10 0.215 again\n#10 DONE 0.3s\n";
+        let mut c = BuildkitCounter::default();
+        out.lines().for_each(|l| c.line(l));
+        assert_eq!(c.finish(), StepCounts { run: 1, reused: 2 });
     }
 }

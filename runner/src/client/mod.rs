@@ -165,6 +165,13 @@ pub const UPLOAD_CHUNK: usize = 256 * 1024;
 /// A transfer that stalls this long is broken.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The manifest media types a registry request accepts: BuildKit's cache is an OCI index (or an
+/// image manifest with `image-manifest=true`).
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
 /// What the build report call is called, in messages and in [`Client::call`]'s replay rule.
 const BUILD_REPORT: &str = "the build report";
 
@@ -252,12 +259,9 @@ impl Client {
     /// `HEAD /v2/{repo}/manifests/{tag}`: whether the registry holds that tag.
     pub async fn registry_has_tag(&self, repo: &str, tag: &str) -> Result<bool, ClientError> {
         let url = format!("{}/v2/{repo}/manifests/{tag}", self.base);
-        let req = self.registry_request(Method::HEAD, &url).header(
-            reqwest::header::ACCEPT,
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-             application/vnd.docker.distribution.manifest.list.v2+json, \
-             application/vnd.docker.distribution.manifest.v2+json",
-        );
+        let req = self
+            .registry_request(Method::HEAD, &url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
         match self.send("a registry tag check", &url, req).await {
             Ok(_) => Ok(true),
             Err(ClientError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
@@ -265,6 +269,46 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Tags `to` in `repo` with the manifest `from` names (`GET` it, `PUT` it back under the
+    /// new tag, same bytes and media type): a second name for a cache already exported, without
+    /// BuildKit exporting it twice.
+    pub async fn registry_copy_tag(
+        &self,
+        repo: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), ClientError> {
+        let what = "a registry tag copy";
+        let src = format!("{}/v2/{repo}/manifests/{from}", self.base);
+        let req = self
+            .registry_request(Method::GET, &src)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        let resp = self.send(what, &src, req).await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(reqwest::header::HeaderValue::from_static(
+                "application/vnd.oci.image.index.v1+json",
+            ));
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|cause| ClientError::Unreachable {
+                what,
+                url: src.clone(),
+                attempts: 1,
+                cause,
+            })?;
+        let dst = format!("{}/v2/{repo}/manifests/{to}", self.base);
+        let req = self
+            .registry_request(Method::PUT, &dst)
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .body(body);
+        self.send(what, &dst, req).await?;
+        Ok(())
     }
 
     fn image_url(&self, ns: &Namespace, key: &CacheKey) -> String {
