@@ -2,31 +2,22 @@
 //! warning when the operator's data dir is open to others), and its 500s tell the client a request
 //! id, never a path or a database message, while its log carries both.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
+
+mod common;
 
 /// Starts the binary on `data_dir` and waits until it serves (it prints its address first, then
 /// opens the store).
 async fn start(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
-        .args(["--open", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut child = common::binary_command(&["--data-dir"])
         .arg(data_dir)
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while reqwest::get(format!("{url}/healthz")).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let url = common::binary_url(&mut child).await;
     (child, url)
 }
 

@@ -7,9 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,24 +31,13 @@ struct Binary {
 impl Binary {
     async fn start(args: &[&str]) -> Binary {
         let tmp = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
-            .args(["--open", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut child = common::binary_command(&["--data-dir"])
             .arg(tmp.path().join("data"))
             .args(args)
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{url}/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "{url} never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let url = common::binary_url(&mut child).await;
         Binary {
             child,
             url,

@@ -6,10 +6,11 @@
 //! tie with the cold ones pushed in the same second, and ties went to the oldest id: the
 //! collector evicted the entry in use and kept a cold one.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
 
 use layercache_test_support::tarball::{Image, layer, noise, save};
 
@@ -29,33 +30,16 @@ impl Drop for Server {
 /// The binary on `data_dir` with a quota, collecting every second; its address.
 async fn start(data_dir: &Path, max_size: u64) -> (Server, String) {
     let mut child = Server(
-        Command::new(env!("CARGO_BIN_EXE_layercache-server"))
-            .args([
-                "--open",
-                "--listen",
-                "127.0.0.1:0",
-                "--gc-interval-secs",
-                "1",
-            ])
-            .args(["--upload-grace-secs", "0", "--max-size"])
+        common::binary_command(&["--gc-interval-secs", "1", "--upload-grace-secs", "0"])
+            .arg("--max-size")
             .arg(max_size.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{url}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = common::binary_url(&mut child.0).await;
     (child, url)
 }
 

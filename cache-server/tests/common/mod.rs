@@ -78,3 +78,31 @@ pub fn token(data_dir: &Path, role: Role, patterns: &[&str], name: &str) -> Stri
     let patterns: Vec<NamespacePattern> = patterns.iter().map(|p| p.parse().unwrap()).collect();
     create_token(&db, role, &patterns, Some(name)).unwrap().0
 }
+
+/// The real `layercache-server` binary (`--open`, a free port) with `args`, started from the
+/// test; the caller adds `--data-dir` and the rest. Its stdout is read for the address it prints
+/// first; stderr is the caller's choice.
+pub fn binary_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_layercache-server"));
+    cmd.args(["--open", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    cmd
+}
+
+/// Reads the address `child` prints first, then waits until `/healthz` answers (it opens its
+/// store after printing); panics after 20 s.
+pub async fn binary_url(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    url
+}
