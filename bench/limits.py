@@ -20,27 +20,18 @@ the time ratio.
 
 import argparse
 import gzip
-import hashlib
 import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def sha(b):
-    return "sha256:" + hashlib.sha256(b).hexdigest()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import free_port, sha  # noqa: E402  (the benches' digest helper)
 
 
 class Server:

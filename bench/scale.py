@@ -34,39 +34,22 @@ p50/p99 (ms) per size and the ratio of the largest size's p99 to the smallest's.
 """
 
 import argparse
-import hashlib
 import http.client
-import io
 import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import urllib.parse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import free_port, sha, tar_of  # noqa: E402  (one tar and digest helper for the benches)
+
 NAMESPACES = 50
-
-
-def sha(b):
-    return "sha256:" + hashlib.sha256(b).hexdigest()
-
-
-def tar_of(files):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 BASE = tar_of([("base/shared.bin", random.Random(0).randbytes(4096))])
@@ -253,12 +236,6 @@ def while_polled(host, port, fn, samples, seconds):
     finally:
         stop.set()
         t.join(timeout=600)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
