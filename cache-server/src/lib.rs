@@ -106,6 +106,8 @@ async fn serve_on(
         Arc::clone(&state.store),
         Arc::clone(&state.settings),
     ));
+    let uses = tokio::spawn(Arc::clone(&state.store).run_use_flusher());
+    let store = Arc::clone(&state.store);
     let expiry = tokio::spawn(registry::uploads::run_expiry(
         Arc::clone(&state.uploads),
         state.settings.upload_timeout,
@@ -118,5 +120,8 @@ async fn serve_on(
         .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e));
     collector.abort();
     expiry.abort();
+    uses.abort();
+    // The hits and misses of the last requests.
+    store.blocking(|s| Ok(s.db.flush_uses()?)).await?;
     result
 }

@@ -225,15 +225,32 @@ async fn sigterm_with_a_stalled_client_exits_within_the_deadline() {
         &[
             ("LAYERCACHE_SHUTDOWN_TIMEOUT_SECS", "2"),
             ("LAYERCACHE_BODY_TIMEOUT_SECS", "120"),
+            ("LAYERCACHE_MAX_UPLOADS", "1"),
+            ("LAYERCACHE_QUEUE_WAIT_SECS", "1"),
         ],
         None,
     )
     .await;
     let _stalled = stalled_upload(&server.addr, "/v1/blobs").await;
-    // The stalled request reaches its handler before the signal: a later request has answered.
-    get(&server.addr, "/healthz", Duration::from_secs(2))
-        .await
-        .unwrap();
+    // The stalled request must be in its handler before the signal (else shutdown just drops its
+    // connection): it is once it holds the only upload slot, so a second upload gets 503.
+    let digest = format!("sha256:{}", sha_hex(b"hello"));
+    let probe = format!(
+        "PUT /v1/blobs/{digest} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, text) = exchange(&server.addr, probe.as_bytes(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        if status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled upload never held its slot; last answer: {text}"
+        );
+    }
     let t0 = Instant::now();
     // SAFETY: kill sends a signal to our own child.
     assert_eq!(

@@ -85,6 +85,17 @@ impl Store {
         Self::assemble(data_dir, tmp_dir)
     }
 
+    /// Writes the hits and misses requests queue (see `sqlite::uses`) as they come, until the
+    /// task is aborted: the server runs one.
+    pub async fn run_use_flusher(self: Arc<Self>) {
+        loop {
+            self.db.uses_queued().await;
+            if let Err(e) = self.blocking(|s| Ok(s.db.flush_uses()?)).await {
+                tracing::warn!(error = %e, "writing recorded hits and misses failed; they are lost");
+            }
+        }
+    }
+
     /// Runs blocking storage work off the async runtime.
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
     where

@@ -28,6 +28,7 @@ pub mod pool;
 pub use entries::{Cursor, DEFAULT_PAGE, MAX_PAGE, Page};
 mod insights;
 mod registry;
+mod uses;
 pub use insights::{ActivityKind, HISTORY_WINDOWS};
 pub use registry::{GraphManifest, ManifestRow, NewManifest, Referrer, RegistryGraph};
 
@@ -114,6 +115,8 @@ pub struct Db {
     readers: pool::ReaderPool,
     /// The last use stamp handed out (see [`Db::use_stamp`]).
     last_stamp: AtomicU64,
+    /// Hits and misses not yet written (see [`uses`]).
+    uses: uses::UseQueue,
 }
 
 fn conv_err(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
@@ -160,13 +163,15 @@ impl Db {
             conn: Mutex::new(conn),
             readers,
             last_stamp: AtomicU64::new(last.max(0) as u64),
+            uses: Default::default(),
         })
     }
 
     /// A use stamp for `entries.last_use`: milliseconds since the epoch, but strictly above every
     /// stamp handed out before, so two uses in the same millisecond (or a clock step back) still
     /// order as they happened and eviction follows the order of use exactly. Taken while holding
-    /// the writer, so stamps reach the table in the order they were handed out.
+    /// the writer (commits) or the queue of uses (hits, see [`uses`]), and written with `MAX`, so
+    /// an entry's stamp only moves forward.
     fn use_stamp(&self) -> u64 {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -222,7 +227,7 @@ impl Db {
 
     /// Server-wide statistics.
     pub fn stats(&self) -> rusqlite::Result<Stats> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut counters: HashMap<String, u64> = HashMap::new();
         let mut stmt = conn.prepare_cached("SELECT name, value FROM counters")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, u64_at(r, 1)?)))? {
@@ -252,6 +257,15 @@ impl Db {
             tags: conn.query_row("SELECT COUNT(*) FROM tags", [], |r| u64_at(r, 0))?,
             manifests: conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| u64_at(r, 0))?,
         })
+    }
+}
+
+impl Drop for Db {
+    /// Writes the uses still queued: a store closed in order loses none.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_uses() {
+            tracing::warn!(error = %e, "writing recorded hits and misses at close failed");
+        }
     }
 }
 

@@ -76,7 +76,7 @@ impl Db {
     /// Every entry with its last use stamp (milliseconds, see `Db::use_stamp`) and the distinct
     /// blobs it references. Read only when the collector has something to evict.
     pub fn entry_usage(&self) -> rusqlite::Result<Vec<crate::lru::EntryUse>> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut out: BTreeMap<i64, crate::lru::EntryUse> = BTreeMap::new();
         let mut stmt = conn.prepare_cached("SELECT id, last_use FROM entries")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, u64_at(r, 1)?)))? {
@@ -124,6 +124,8 @@ impl Db {
     /// keeps it); its blobs lose a reference. True when evicted.
     pub fn evict_entry(&self, id: i64, last_used: u64) -> rusqlite::Result<bool> {
         let mut conn = self.conn();
+        // A use still queued must count: write it before comparing stamps.
+        self.write_uses(&mut conn)?;
         let tx = conn.transaction()?;
         let current: Option<i64> = tx
             .query_row("SELECT last_use FROM entries WHERE id = ?1", [id], |r| {
@@ -237,7 +239,7 @@ impl Db {
         entry_cutoff_ms: u64,
         tag_cutoff: u64,
     ) -> rusqlite::Result<bool> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let entry = conn
             .query_row(
                 "SELECT 1 FROM entries WHERE last_use < ?1 LIMIT 1",

@@ -6,8 +6,7 @@ use layercache_shared::{CacheKey, Digest, Namespace};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    Db, NewEntry, add_counter_tx, conv_err, counter, digest_at, insights, now, opt_digest_at,
-    retry_replaced, sql_u64, u64_at,
+    Db, NewEntry, conv_err, digest_at, now, opt_digest_at, retry_replaced, sql_u64, u64_at,
 };
 
 /// Entries per page of [`Db::list_entries`] when the caller names no limit, and the most it may
@@ -336,30 +335,6 @@ impl Db {
         find_prefix_in(&*self.read()?, namespaces, prefixes)
     }
 
-    /// Counts a hit on entry `id` (by match kind for lookups) and marks it used now.
-    pub fn record_hit(&self, id: i64, kind: Option<MatchKind>) -> rusqlite::Result<()> {
-        let mut conn = self.conn();
-        let stamp = sql_u64(self.use_stamp());
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE entries SET hits = hits + 1, last_used = ?2, last_use = ?3 WHERE id = ?1",
-            params![id, sql_u64(now()), stamp],
-        )?;
-        tx.prepare_cached("UPDATE entry_prefixes SET last_use = ?2 WHERE entry_id = ?1")?
-            .execute(params![id, stamp])?;
-        add_counter_tx(&tx, counter::HITS, 1)?;
-        insights::count_lookup_tx(&tx, id, kind, now())?;
-        if let Some(kind) = kind {
-            let name = match kind {
-                MatchKind::Exact => counter::HITS_EXACT,
-                MatchKind::Fallback => counter::HITS_FALLBACK,
-                MatchKind::Prefix => counter::HITS_PREFIX,
-            };
-            add_counter_tx(&tx, name, 1)?;
-        }
-        tx.commit()
-    }
-
     /// One page of entries, all or of one namespace, sorted by (namespace, key), starting after
     /// `after`; `limit` is clamped to 1..=[`MAX_PAGE`]. Costs the page, not the cache: the
     /// `(namespace, key)` index gives the rows in order from the cursor on.
@@ -370,7 +345,7 @@ impl Db {
         limit: u64,
     ) -> rusqlite::Result<Page<EntrySummary>> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let (ns_after, key_after) = after
             .map(|c| (c.namespace.as_str(), c.key.as_str()))
             .unwrap_or(("", ""));
@@ -416,7 +391,7 @@ impl Db {
 
     /// The summaries of entries `ids` that exist, in the order of `ids`.
     pub fn entry_summaries(&self, ids: &[i64]) -> rusqlite::Result<Vec<EntrySummary>> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {SUMMARY_COLUMNS} FROM entries e WHERE e.id = ?1"
         ))?;

@@ -23,7 +23,7 @@ use layercache_shared::api::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Db, add_counter_tx, conv_err, counter, digest_at, now, sql_u64, u64_at};
+use super::{Db, add_counter_tx, conv_err, counter, digest_at, sql_u64, u64_at};
 
 /// Bucket widths and how long their rows are kept, in seconds.
 const MINUTE: u64 = 60;
@@ -151,11 +151,6 @@ fn millis(seconds: f64) -> u64 {
 }
 
 impl Db {
-    /// Counts a miss of a lookup or image GET, in `namespace` (the first one asked).
-    pub fn record_miss(&self, namespace: &Namespace) -> rusqlite::Result<()> {
-        self.record_miss_at(namespace, now())
-    }
-
     /// [`Db::record_miss`] at an explicit time.
     pub fn record_miss_at(&self, namespace: &Namespace, now: u64) -> rusqlite::Result<()> {
         let mut conn = self.conn();
@@ -292,7 +287,7 @@ impl Db {
                 ..HistoryPoint::default()
             })
             .collect();
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached(
             "SELECT start, kind, SUM(count) FROM activity
              WHERE width = ?1 AND start >= ?2 AND start <= ?3 AND (?4 IS NULL OR namespace = ?4)
@@ -342,7 +337,7 @@ impl Db {
     /// count over the entries.
     pub fn largest(&self, limit: u64) -> rusqlite::Result<Largest> {
         let ids: Vec<i64> = {
-            let conn = self.read()?;
+            let conn = self.read_settled()?;
             let mut stmt = conn.prepare_cached(
                 "SELECT id FROM entries ORDER BY total_size DESC, id DESC LIMIT ?1",
             )?;
@@ -372,7 +367,7 @@ impl Db {
     /// Every namespace holding entries, with its entry count and bytes (maintained by triggers),
     /// by name.
     pub fn namespace_totals(&self) -> rusqlite::Result<Vec<(Namespace, u64, u64)>> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached(
             "SELECT namespace, entries, bytes FROM namespace_totals ORDER BY namespace",
         )?;
@@ -389,7 +384,7 @@ impl Db {
     /// Entry `id`'s manifest and, per layer, the other entries that reference it.
     pub fn entry_detail(&self, id: i64) -> rusqlite::Result<EntryDetail> {
         let manifest = self.manifest(id)?;
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT e.namespace, e.key FROM image_layers il
              JOIN entry_images ei ON ei.image_id = il.image_id
@@ -422,7 +417,7 @@ impl Db {
 
     /// All-time lookup counts as `(namespace, kind, count)`, namespaces in first-seen order.
     pub fn lookup_totals(&self) -> rusqlite::Result<Vec<(String, String, u64)>> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached(
             "SELECT t.namespace, t.kind, t.count FROM lookup_totals t
              JOIN (SELECT namespace, MIN(rowid) AS first FROM lookup_totals GROUP BY namespace) f
@@ -435,7 +430,7 @@ impl Db {
 
     /// Every counter of the `counters` table, by name.
     pub fn counters(&self) -> rusqlite::Result<Vec<(String, u64)>> {
-        let conn = self.read()?;
+        let conn = self.read_settled()?;
         let mut stmt = conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
         stmt.query_map([], |r| Ok((r.get(0)?, u64_at(r, 1)?)))?
             .collect()

@@ -242,6 +242,12 @@ fn prefix_match_prefers_depth_then_namespace_order() {
         Some((deep_late, 1))
     );
     db.record_hit(shallow, None).unwrap();
+    // Uses are queued (see `uses`); the prefix order follows them once written.
+    assert_eq!(
+        db.find_prefix(&ns_main, &[d("p1"), d("q")]).unwrap(),
+        Some((deep_late, 1))
+    );
+    db.flush_uses().unwrap();
     assert_eq!(
         db.find_prefix(&ns_main, &[d("p1"), d("q")]).unwrap(),
         Some((shallow, 1))
@@ -363,6 +369,7 @@ fn prefix_matches_follow_use_order_within_a_namespace() {
         Some((second, 1))
     );
     db.record_hit(first, None).unwrap();
+    db.flush_uses().unwrap();
     assert_eq!(db.find_prefix(&main, &[d("p1")]).unwrap(), Some((first, 1)));
     let nobody: Vec<Namespace> = vec!["nobody".parse().unwrap()];
     assert_eq!(db.find_prefix(&nobody, &[d("p1")]).unwrap(), None);
