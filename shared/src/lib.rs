@@ -9,6 +9,7 @@
 //! - [`oci`]: OCI and Docker distribution documents (media types, descriptors, manifests).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and runner.
 //! - [`parents`]: images ordered parents first, in linear time.
+//! - [`size`]: human sizes, parsed (`10G`, `64m`) and printed (`1.5 MiB`), through bytesize.
 
 pub mod api;
 pub mod archive;
@@ -19,6 +20,7 @@ pub mod key;
 pub mod names;
 pub mod oci;
 pub mod parents;
+pub mod size;
 
 pub use digest::{Digest, DigestError};
 pub use names::{CacheKey, NameError, Namespace};
