@@ -296,9 +296,9 @@ mod tests {
 
     #[test]
     fn a_tag_that_is_no_image_reference_is_refused_before_the_build() {
-        let e = Cli::try_parse_from(["layercache", "build", "-t", "Bad:Name", "."])
-            .err()
-            .expect("refused");
+        let Err(e) = Cli::try_parse_from(["layercache", "build", "-t", "Bad:Name", "."]) else {
+            panic!("an invalid --tag was accepted");
+        };
         assert!(e.to_string().contains("not an image reference"), "{e}");
     }
 }

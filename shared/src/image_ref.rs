@@ -32,8 +32,9 @@ pub struct ImageRefError {
 pub struct ImageRef {
     /// The text as given (what error messages and logs show).
     text: String,
-    /// Its parts, Docker Hub names completed (`app` → `docker.io/library/app`).
-    parsed: Reference,
+    /// Its parts, Docker Hub names completed (`app` → `docker.io/library/app`). Boxed: five
+    /// strings would make every enum holding a reference large.
+    parsed: Box<Reference>,
 }
 
 impl ImageRef {
@@ -78,7 +79,7 @@ impl FromStr for ImageRef {
         match Reference::from_str(s) {
             Ok(parsed) => Ok(ImageRef {
                 text: s.to_string(),
-                parsed,
+                parsed: Box::new(parsed),
             }),
             Err(e) => Err(ImageRefError {
                 text: s.to_string(),
