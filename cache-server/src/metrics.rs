@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn made_up_methods_count_as_other() {
+        let odd = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
+        let m = HttpMetrics::default();
+        m.observe("unmatched", method_label(&odd), 404, 0.001);
+        let text = render(&m, &Default::default(), &HashMap::new(), &[]).unwrap();
+        assert!(
+            text.contains(
+                r#"layercache_http_requests_total{method="other",route="unmatched",status="404"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn namespaces_past_the_first_twenty_fold_into_other() {
         let lookups: Vec<(String, String, u64)> = (0..25)
             .map(|i| (format!("ns{i}"), "miss".to_string(), 1))
