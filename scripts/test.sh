@@ -61,6 +61,14 @@ export LAYERCACHE_TEST_DOCKER_HOST="unix://$state/sock"
 log "building the workspace"
 cargo build --workspace --bins --locked
 
+log "checking formatting (cargo fmt --check)"
+if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then rustup component add rustfmt; fi
+cargo fmt --all -- --check
+
+log "linting (cargo clippy, warnings are errors)"
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy; fi
+cargo clippy --all-targets --locked -- -D warnings
+
 log "running the tests"
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 out="$state/cargo-test.log"

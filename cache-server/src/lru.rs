@@ -9,7 +9,7 @@
 //! walks entries from least to most recently used.
 //!
 //! Also here: [`Reservations`], the space promised to uploads in progress (refused when it cannot
-//! fit the quota), and [`parse_size`], the syntax of `--max-size`.
+//! fit the quota). `--max-size` is parsed by `layercache_shared::size`.
 
 use std::collections::HashMap;
 
@@ -141,50 +141,6 @@ pub fn plan(
         bytes_before,
         bytes_after: bytes,
     }
-}
-
-/// Why a size given to `--max-size` was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{0}` is not a size: give bytes, or a number with KB, MB, GB, TB (1000-based) or KiB, MiB, \
-     GiB, TiB (1024-based), e.g. `200GiB`"
-)]
-pub struct SizeError(pub String);
-
-/// Parses `200GiB`, `1.5 GB`, `1048576`, `10m` style sizes (units case-insensitive; `K`, `M`, `G`,
-/// `T` alone are the 1024-based units, like `docker` and `du`).
-pub fn parse_size(text: &str) -> Result<u64, SizeError> {
-    let err = || SizeError(text.to_string());
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
-    let mult: u64 = match unit.as_str() {
-        "" | "b" => 1,
-        "kb" => 1000,
-        "mb" => 1000_u64.pow(2),
-        "gb" => 1000_u64.pow(3),
-        "tb" => 1000_u64.pow(4),
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        _ => return Err(err()),
-    };
-    if num.is_empty() {
-        return Err(err());
-    }
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(err);
-    }
-    let f: f64 = num.parse().map_err(|_| err())?;
-    let v = f * mult as f64;
-    if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(v as u64)
 }
 
 /// Bytes promised to uploads in progress, counted against the quota before they are written
@@ -356,28 +312,6 @@ mod tests {
         // A day later entry 6 expires too.
         let p = plan(&entries, &s, 0, &policy, now + DAY_SECS);
         assert_eq!(ids(&p), vec![5, 7, 6]);
-    }
-
-    #[test]
-    fn sizes_accept_decimal_and_binary_units() {
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("200GiB"), Ok(200 << 30));
-        assert_eq!(parse_size("200gib"), Ok(200 << 30));
-        assert_eq!(parse_size("2 GB"), Ok(2_000_000_000));
-        assert_eq!(parse_size("10kb"), Ok(10_000));
-        assert_eq!(parse_size("10KiB"), Ok(10_240));
-        assert_eq!(parse_size("3MB"), Ok(3_000_000));
-        assert_eq!(parse_size("3MiB"), Ok(3 << 20));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("64b"), Ok(64));
-    }
-
-    #[test]
-    fn bad_sizes_are_refused_with_the_syntax() {
-        for bad in ["", "GiB", "12 parsecs", "-5", "1.2.3GB", "99999999999TiB"] {
-            let e = parse_size(bad).unwrap_err();
-            assert!(e.to_string().contains("200GiB"), "{bad}: {e}");
-        }
     }
 
     #[test]

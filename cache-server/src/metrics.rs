@@ -1,5 +1,5 @@
-//! `GET /metrics` in the Prometheus text format (0.0.4), written by hand: a few counters, gauges
-//! and one histogram do not need a metrics framework, and the escaping rules are small.
+//! `GET /metrics` in the Prometheus text format (0.0.4), written by the `prometheus` crate's
+//! `TextEncoder` (escaping, histogram buckets, `# HELP`/`# TYPE`).
 //!
 //! Two sources:
 //! - HTTP requests: counted in memory by [`track`] (since the process started, as Prometheus
@@ -8,21 +8,25 @@
 //!   status.
 //! - Everything else is read from the index when scraped, so it matches `/v1/stats` and survives
 //!   restarts: lookups by namespace and result, bytes in/out, stored bytes, blobs, evictions,
-//!   upload failures by error code, builds and time saved.
+//!   upload failures by error code, builds and time saved. Each scrape registers them, with the
+//!   values just read, in a registry of its own beside the long-lived HTTP collectors.
 //!
 //! Lookup labels are bounded: the first [`TOP_NAMESPACES`] namespaces ever seen keep their own
 //! label, all later ones add up in `namespace="other"`. First-seen (not "largest now") keeps each
 //! series growing monotonically.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus::core::Collector;
+use prometheus::{
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::auth::{Access, Role};
 use crate::error::ServerError;
@@ -40,39 +44,49 @@ const BUCKETS: &[f64] = &[
 /// Label of requests no route matched (404s of unknown paths).
 const UNMATCHED: &str = "unmatched";
 
-/// One `(route, method, status)` series of the request histogram.
-#[derive(Debug, Default, Clone)]
-struct Series {
-    /// Requests per bucket (not cumulative; summed when rendered).
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
+/// Labels of the HTTP series, in this order.
+const HTTP_LABELS: &[&str] = &["route", "method", "status"];
+
+/// Request counts and latencies of this process (the collectors share their state when cloned).
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// `layercache_http_requests_total{route, method, status}`.
+    requests: IntCounterVec,
+    /// `layercache_http_request_duration_seconds{route, method, status}`.
+    duration: HistogramVec,
 }
 
-/// Request counts and latencies of this process.
-#[derive(Debug, Default)]
-pub struct HttpMetrics {
-    /// A std `Mutex`: held for one map update, never across an await.
-    series: Mutex<HashMap<(String, String, u16), Series>>,
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        // Names, help texts and labels are constants: these constructors cannot fail on them.
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "layercache_http_requests_total",
+                "HTTP requests answered, by route template, method and status.",
+            ),
+            HTTP_LABELS,
+        )
+        .expect("valid counter options");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "layercache_http_request_duration_seconds",
+                "Time to the response head, by route template, method and status.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            HTTP_LABELS,
+        )
+        .expect("valid histogram options");
+        HttpMetrics { requests, duration }
+    }
 }
 
 impl HttpMetrics {
     /// Counts one request that took `seconds` to produce its response head.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default();
-        s.count += 1;
-        s.sum_seconds += seconds;
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            s.buckets[i] += 1;
-        }
-    }
-
-    fn snapshot(&self) -> BTreeMap<(String, String, u16), Series> {
-        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.duration.with_label_values(&labels).observe(seconds);
     }
 }
 
@@ -151,14 +165,15 @@ pub async fn metrics(
 ) -> Result<Response, ServerError> {
     // Series name namespaces and count everyone's traffic: an admin of every namespace only.
     access.require_all(Role::Admin)?;
-    let http = state.metrics.snapshot();
+    let http = state.metrics.as_ref().clone();
     let text = state
         .store
         .blocking(move |s| {
             let stats = s.db.stats()?;
             let counters: HashMap<String, u64> = s.db.counters()?.into_iter().collect();
             let lookups = s.db.lookup_totals()?;
-            Ok(render(&http, &stats, &counters, &lookups))
+            render(&http, &stats, &counters, &lookups)
+                .map_err(|e| ServerError::Internal(format!("metrics: {e}")))
         })
         .await?;
     let mut resp = text.into_response();
@@ -167,42 +182,6 @@ pub async fn metrics(
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-pub fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Writes `# HELP` and `# TYPE` of a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes one sample; `labels` are `(name, unescaped value)`.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
 }
 
 /// Lookup totals folded to the first [`TOP_NAMESPACES`] namespaces plus `other`.
@@ -224,73 +203,42 @@ fn bounded_lookups(lookups: &[(String, String, u64)]) -> BTreeMap<(String, Strin
     out
 }
 
+/// Registers `c` in `r`.
+fn add(r: &Registry, c: impl Collector + 'static) -> prometheus::Result<()> {
+    r.register(Box::new(c))
+}
+
+/// A gauge's value: the index's counts fit an i64 long before they could overflow one.
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The text exposition of `http` and of the values just read from the index.
 fn render(
-    http: &BTreeMap<(String, String, u16), Series>,
+    http: &HttpMetrics,
     stats: &layercache_shared::api::Stats,
     counters: &HashMap<String, u64>,
     lookups: &[(String, String, u64)],
-) -> String {
-    let mut o = String::new();
+) -> prometheus::Result<String> {
     let c = |name: &str| counters.get(name).copied().unwrap_or(0);
+    let r = Registry::new();
+    add(&r, http.requests.clone())?;
+    add(&r, http.duration.clone())?;
 
-    family(
-        &mut o,
-        "layercache_http_requests_total",
-        "counter",
-        "HTTP requests answered, by route template, method and status.",
-    );
-    for ((route, method, status), s) in http {
-        let status = status.to_string();
-        let labels = [
-            ("route", route.as_str()),
-            ("method", method),
-            ("status", &status),
-        ];
-        sample(&mut o, "layercache_http_requests_total", &labels, s.count);
-    }
-    family(
-        &mut o,
-        "layercache_http_request_duration_seconds",
-        "histogram",
-        "Time to the response head, by route template, method and status.",
-    );
-    for ((route, method, status), s) in http {
-        let status = status.to_string();
-        let name = "layercache_http_request_duration_seconds";
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(s.buckets) {
-            cumulative += n;
-            let le = bound.to_string();
-            let labels = [
-                ("route", route.as_str()),
-                ("method", method),
-                ("status", &status),
-                ("le", &le),
-            ];
-            sample(&mut o, &format!("{name}_bucket"), &labels, cumulative);
-        }
-        let base = [
-            ("route", route.as_str()),
-            ("method", method),
-            ("status", &status),
-        ];
-        let inf = [base[0], base[1], base[2], ("le", "+Inf")];
-        sample(&mut o, &format!("{name}_bucket"), &inf, s.count);
-        sample(&mut o, &format!("{name}_sum"), &base, s.sum_seconds);
-        sample(&mut o, &format!("{name}_count"), &base, s.count);
-    }
-
-    family(
-        &mut o,
-        "layercache_lookups_total",
-        "counter",
-        "Lookups and image GETs by namespace (first asked; the first 20 seen, then `other`) and \
-         result: exact, fallback, prefix, get (image GET hit), miss.",
-    );
+    let lookup_totals = IntCounterVec::new(
+        Opts::new(
+            "layercache_lookups_total",
+            "Lookups and image GETs by namespace (first asked; the first 20 seen, then `other`) \
+             and result: exact, fallback, prefix, get (image GET hit), miss.",
+        ),
+        &["namespace", "result"],
+    )?;
     for ((ns, kind), n) in bounded_lookups(lookups) {
-        let labels = [("namespace", ns.as_str()), ("result", kind.as_str())];
-        sample(&mut o, "layercache_lookups_total", &labels, n);
+        lookup_totals
+            .with_label_values(&[ns.as_str(), kind.as_str()])
+            .inc_by(n);
     }
+    add(&r, lookup_totals)?;
 
     let counters_out: &[(&str, &str, u64)] = &[
         (
@@ -335,44 +283,30 @@ fn render(
         ),
     ];
     for (name, help, v) in counters_out {
-        family(&mut o, name, "counter", help);
-        sample(&mut o, name, &[], v);
+        let m = IntCounter::new(*name, *help)?;
+        m.inc_by(*v);
+        add(&r, m)?;
     }
-    family(
-        &mut o,
+    let saved = Counter::new(
         "layercache_build_seconds_saved_total",
-        "counter",
         "Build time saved, as reported builds compare with the last cold build of their key.",
-    );
-    sample(
-        &mut o,
-        "layercache_build_seconds_saved_total",
-        &[],
-        c(counter::MS_SAVED) as f64 / 1000.0,
-    );
+    )?;
+    saved.inc_by(c(counter::MS_SAVED) as f64 / 1000.0);
+    add(&r, saved)?;
 
-    family(
-        &mut o,
-        "layercache_upload_failures_total",
-        "counter",
-        "Uploads refused or broken off, by error code.",
-    );
-    let mut failures: Vec<(&str, u64)> = counters
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(counter::UPLOADS_FAILED_PREFIX)
-                .map(|code| (code, *v))
-        })
-        .collect();
-    failures.sort();
-    for (code, n) in failures {
-        sample(
-            &mut o,
+    let failures = IntCounterVec::new(
+        Opts::new(
             "layercache_upload_failures_total",
-            &[("reason", code)],
-            n,
-        );
+            "Uploads refused or broken off, by error code.",
+        ),
+        &["reason"],
+    )?;
+    for (k, v) in counters {
+        if let Some(code) = k.strip_prefix(counter::UPLOADS_FAILED_PREFIX) {
+            failures.with_label_values(&[code]).inc_by(*v);
+        }
     }
+    add(&r, failures)?;
 
     let gauges: &[(&str, &str, u64)] = &[
         (
@@ -398,10 +332,14 @@ fn render(
         ),
     ];
     for (name, help, v) in gauges {
-        family(&mut o, name, "gauge", help);
-        sample(&mut o, name, &[], v);
+        let g = IntGauge::new(*name, *help)?;
+        g.set(gauge_value(*v));
+        add(&r, g)?;
     }
-    o
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
 #[cfg(test)]
@@ -415,8 +353,34 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label("x\ny"), "x\\ny");
+        let lookups = vec![(r#"a"b\c"#.to_string(), "miss\nx".to_string(), 1)];
+        let text = render(
+            &HttpMetrics::default(),
+            &Default::default(),
+            &HashMap::new(),
+            &lookups,
+        )
+        .unwrap();
+        assert!(
+            text.contains(r#"layercache_lookups_total{namespace="a\"b\\c",result="miss\nx"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn made_up_methods_count_as_other() {
+        let odd = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
+        let m = HttpMetrics::default();
+        m.observe("unmatched", method_label(&odd), 404, 0.001);
+        let text = render(&m, &Default::default(), &HashMap::new(), &[]).unwrap();
+        assert!(
+            text.contains(
+                r#"layercache_http_requests_total{method="other",route="unmatched",status="404"} 1"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -436,16 +400,16 @@ mod tests {
         m.observe("/v1/stats", "GET", 200, 0.001);
         m.observe("/v1/stats", "GET", 200, 0.2);
         m.observe("/v1/stats", "GET", 200, 100.0);
-        let text = render(&m.snapshot(), &Default::default(), &HashMap::new(), &[]);
+        let text = render(&m, &Default::default(), &HashMap::new(), &[]).unwrap();
         let line = |needle: &str| -> String {
             text.lines()
                 .find(|l| l.starts_with(needle))
                 .unwrap_or_else(|| panic!("no `{needle}` in\n{text}"))
                 .to_string()
         };
-        assert!(line("layercache_http_request_duration_seconds_bucket{route=\"/v1/stats\",method=\"GET\",status=\"200\",le=\"0.005\"}").ends_with(" 1"));
-        assert!(line("layercache_http_request_duration_seconds_bucket{route=\"/v1/stats\",method=\"GET\",status=\"200\",le=\"0.25\"}").ends_with(" 2"));
-        assert!(line("layercache_http_request_duration_seconds_bucket{route=\"/v1/stats\",method=\"GET\",status=\"200\",le=\"+Inf\"}").ends_with(" 3"));
+        assert!(line("layercache_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/stats\",status=\"200\",le=\"0.005\"}").ends_with(" 1"));
+        assert!(line("layercache_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/stats\",status=\"200\",le=\"0.25\"}").ends_with(" 2"));
+        assert!(line("layercache_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/stats\",status=\"200\",le=\"+Inf\"}").ends_with(" 3"));
         assert!(line("layercache_http_requests_total{").ends_with(" 3"));
     }
 }

@@ -413,3 +413,27 @@ async fn dashboard_pages_show_the_numbers_of_the_json_api() {
     );
     assert_eq!(s.get("/entries/acme%2Fweb/none").await.status(), 404);
 }
+
+/// Regression guard (issue 14, templates that escape by construction): an image tag carrying markup
+/// or an attribute breakout, as a pushed tarball may, shows as text on the entry page and the
+/// overview, never as an element or an attribute.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tags_render_escaped_on_the_dashboard() {
+    let s = Server::start().await;
+    let base = layer(&[("etc/base", b"base")]);
+    let hostile = r#"x:"onmouseover="alert(1)"><script>alert(2)</script>"#;
+    let (t, _, _) = save_chain(&base, &layer(&[("app/a", b"a")]), hostile);
+    assert_eq!(s.put("/v1/images/acme%2Fweb/k1", t).await, 201);
+    let page = s.text("/entries/acme%2Fweb/k1").await;
+    assert!(!page.contains("<script"), "{page}");
+    assert!(!page.contains(r#""onmouseover"#), "{page}");
+    assert!(
+        page.contains(
+            "x:&quot;onmouseover=&quot;alert(1)&quot;&gt;&lt;script&gt;alert(2)&lt;/script&gt;"
+        ),
+        "{page}"
+    );
+    let overview = s.text("/").await;
+    assert!(!overview.contains("<script"));
+    assert!(overview.contains(r#"href="/entries/acme%2Fweb/k1""#));
+}

@@ -577,6 +577,40 @@ async fn a_replaced_cache_manifest_and_the_blobs_only_it_used_are_collected() {
         .map(|b| b.len())
         .sum::<usize>();
     assert_eq!(t["total_size"].as_u64(), Some(want_size as u64));
+    // `/v1/tags` pages like `/v1/entries`: one tag per page, the cursor leads to the other.
+    let get = |q: String| {
+        let c = s.client.clone();
+        let url = format!("{}/v1/tags?{q}", s.url);
+        async move {
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = get("limit=1".into()).await;
+    assert_eq!(first["tags"].as_array().unwrap().len(), 1, "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let second = get(format!("limit=1&cursor={cursor}")).await;
+    assert_eq!(second["tags"].as_array().unwrap().len(), 1, "{second}");
+    assert!(
+        second.get("next_cursor").is_none(),
+        "the last page: {second}"
+    );
+    assert_ne!(first["tags"][0], second["tags"][0]);
+    let bad = s
+        .client
+        .get(format!("{}/v1/tags?cursor=zz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let page = s
         .client
         .get(&s.url)

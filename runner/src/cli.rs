@@ -103,8 +103,9 @@ pub struct BuildArgs {
     pub key: KeyOpts,
     #[command(flatten)]
     pub cache: CacheOpts,
-    /// Name and tag for the built image (`repo:tag`); repeatable.
-    #[arg(short = 't', long = "tag")]
+    /// Name and tag for the built image (`repo:tag`); repeatable. Checked as an image reference
+    /// here, so a bad one fails before anything is built.
+    #[arg(short = 't', long = "tag", value_parser = image_ref_arg)]
     pub tags: Vec<String>,
     /// Always try to pull a newer version of the base images.
     #[arg(long)]
@@ -218,6 +219,13 @@ pub fn parse_build_args(
     Ok(out)
 }
 
+/// A `--tag` value: an image reference (`layercache_shared::image_ref`), kept as written.
+fn image_ref_arg(s: &str) -> Result<String, String> {
+    s.parse::<layercache_shared::image_ref::ImageRef>()
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +292,13 @@ mod tests {
         assert_eq!(b.tags, ["a:1", "b:2"]);
         assert_eq!(b.cache.fallbacks, ["main"]);
         assert!(b.no_push);
+    }
+
+    #[test]
+    fn a_tag_that_is_no_image_reference_is_refused_before_the_build() {
+        let Err(e) = Cli::try_parse_from(["layercache", "build", "-t", "Bad:Name", "."]) else {
+            panic!("an invalid --tag was accepted");
+        };
+        assert!(e.to_string().contains("not an image reference"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
+use globset::{GlobBuilder, GlobMatcher};
 
 /// Name under which a Dockerfile from outside the context is added to it.
 pub const OUTSIDE_DOCKERFILE_NAME: &str = ".layercache.Dockerfile";
@@ -44,21 +44,32 @@ pub struct PackedContext {
 /// One `.dockerignore` line, compiled.
 #[derive(Debug)]
 struct Rule {
-    /// Matches the whole relative path.
-    regex: Regex,
-    /// How many `/`-separated parts the pattern has: a parent directory of that depth may match.
-    depth: usize,
+    /// The line matches a path when one of these does (a `**` glued to other characters, which
+    /// globset does not take, is expanded into the alternatives it stands for).
+    globs: Vec<GlobMatcher>,
     /// A `!` line: re-includes what earlier lines excluded.
     exception: bool,
 }
 
-/// `.dockerignore` rules with Docker's semantics: patterns are anchored at the context root,
-/// `*` and `?` stay within one path part, `**` spans any number of parts, a matching directory
-/// excludes everything below it, the last matching line wins, `!` lines re-include.
+/// `.dockerignore` rules with Docker's semantics (moby's `ignorefile` + `patternmatcher`):
+/// - lines are trimmed; empty lines and `#` comments are skipped; `!` starts an exception
+///   (a lone `!` is an error, as in Docker);
+/// - each pattern is cleaned like Go's `filepath.Clean` (`./`, `//`, trailing `/`, `a/..` go)
+///   and a leading `/` is dropped: patterns are anchored at the context root;
+/// - `*` and `?` stay within one path part (Go's `filepath.Match`), `[a-z]`/`[^a-z]` are classes,
+///   `\` escapes; `**` spans any number of parts, also glued to text (`**file`, `a**/*.txt`);
+/// - a path matches a line when it or one of its parent directories does (so a matching
+///   directory excludes its contents), and the last matching line wins.
+///
+/// Matching is globset's (`literal_separator`, `backslash_escape`); this type only cleans the
+/// patterns and applies Docker's parent and ordering rules.
 #[derive(Debug, Default)]
 pub struct IgnoreRules {
     rules: Vec<Rule>,
 }
+
+/// Most alternatives one line may expand to (each glued `**` doubles them).
+const MAX_ALTERNATIVES: usize = 16;
 
 impl IgnoreRules {
     /// Parses the text of a `.dockerignore` file.
@@ -69,7 +80,12 @@ impl IgnoreRules {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let bad = |reason: String| ContextError::Pattern {
+                pattern: line.to_string(),
+                reason,
+            };
             let (exception, pattern) = match line.strip_prefix('!') {
+                Some("") => return Err(bad("a `!` needs a pattern after it".into())),
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
             };
@@ -77,15 +93,21 @@ impl IgnoreRules {
             if cleaned.is_empty() {
                 continue;
             }
-            let regex = glob_regex(&cleaned).map_err(|reason| ContextError::Pattern {
-                pattern: line.to_string(),
-                reason,
-            })?;
-            rules.push(Rule {
-                regex,
-                depth: cleaned.split('/').count(),
-                exception,
-            });
+            let globs = expand_glued_stars(&cleaned)
+                .iter()
+                .map(|alt| {
+                    GlobBuilder::new(&escape_braces(alt))
+                        .literal_separator(true)
+                        .backslash_escape(true)
+                        .build()
+                        .map(|g| g.compile_matcher())
+                        .map_err(|e| bad(e.kind().to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if globs.len() > MAX_ALTERNATIVES {
+                return Err(bad("too many `**` glued to other characters".into()));
+            }
+            rules.push(Rule { globs, exception });
         }
         Ok(IgnoreRules { rules })
     }
@@ -100,11 +122,10 @@ impl IgnoreRules {
         let parts: Vec<&str> = path.split('/').collect();
         let mut excluded = false;
         for rule in &self.rules {
-            let mut hit = rule.regex.is_match(path);
-            if !hit && parts.len() > 1 && rule.depth < parts.len() {
-                // A pattern naming a parent directory excludes the whole tree below it.
-                hit = rule.regex.is_match(&parts[..rule.depth].join("/"));
-            }
+            let matches = |p: &str| rule.globs.iter().any(|g| g.is_match(p));
+            // A pattern naming a parent directory (any of them) excludes the tree below it.
+            let hit =
+                matches(path) || (1..parts.len()).any(|depth| matches(&parts[..depth].join("/")));
             if hit {
                 excluded = !rule.exception;
             }
@@ -113,68 +134,87 @@ impl IgnoreRules {
     }
 }
 
-/// Like Go's `filepath.Clean` for the relative patterns Docker uses: no leading `/`, no `.` parts,
-/// `..` resolved.
+/// Like Go's `filepath.Clean` for the relative patterns Docker uses, then without a leading `/`:
+/// no empty or `.` parts, `x/..` resolved (a `..` above the root is kept, as Go keeps it).
 fn clean(pattern: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in pattern.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
                 parts.pop();
             }
+            ".." if pattern.starts_with('/') => {}
             p => parts.push(p),
         }
     }
     parts.join("/")
 }
 
-/// Translates a Docker glob to an anchored regex (as moby's patternmatcher does).
-fn glob_regex(pattern: &str) -> Result<Regex, String> {
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut re = String::from("^");
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '*' if chars.get(i + 1) == Some(&'*') => {
-                i += 1;
-                if chars.get(i + 1) == Some(&'/') {
-                    // `**/` matches zero or more leading directories.
-                    i += 1;
-                    re.push_str("(.*/)?");
-                } else {
-                    re.push_str(".*");
-                }
-            }
-            '*' => re.push_str("[^/]*"),
-            '?' => re.push_str("[^/]"),
-            '[' => {
-                let end = chars[i + 1..]
-                    .iter()
-                    .position(|&c| c == ']')
-                    .ok_or("unclosed `[`")?;
-                let class: String = chars[i + 1..i + 1 + end].iter().collect();
-                let class = match class.strip_prefix('^') {
-                    Some(rest) => format!("^{}", rest.replace('\\', "\\\\")),
-                    None => class.replace('\\', "\\\\"),
-                };
-                re.push('[');
-                re.push_str(&class);
-                re.push(']');
-                i += end + 1;
-            }
-            '\\' => {
-                i += 1;
-                let next = chars.get(i).ok_or("trailing `\\`")?;
-                re.push_str(&regex::escape(&next.to_string()));
-            }
-            other => re.push_str(&regex::escape(&other.to_string())),
+/// Docker reads `{`, `}` literally; globset would take them as alternation.
+fn escape_braces(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut escaped = false;
+    for c in pattern.chars() {
+        if !escaped && matches!(c, '{' | '}') {
+            out.push('\\');
         }
-        i += 1;
+        escaped = !escaped && c == '\\';
+        out.push(c);
     }
-    re.push('$');
-    Regex::new(&re).map_err(|e| e.to_string())
+    out
+}
+
+/// Docker turns `**` into "any text ending in `/`, or nothing" wherever it stands, and a final
+/// `**` into "anything". globset takes `**` only as a whole path part, so a `**` glued to other
+/// characters becomes the globs it stands for: `P**Q` → `PQ` and `P*/**/Q`; a final `P**` → `P*`
+/// and `P*/**`; a leading `**Q` → `**/Q`.
+fn expand_glued_stars(pattern: &str) -> Vec<String> {
+    let Some(at) = glued_double_star(pattern) else {
+        return vec![pattern.to_string()];
+    };
+    let (before, after) = (&pattern[..at], &pattern[at + 2..]);
+    let after_part = after.strip_prefix('/').unwrap_or(after);
+    let alternatives = if before.is_empty() {
+        vec![format!("**/{after_part}")]
+    } else if after.is_empty() {
+        vec![format!("{before}*"), format!("{before}*/**")]
+    } else if before.ends_with('/') {
+        vec![
+            format!("{before}{after_part}"),
+            format!("{before}**/{after_part}"),
+        ]
+    } else {
+        vec![
+            format!("{before}{after_part}"),
+            format!("{before}*/**/{after_part}"),
+        ]
+    };
+    alternatives
+        .iter()
+        .flat_map(|a| expand_glued_stars(a))
+        .collect()
+}
+
+/// The byte offset of the first unescaped `**` that is not a whole path part.
+fn glued_double_star(pattern: &str) -> Option<usize> {
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'*' if b[i + 1] == b'*' => {
+                let starts_part = i == 0 || b[i - 1] == b'/';
+                let ends_part = i + 2 == b.len() || b[i + 2] == b'/';
+                if !(starts_part && ends_part) {
+                    return Some(i);
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Packs `context_dir` with `dockerfile` (which may lie outside it; then it is added as
@@ -485,6 +525,96 @@ mod tests {
             !r.excluded("sub/x.txt"),
             "patterns are anchored at the root"
         );
+    }
+
+    /// Docker's own cases (moby `patternmatcher` and `ignorefile` behaviour, re-stated here with
+    /// our paths): `(lines of .dockerignore, path, excluded)`.
+    #[test]
+    fn ignore_rules_match_dockers_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "main.go", true),
+            ("*.go", "main.go", true),
+            ("*.go", "cmd/main.go", false),
+            ("!main.go\n*.go", "main.go", true),
+            ("*.go\n!main.go", "main.go", false),
+            ("docs\n!docs/README.md", "docs/README.md", false),
+            ("docs/\n!docs/README.md", "docs/README.md", false),
+            ("docs/*\n!docs/README.md", "docs/README.md", false),
+            ("docs\n!docs/README.md", "docs/other.md", true),
+            ("**", "a", true),
+            ("**", "a/b/c", true),
+            ("**/", "a/b", true),
+            ("**/**", "a/b", true),
+            ("out/**", "out/x", true),
+            ("out/**", "out/x/y", true),
+            ("out/**", "out", false),
+            ("**/out", "out", true),
+            ("**/out", "out/x", true),
+            ("**/out", "a/b/out", true),
+            ("**/lib/*", "a/lib/x", true),
+            ("**/lib/**", "a/lib/b/x", true),
+            ("**name", "name", true),
+            ("**name", "a/name", true),
+            ("**name", "a/b/name", true),
+            ("**/name*", "a/b/name.txt", true),
+            ("**/n*.txt", "a/b/name.txt", true),
+            ("**/**/*.txt", "a/b/name.txt", true),
+            ("**/**/*.txt2", "a/b/name.txt", false),
+            ("**/*.txt", "name.txt", true),
+            ("p**/*.txt", "p/name.txt", true),
+            ("p**/*.txt", "p/a/name.txt", true),
+            ("p**/*.txt", "p/a/b/name.txt", true),
+            ("p/*.txt", "p/a/name.txt", false),
+            ("p/*.txt", "p/name.txt", true),
+            ("p/*.txt**", "p/name.txt", true),
+            ("a[b-d]e", "ae", false),
+            ("a[b-d]e", "ace", true),
+            ("a[b-d]e", "aae", false),
+            ("a[^b-d]e", "aze", true),
+            (".*", ".env", true),
+            (".*", "env", false),
+            ("x.y", "xzy", false),
+            ("x.y", "x.y", true),
+            ("x?y", "xzy", true),
+            ("x?y", "xy", false),
+            ("x?y", "x/y", false),
+            ("x*y", "x/y", false),
+            ("x*/y", "xz/y", true),
+            ("x*/y", "x/z/y", false),
+            ("**/a/b", "a/b", true),
+            ("**/a/b", "c/d/a/b", true),
+            ("**/.env", ".env", true),
+            ("**/.env", "x.env", false),
+            ("a(b)c/d", "a(b)c/d", true),
+            ("a(b)c/d", "a(b)c/e", false),
+            ("a.|)$(}+{bc", "a.|)$(}+{bc", true),
+            ("dist/*.whl", "dist/pkg-1.0+g1-py3-none-any.whl", true),
+            ("x\\*y", "x*y", true),
+            ("x\\*y", "xzy", false),
+            ("a*", "ab/c", true),
+            // Cleaning: a leading `/` or `./`, doubled and trailing slashes, `..`.
+            ("/docs", "docs/x", true),
+            ("./docs", "docs/x", true),
+            ("docs//a/", "docs/a", true),
+            ("docs/../src", "src/main.rs", true),
+            ("  docs  ", "docs", true),
+            // The last matching line wins, and an exception can re-exclude.
+            ("**\n!web", "web/x", false),
+            ("**\n!web\nweb/x", "web/x", true),
+            ("**\n!dist/*.whl", "dist/pkg.whl", false),
+        ];
+        for (lines, path, want) in cases {
+            let r = IgnoreRules::parse(lines).unwrap();
+            assert_eq!(r.excluded(path), *want, "{lines:?} on {path:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_dockerignore_lines_are_refused() {
+        for bad in ["!", "[", "a[", "[^bc"] {
+            let e = IgnoreRules::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

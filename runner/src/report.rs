@@ -170,21 +170,7 @@ impl Phase {
     }
 }
 
-/// `1.2 MiB`-style sizes.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use layercache_shared::size::human;
 
 /// Byte progress of one transfer: a bar on a terminal, a start and an end line otherwise.
 pub struct Progress {
@@ -249,14 +235,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_sizes_pick_the_largest_fitting_unit() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(5 << 20), "5.0 MiB");
-    }
 
     #[test]
     fn warnings_go_to_the_log_and_the_first_server_problem_is_kept() {

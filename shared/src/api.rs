@@ -227,10 +227,13 @@ pub struct TagSummary {
     pub hits: u64,
 }
 
-/// `GET /v1/tags[?namespace=NS]`.
+/// `GET /v1/tags[?namespace=NS][&limit=N][&cursor=C]`: one page, sorted by repository and tag.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagList {
     pub tags: Vec<TagSummary>,
+    /// Pass as `cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /v1/entries[?namespace=NS][&limit=N][&cursor=C]`: one page, sorted by namespace and key.

@@ -12,7 +12,8 @@
 //! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 both stores), skopeo, BuildKit's
 //!   registry cache across engines, docker login with tokens.
 //! - [`retries`]: the runner retries a busy server's 503s and a cut-off download, through [`flaky`].
-//! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage.
+//! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage;
+//!   `.dockerignore` leaves out what the Docker CLI leaves out.
 //! - [`server`]: `docker save` → PUT → wipe → GET | `docker load` → rebuild hits the cache; bad input.
 //! - [`steps`]: `layercache steps` runs the sample Jet project: parallel steps, own databases, tag gating.
 

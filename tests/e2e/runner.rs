@@ -271,3 +271,92 @@ fn bad_input_gives_clear_errors() {
         "names the engine it could not reach:\n{stderr}"
     );
 }
+
+/// The files of image `reference`'s filesystem under `/ctx/`, read from `docker export` of a
+/// container created (not run) from it.
+fn files_under_ctx(engine: &TestEngine, reference: &str) -> Vec<String> {
+    let id = engine.docker_ok(&["create", reference, "/none"]);
+    let id = id.trim();
+    let out = engine
+        .command()
+        .args(["export", id])
+        .output()
+        .expect("docker export");
+    assert!(out.status.success(), "docker export {id}");
+    let mut names: Vec<String> = tar::Archive::new(out.stdout.as_slice())
+        .entries()
+        .expect("export is a tar")
+        .map(|e| {
+            let e = e.expect("tar entry");
+            e.path().unwrap().to_string_lossy().into_owned()
+        })
+        .filter_map(|p| {
+            p.strip_prefix("ctx/")
+                .map(|s| s.trim_end_matches('/').to_string())
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    names.sort();
+    engine.docker_ok(&["rm", id]);
+    names
+}
+
+/// `.dockerignore` follows Docker's own rules: the context the runner packs (globset configured to
+/// Docker's semantics) puts the same files into an image as the Docker CLI's classic build of the
+/// same directory does.
+#[test]
+fn dockerignore_leaves_out_what_the_docker_cli_leaves_out() {
+    let engine = TestEngine::start();
+    let server = TestServer::start();
+    let ctx = Context::new("FROM scratch\nCOPY . /ctx/\n");
+    ctx.write(
+        ".dockerignore",
+        "# comment\n*.log\n!keep.log\nbuild/\n**/*.tmp\n/docs/*.md\n!docs/README.md\n\
+         ./cache\nsrc/gen/..\nb?n\n[xy].txt\nnode_modules/**\n  spaced  \nbusybox\n",
+    );
+    for f in [
+        "a.log",
+        "keep.log",
+        "sub/a.log",
+        "build/out/x",
+        "deep/er/a.tmp",
+        "top.tmp",
+        "docs/guide.md",
+        "docs/README.md",
+        "docs/sub/guide.md",
+        "cache/c",
+        "src/main.rs",
+        "src/gen/g.rs",
+        "bin/tool",
+        "bxn",
+        "x.txt",
+        "z.txt",
+        "sub/x.txt",
+        "node_modules/m/i.js",
+        "spaced",
+        "kept/file",
+    ] {
+        ctx.write(f, "x\n");
+    }
+    engine.docker_ok(&["build", "-q", "-t", "e2e/ctx:cli", ctx.path_str()]);
+    let (ok, _, stderr) = layercache(
+        &engine,
+        &server.url,
+        &[
+            "build",
+            "--namespace",
+            "ctx",
+            "--builder",
+            "classic",
+            "-t",
+            "e2e/ctx:ours",
+            ctx.path_str(),
+        ],
+    );
+    assert!(ok, "layercache build failed:\n{stderr}");
+    let cli = files_under_ctx(&engine, "e2e/ctx:cli");
+    let ours = files_under_ctx(&engine, "e2e/ctx:ours");
+    assert!(cli.contains(&"keep.log".to_string()), "{cli:?}");
+    assert!(!cli.contains(&"a.log".to_string()), "{cli:?}");
+    assert_eq!(ours, cli, "runner's context vs the Docker CLI's");
+}

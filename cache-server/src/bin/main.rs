@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use layercache_server::auth::{NamespacePattern, Role, create_token};
 use layercache_server::gc::{self, Sweep};
-use layercache_server::lru::{Policy, parse_size};
+use layercache_server::lru::Policy;
 use layercache_server::registry::uploads::DEFAULT_UPLOAD_TIMEOUT;
 use layercache_server::settings::{
     DEFAULT_BODY_TIMEOUT, DEFAULT_GC_INTERVAL, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
@@ -202,7 +202,7 @@ struct VerifyArgs {
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
+    layercache_shared::size::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -306,25 +306,10 @@ fn open_db(data_dir: &Path) -> anyhow::Result<Db> {
     Db::open(&path).with_context(|| format!("failed to open `{}`", path.display()))
 }
 
-/// `secs` since the epoch as UTC `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar).
+/// `secs` since the epoch as UTC RFC 3339, `YYYY-MM-DDTHH:MM:SSZ`.
 fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Days since 1970-01-01 to a civil date, counting in 400-year eras that start on March 1st.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 fn when(secs: Option<u64>, absent: &str) -> String {

@@ -1,31 +1,16 @@
-//! HTML building blocks: escaping, number formatting, the page shell and its stylesheet.
+//! HTML building blocks: number formatting, stat cards, the page shell and its stylesheet.
 //!
-//! Pages are assembled as strings. Every value that comes from users (namespaces, keys, tags) goes
-//! through [`esc`] (text and attributes) or [`seg`] (URL path segments) — nothing else is needed
-//! since pages carry no script and no inline event handlers.
+//! Pages are maud templates: every value spliced into one (`(value)`, text or attribute) is escaped
+//! by the `html!` macro, so a namespace, key or tag holding `<script>` or `"onmouseover=` shows
+//! as text. Nothing is inserted unescaped except the stylesheet below and the chart's SVG, which
+//! is itself a maud template. [`seg`] percent-encodes names into URL path segments.
 
-use std::fmt::Write as _;
-
+use layercache_shared::size;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Seconds between automatic reloads of a page.
 pub const REFRESH_SECONDS: u32 = 30;
-
-/// Escapes text for HTML element content and double- or single-quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Percent-encodes one URL path segment or query value (a `/` in a namespace becomes `%2F`).
 pub fn seg(s: &str) -> String {
@@ -34,29 +19,14 @@ pub fn seg(s: &str) -> String {
 
 /// `1.5 MiB`-style sizes.
 pub fn bytes(n: u64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    size::human(n)
 }
 
-/// `2h 5m`-style durations.
+/// `2h 5m`-style durations: the two largest units humantime names, rounded to the second.
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
-    }
+    let full = humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+    full.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// `5m ago`-style age of Unix time `at` as seen at `now`.
@@ -86,38 +56,48 @@ pub fn short(d: &layercache_shared::Digest) -> String {
 
 /// A stat card: a label, the value shown, and the exact value in `data-value` under a stable `id`
 /// so tests and scrapers read numbers without parsing formatted text.
-pub fn card(out: &mut String, id: &str, label: &str, shown: &str, value: &str, note: &str) {
-    let _ = write!(
-        out,
-        r#"<div class="card"><div class="label">{}</div><div class="value" id="{}" data-value="{}">{}</div>"#,
-        esc(label),
-        esc(id),
-        esc(value),
-        esc(shown)
-    );
-    if !note.is_empty() {
-        let _ = write!(out, r#"<div class="note">{}</div>"#, esc(note));
+pub fn card(id: &str, label: &str, shown: &str, value: &str, note: &str) -> Markup {
+    html! {
+        div.card {
+            div.label { (label) }
+            div.value id=(id) data-value=(value) { (shown) }
+            @if !note.is_empty() {
+                div.note { (note) }
+            }
+        }
     }
-    out.push_str("</div>");
 }
 
 /// The page shell: head with refresh and styles, a top bar, then `body`.
-pub fn page(title: &str, body: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{title}</title>
-<style>{STYLE}</style></head>
-<body><header><a class="brand" href="/">layercache</a><nav><a href="/">Dashboard</a><a href="/metrics">Metrics</a><a href="/v1/stats">JSON</a></nav></header>
-<main>{body}</main>
-<footer>Refreshes every {REFRESH_SECONDS}s · all data also at <code>/v1/*</code> and <code>/metrics</code></footer>
-</body></html>
-"#,
-        title = esc(title),
-    )
+pub fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(REFRESH_SECONDS);
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                link rel="icon" href="data:,";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    a.brand href="/" { "layercache" }
+                    nav {
+                        a href="/" { "Dashboard" }
+                        a href="/metrics" { "Metrics" }
+                        a href="/v1/stats" { "JSON" }
+                    }
+                }
+                main { (body) }
+                footer {
+                    "Refreshes every " (REFRESH_SECONDS) "s · all data also at "
+                    code { "/v1/*" } " and " code { "/metrics" }
+                }
+            }
+        }
+    }
 }
 
 /// Styles of every page: system fonts, cards in a grid, quiet tables.
@@ -166,11 +146,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markup_and_quotes_are_escaped() {
-        assert_eq!(
-            esc(r#"<script>alert("x")</script>&'"#),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"
-        );
+    fn cards_escape_what_they_show() {
+        let c = card(
+            "x",
+            "<b>",
+            r#""onmouseover=alert(1)"#,
+            r#"1" onclick="x"#,
+            "",
+        )
+        .into_string();
+        assert!(c.contains("&lt;b&gt;"), "{c}");
+        assert!(c.contains(r#"data-value="1&quot; onclick=&quot;x""#), "{c}");
+        assert!(!c.contains(r#"" onclick"#), "{c}");
         assert_eq!(seg("acme/web"), "acme%2Fweb");
     }
 
@@ -180,6 +167,8 @@ mod tests {
         assert_eq!(bytes(3 << 20), "3.0 MiB");
         assert_eq!(count(1234567), "1,234,567");
         assert_eq!(duration(3725.0), "1h 2m");
-        assert_eq!(ago(100, 160), "1m 0s ago");
+        assert_eq!(duration(0.2), "0s");
+        assert_eq!(ago(100, 160), "1m ago");
+        assert_eq!(ago(0, 160), "never");
     }
 }

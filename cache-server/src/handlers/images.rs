@@ -5,14 +5,15 @@ use std::collections::HashSet;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use layercache_shared::api::{CommitRequest, EntryManifest, PREFIXES_HEADER, PutReport};
 use layercache_shared::archive::{PlanImage, plan_legacy};
 use layercache_shared::{CacheKey, Namespace};
 
-use super::{check_content_length, digest_list, entry_name, json_body, query_param};
+use super::query::{ApiQuery, SkipQuery};
+use super::{check_content_length, digest_list, entry_name, json_body};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::ingest;
@@ -56,10 +57,10 @@ pub async fn put_image(
 pub async fn get_image(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(query): RawQuery,
+    ApiQuery(query): ApiQuery<SkipQuery>,
 ) -> Result<Response, ServerError> {
     let (ns, key) = entry_name(path)?;
-    let skip: HashSet<_> = match query_param(query.as_deref(), "skip") {
+    let skip: HashSet<_> = match query.skip {
         Some(s) => digest_list(&s, "skip query parameter")?
             .into_iter()
             .collect(),

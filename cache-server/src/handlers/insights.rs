@@ -4,14 +4,15 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use layercache_shared::Namespace;
 use layercache_shared::api::{
     BuildList, BuildRecorded, BuildReport, DiskUse, EntryDetail, Largest, StatsHistory,
 };
 
-use super::{entry_name, json_body, query_param};
+use super::query::{ApiQuery, HistoryQuery, ListQuery};
+use super::{entry_name, json_body};
 use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
@@ -27,32 +28,11 @@ pub fn quota_bytes(settings: &Settings) -> Option<u64> {
     settings.max_size
 }
 
-/// The `namespace` query parameter, validated.
-pub fn namespace_param(query: Option<&str>) -> Result<Option<Namespace>, ServerError> {
-    Ok(query_param(query, "namespace")
-        .filter(|n| !n.is_empty())
-        .map(|n| n.parse())
-        .transpose()?)
-}
-
-/// The `limit` query parameter: 1..=500, default 10.
-fn limit_param(query: Option<&str>) -> Result<u64, ServerError> {
-    match query_param(query, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ServerError::bad_request(format!(
-                "limit `{s}` is not a number from 1 to {MAX_LIMIT}"
-            ))),
-        },
-    }
-}
-
 /// The `window` query parameter: `1h` (default) or `24h`.
-pub fn window_param(query: Option<&str>) -> Result<String, ServerError> {
-    let w = query_param(query, "window").unwrap_or_else(|| "1h".to_string());
+pub fn window_param(window: Option<&str>) -> Result<String, ServerError> {
+    let w = window.unwrap_or("1h");
     if HISTORY_WINDOWS.iter().any(|(name, _, _)| *name == w) {
-        Ok(w)
+        Ok(w.to_string())
     } else {
         let names: Vec<&str> = HISTORY_WINDOWS.iter().map(|w| w.0).collect();
         Err(ServerError::bad_request(format!(
@@ -96,11 +76,11 @@ pub async fn post_build(
 pub async fn list_builds(
     State(state): State<AppState>,
     access: Access,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<BuildList>, ServerError> {
-    let ns = namespace_param(query.as_deref())?;
+    let ns = q.namespace.clone();
     access.require_view(Role::Admin, ns.as_ref())?;
-    let limit = limit_param(query.as_deref())?;
+    let limit = q.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(Json(
         state
             .store
@@ -113,11 +93,11 @@ pub async fn list_builds(
 pub async fn history(
     State(state): State<AppState>,
     access: Access,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<StatsHistory>, ServerError> {
-    let ns = namespace_param(query.as_deref())?;
+    let ns = q.namespace;
     access.require_view(Role::Admin, ns.as_ref())?;
-    let window = window_param(query.as_deref())?;
+    let window = window_param(q.window.as_deref())?;
     let h = state
         .store
         .blocking(move |s| {
@@ -132,10 +112,10 @@ pub async fn history(
 pub async fn largest(
     State(state): State<AppState>,
     access: Access,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Largest>, ServerError> {
     access.require_all(Role::Admin)?;
-    let limit = limit_param(query.as_deref())?;
+    let limit = q.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(Json(
         state
             .store

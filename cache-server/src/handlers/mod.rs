@@ -3,13 +3,15 @@
 //! - [`images`]: entries (`/v1/images/...`): tarball PUT/GET, manifest GET/PUT, DELETE.
 //! - [`blobs`]: `/v1/blobs/...`: missing check, upload, download with ranges.
 //! - [`lookup`]: `POST /v1/lookup`.
-//! - [`stats`]: `/v1/stats`, `/v1/entries`, `/healthz`.
+//! - [`stats`]: `/v1/stats`, `/v1/entries`, `/v1/tags`, `/healthz`.
+//! - [`query`]: the typed query strings of all of them (axum's `Query` with serde structs).
 //! - [`insights`]: operator JSON: builds, history, largest, entry detail, disk use.
 
 pub mod blobs;
 pub mod images;
 pub mod insights;
 pub mod lookup;
+pub mod query;
 pub mod stats;
 
 use axum::body::Bytes;
@@ -18,7 +20,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use layercache_shared::archive::format::json_value_count;
 use layercache_shared::{CacheKey, Digest, Namespace};
-use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
 
 use crate::error::ServerError;
@@ -70,14 +71,6 @@ pub fn json_body<T: DeserializeOwned>(
     Ok((value, body.len() as u64))
 }
 
-/// The percent-decoded value of query parameter `name`.
-pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
-    raw?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
-    })
-}
-
 /// Comma-separated digests, empty items skipped.
 pub fn digest_list(text: &str, what: &str) -> Result<Vec<Digest>, ServerError> {
     text.split(',')
@@ -107,15 +100,6 @@ pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), Serve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_params_are_decoded() {
-        let q = Some("a=1&namespace=acme%2Fweb&skip=sha256%3Aab");
-        assert_eq!(query_param(q, "namespace").as_deref(), Some("acme/web"));
-        assert_eq!(query_param(q, "skip").as_deref(), Some("sha256:ab"));
-        assert_eq!(query_param(q, "missing"), None);
-        assert_eq!(query_param(None, "a"), None);
-    }
 
     #[test]
     fn digest_lists_skip_blanks_and_refuse_garbage() {

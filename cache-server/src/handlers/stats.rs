@@ -1,15 +1,15 @@
 //! `/v1/stats`, `/v1/entries`, `/v1/tags` and `/healthz`.
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use layercache_shared::Namespace;
 use layercache_shared::api::{EntryList, Stats, TagList};
 
-use super::query_param;
+use super::query::{ApiQuery, PageQuery};
 use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
-use crate::store::sqlite::{Cursor, DEFAULT_PAGE, MAX_PAGE};
+use crate::store::sqlite::{DEFAULT_PAGE, MAX_PAGE};
 
 /// `GET /v1/stats`.
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ServerError> {
@@ -25,37 +25,17 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ServerE
 pub async fn entries(
     State(state): State<AppState>,
     access: Access,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<EntryList>, ServerError> {
-    let q = query.as_deref();
-    let namespace: Option<Namespace> = query_param(q, "namespace")
-        .filter(|n| !n.is_empty())
-        .map(|n| n.parse())
-        .transpose()?;
-    if let Some(ns) = &namespace {
+    if let Some(ns) = &q.namespace {
         access.require(Role::Read, ns.as_str())?;
     }
-    let limit = match query_param(q, "limit").filter(|l| !l.is_empty()) {
-        Some(l) => l.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ServerError::bad_request(format!(
-                "`limit={l}` is not a positive whole number: ask for 1 to {MAX_PAGE} entries"
-            ))
-        })?,
-        None => DEFAULT_PAGE,
-    };
-    let cursor = match query_param(q, "cursor").filter(|c| !c.is_empty()) {
-        Some(c) => Some(Cursor::decode(&c).ok_or_else(|| {
-            ServerError::bad_request(
-                "the `cursor` is not one this server returned: pass `next_cursor` of the \
-                 previous page unchanged",
-            )
-        })?),
-        None => None,
-    };
+    let limit = q.limit(DEFAULT_PAGE, MAX_PAGE)?;
     let page = state
         .store
         .blocking(move |s| {
-            Ok(s.db.list_entries(namespace.as_ref(), cursor.as_ref(), limit)?)
+            let cursor = q.cursor.map(|c| c.0);
+            Ok(s.db.list_entries(q.namespace.as_ref(), cursor.as_ref(), limit)?)
         })
         .await?;
     let mut entries = page.items;
@@ -66,24 +46,34 @@ pub async fn entries(
     }))
 }
 
-/// `GET /v1/tags[?namespace=NS]`: the registry's tags, in the namespaces the caller may read.
+/// `GET /v1/tags[?namespace=NS][&limit=N][&cursor=C]`: one page of the registry's tags sorted by
+/// repository and tag, paged like `/v1/entries`, in the namespaces the caller may read.
 pub async fn tags(
     State(state): State<AppState>,
     access: Access,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<TagList>, ServerError> {
-    let namespace: Option<Namespace> = query_param(query.as_deref(), "namespace")
-        .map(|n| n.parse())
-        .transpose()?;
-    if let Some(ns) = &namespace {
+    if let Some(ns) = &q.namespace {
         access.require(Role::Read, ns.as_str())?;
     }
-    let mut tags = state
+    let limit = q.limit(DEFAULT_PAGE, MAX_PAGE)?;
+    let page = state
         .store
-        .blocking(move |s| Ok(s.db.list_tags(namespace.as_ref().map(Namespace::as_str))?))
+        .blocking(move |s| {
+            let cursor = q.cursor.map(|c| c.0);
+            Ok(s.db.list_tags(
+                q.namespace.as_ref().map(Namespace::as_str),
+                cursor.as_ref(),
+                limit,
+            )?)
+        })
         .await?;
+    let mut tags = page.items;
     tags.retain(|t| access.allows(Role::Read, &t.repository));
-    Ok(Json(TagList { tags }))
+    Ok(Json(TagList {
+        tags,
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
 }
 
 /// `GET /healthz`: the server accepts and answers requests.

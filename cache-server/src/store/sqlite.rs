@@ -318,4 +318,6 @@ pub fn retry_replaced<T>(mut read: impl FnMut() -> rusqlite::Result<T>) -> rusql
 }
 
 #[cfg(test)]
+mod plan_tests;
+#[cfg(test)]
 mod tests;

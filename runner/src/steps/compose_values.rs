@@ -36,9 +36,7 @@ pub fn resolve_env(env: RawEnv) -> BTreeMap<String, String> {
 
 /// A compose size (`64m`, `1gb`, `512000`) in bytes; the units are binary, as the engine reads them.
 pub fn parse_bytes(s: &str) -> Result<i64, String> {
-    let config = parse_size::Config::new().with_binary();
-    config
-        .parse_size(s.trim())
+    layercache_shared::size::parse_binary(s)
         .ok()
         .and_then(|n| i64::try_from(n).ok())
         .ok_or_else(|| format!("`{s}` is not a size; write e.g. `64m` or `1gb`"))

@@ -9,6 +9,7 @@
 //! thread-local [`Checks`] context: the `Deserialize` impl of the offending value fails, and
 //! `serde-saphyr` attaches the position of that value to the error.
 
+use layercache_shared::image_ref::ImageRef;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -150,8 +151,8 @@ pub enum StepAction {
     },
     /// Tag the service image as `image_name` and push it.
     Push {
-        /// Target repository, `[registry/]name[:tag]`.
-        image_name: String,
+        /// Target repository, `[registry/]name[:tag]`, validated when the file is read.
+        image_name: ImageRef,
         /// Registry URL from the steps file (informational: the host comes from `image_name`).
         registry: Option<String>,
     },
@@ -438,6 +439,9 @@ fn node_from_raw(raw: RawNode) -> Result<StepNode, String> {
             let Some(image_name) = raw.image_name else {
                 return Err(format!("push step `{name}` needs `image_name`"));
             };
+            let image_name: ImageRef = image_name
+                .parse()
+                .map_err(|e| format!("push step `{name}`: `image_name`: {e}"))?;
             StepAction::Push {
                 image_name,
                 registry: raw.registry,

@@ -3,18 +3,16 @@
 //! with the `docker_credential` crate, as the Docker CLI would send them.
 
 use bollard::auth::DockerCredentials;
+use layercache_shared::image_ref::{self, ImageRef};
 
 /// Docker Hub's key in `config.json`.
 const DOCKER_HUB: &str = "https://index.docker.io/v1/";
 
-/// The registry host of an image reference: its first path component when that looks like a host
-/// (has a `.` or `:`, or is `localhost`), else Docker Hub.
-pub fn registry_host(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => DOCKER_HUB,
+/// The key of `image`'s registry in `config.json`: its host, or Docker Hub's legacy URL.
+pub fn registry_host(image: &ImageRef) -> &str {
+    match image.registry() {
+        image_ref::DOCKER_HUB => DOCKER_HUB,
+        host => host,
     }
 }
 
@@ -45,10 +43,11 @@ mod tests {
 
     #[test]
     fn registry_host_is_the_first_component_when_it_names_a_host() {
-        assert_eq!(registry_host("127.0.0.1:5000/app:ci"), "127.0.0.1:5000");
-        assert_eq!(registry_host("ghcr.io/acme/app"), "ghcr.io");
-        assert_eq!(registry_host("localhost/app"), "localhost");
-        assert_eq!(registry_host("acme/app"), DOCKER_HUB);
-        assert_eq!(registry_host("app"), DOCKER_HUB);
+        let host = |s: &str| registry_host(&s.parse().unwrap()).to_string();
+        assert_eq!(host("127.0.0.1:5000/app:ci"), "127.0.0.1:5000");
+        assert_eq!(host("ghcr.io/acme/app"), "ghcr.io");
+        assert_eq!(host("localhost/app"), "localhost");
+        assert_eq!(host("acme/app"), DOCKER_HUB);
+        assert_eq!(host("app"), DOCKER_HUB);
     }
 }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::format::ManifestItem;
 use crate::Digest;
+use crate::image_ref::ImageRef;
 
 /// One image to put in the tarball.
 #[derive(Debug, Clone)]
@@ -180,11 +181,13 @@ pub fn plan_legacy(images: &[PlanImage], skip_layers: &HashSet<Digest>) -> TarPl
             .last()
             .map_or_else(|| image.id.hex(), |(d, _)| d.hex());
         for tag in &image.tags {
-            if let Some((repo, name)) = split_tag(tag) {
+            // Tags the engine reported are references; one that is not is left out of this
+            // legacy file (`manifest.json` still carries it).
+            if let Ok(r) = tag.parse::<ImageRef>() {
                 repositories
-                    .entry(repo.to_string())
+                    .entry(r.name())
                     .or_default()
-                    .insert(name.to_string(), top.clone());
+                    .insert(r.tag_or_latest().to_string(), top.clone());
             }
         }
     }
@@ -206,12 +209,6 @@ fn config_name(id: &Digest) -> String {
 /// `<diff_id hex>/layer.tar`, the layer member of a legacy tarball.
 fn layer_name(diff_id: &Digest) -> String {
     format!("{}/layer.tar", diff_id.hex())
-}
-
-/// Splits `repo:tag` at the tag's colon (not a registry port's).
-fn split_tag(tag: &str) -> Option<(&str, &str)> {
-    let (repo, name) = tag.rsplit_once(':')?;
-    (!name.contains('/') && !repo.is_empty() && !name.is_empty()).then_some((repo, name))
 }
 
 /// Writes `plan` to `w`, asking `fetch(digest, size, out)` to write each blob's content to `out`.
@@ -328,10 +325,22 @@ mod tests {
     }
 
     #[test]
-    fn tags_split_at_the_tag_colon_not_the_registry_port() {
-        assert_eq!(split_tag("web:1"), Some(("web", "1")));
-        assert_eq!(split_tag("reg:5000/web:1"), Some(("reg:5000/web", "1")));
-        assert_eq!(split_tag("reg:5000/web"), None);
-        assert_eq!(split_tag("web"), None);
+    fn repositories_split_tags_at_the_tag_colon_not_the_registry_port() {
+        let img = image(b"c", &[(b"l", 10)], &["reg:5000/web:1", "web", "Not A Ref"]);
+        let plan = plan_legacy(&[img], &HashSet::new());
+        let inline: Vec<u8> = plan
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Inline(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let text = String::from_utf8_lossy(&inline);
+        let top = Digest::of(b"l").hex();
+        let want = format!(r#"{{"reg:5000/web":{{"1":"{top}"}},"web":{{"latest":"{top}"}}}}"#);
+        assert!(text.contains(&want), "{text}");
+        assert!(!text.contains(r#""Not A Ref":{"#), "{text}");
     }
 }

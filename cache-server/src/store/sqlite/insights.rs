@@ -150,6 +150,15 @@ fn millis(seconds: f64) -> u64 {
     (seconds * 1000.0).round().max(0.0) as u64
 }
 
+/// The newest builds of namespace `?1`, at most `?2` (index `builds_by_namespace_at`).
+pub(super) const BUILDS_OF_NAMESPACE: &str =
+    "SELECT at, namespace, key, cache, total_s, saved_s, image_id FROM builds
+     WHERE namespace = ?1 ORDER BY at DESC, id DESC LIMIT ?2";
+/// The newest builds of every namespace, at most `?1` (index `builds_by_at`).
+pub(super) const BUILDS_ALL: &str =
+    "SELECT at, namespace, key, cache, total_s, saved_s, image_id FROM builds
+     ORDER BY at DESC, id DESC LIMIT ?1";
+
 impl Db {
     /// [`Db::record_miss`] at an explicit time.
     pub fn record_miss_at(&self, namespace: &Namespace, now: u64) -> rusqlite::Result<()> {
@@ -241,26 +250,31 @@ impl Db {
         };
         let builds = counter_value(counter::BUILDS)?;
         let seconds_saved = counter_value(counter::MS_SAVED)? as f64 / 1000.0;
-        let mut stmt = conn.prepare_cached(
-            "SELECT at, namespace, key, cache, total_s, saved_s, image_id FROM builds
-             WHERE ?1 IS NULL OR namespace = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
-        )?;
-        let recent = stmt
-            .query_map(
-                params![namespace.map(|n| n.as_str()), sql_u64(limit)],
-                |r| {
-                    Ok(BuildSummary {
-                        at: u64_at(r, 0)?,
-                        namespace: r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?,
-                        key: r.get::<_, String>(2)?.parse().map_err(|e| conv_err(2, e))?,
-                        cache: build_cache(&r.get::<_, String>(3)?)?,
-                        total_seconds: r.get(4)?,
-                        seconds_saved: r.get(5)?,
-                        image_id: super::opt_digest_at(r, 6)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        let summary = |r: &rusqlite::Row<'_>| {
+            Ok(BuildSummary {
+                at: u64_at(r, 0)?,
+                namespace: r.get::<_, String>(1)?.parse().map_err(|e| conv_err(1, e))?,
+                key: r.get::<_, String>(2)?.parse().map_err(|e| conv_err(2, e))?,
+                cache: build_cache(&r.get::<_, String>(3)?)?,
+                total_seconds: r.get(4)?,
+                seconds_saved: r.get(5)?,
+                image_id: super::opt_digest_at(r, 6)?,
+            })
+        };
+        // Two statements rather than `?1 IS NULL OR namespace = ?1`, which the planner cannot
+        // match to an index: each reads the newest `limit` rows of its index
+        // (`builds_by_namespace_at` or `builds_by_at`; both end in the rowid, so `id DESC` needs
+        // no sort).
+        let recent = match namespace {
+            Some(ns) => conn
+                .prepare_cached(BUILDS_OF_NAMESPACE)?
+                .query_map(params![ns.as_str(), sql_u64(limit)], summary)?
+                .collect::<rusqlite::Result<_>>()?,
+            None => conn
+                .prepare_cached(BUILDS_ALL)?
+                .query_map(params![sql_u64(limit)], summary)?
+                .collect::<rusqlite::Result<_>>()?,
+        };
         Ok(BuildList {
             builds,
             seconds_saved,

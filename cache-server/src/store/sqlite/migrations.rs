@@ -225,6 +225,11 @@ CREATE TRIGGER blobs_total_resize AFTER UPDATE OF size ON blobs BEGIN
     UPDATE totals SET value = value - old.size + new.size WHERE name = 'blob_bytes';
 END;
 "#,
+    // Issue 14: the recent builds of one namespace (dashboard, `GET /v1/builds?namespace=`) read
+    // from an index instead of scanning every report.
+    r#"
+CREATE INDEX builds_by_namespace_at ON builds (namespace, at);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -25,7 +25,7 @@ use layercache_shared::oci::Reference;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::insights::{ActivityKind, count_event};
-use super::{Db, add_counter_tx, counter, digest_at, now, sql_u64, u64_at};
+use super::{Cursor, Db, MAX_PAGE, Page, add_counter_tx, counter, digest_at, now, sql_u64, u64_at};
 
 /// A manifest about to be stored.
 #[derive(Debug, Clone)]
@@ -472,29 +472,22 @@ impl Db {
         Ok(gone)
     }
 
-    /// The tags of `repo` (every repository when `None`), by repository and tag.
-    pub fn list_tags(&self, repo: Option<&str>) -> rusqlite::Result<Vec<TagSummary>> {
-        let conn = self.conn();
-        // The size counts the manifest, its blobs and its children's blobs: for an image index
-        // that is every platform's layers, for a BuildKit cache index every cached layer.
-        let mut stmt = conn.prepare_cached(
-            "SELECT t.repo, t.tag, m.digest, m.media_type, t.updated, t.last_used, t.hits,
-                m.size + COALESCE((
-                    SELECT SUM(b.size) FROM blobs b WHERE b.digest IN (
-                        SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
-                        UNION
-                        SELECT cr.digest FROM manifest_refs r
-                        JOIN manifests c ON c.repo = m.repo AND c.digest = r.digest
-                        JOIN manifest_refs cr ON cr.manifest_id = c.id
-                        WHERE r.manifest_id = m.id AND r.is_manifest = 1
-                        UNION
-                        SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
-                        AND r.is_manifest = 1)), 0)
-             FROM tags t JOIN manifests m ON m.id = t.manifest_id
-             WHERE ?1 IS NULL OR t.repo = ?1
-             ORDER BY t.repo, t.tag",
-        )?;
-        stmt.query_map([repo], |r| {
+    /// One page of tags, of `repo` or of every repository, sorted by (repository, tag) and
+    /// starting after `after` (its `namespace` is the repository, its `key` the tag); `limit` is
+    /// clamped to 1..=[`MAX_PAGE`]. Costs the page: the `(repo, tag)` unique index gives the rows
+    /// in order from the cursor on (two statements, since `?1 IS NULL OR repo = ?1` defeats it).
+    pub fn list_tags(
+        &self,
+        repo: Option<&str>,
+        after: Option<&Cursor>,
+        limit: u64,
+    ) -> rusqlite::Result<Page<TagSummary>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let conn = self.read()?;
+        let (repo_after, tag_after) = after
+            .map(|c| (c.namespace.as_str(), c.key.as_str()))
+            .unwrap_or(("", ""));
+        let summary = |r: &rusqlite::Row<'_>| {
             Ok(TagSummary {
                 repository: r.get(0)?,
                 tag: r.get(1)?,
@@ -505,8 +498,30 @@ impl Db {
                 hits: u64_at(r, 6)?,
                 total_size: u64_at(r, 7)?,
             })
-        })?
-        .collect()
+        };
+        let mut items: Vec<TagSummary> = match repo {
+            Some(repo) => {
+                // A cursor of another repository (or none) starts at the repository's first tag.
+                let tag_after = if repo_after == repo { tag_after } else { "" };
+                conn.prepare_cached(&tags_sql(true))?
+                    .query_map(params![repo, tag_after, sql_u64(limit + 1)], summary)?
+                    .collect::<rusqlite::Result<_>>()?
+            }
+            None => conn
+                .prepare_cached(&tags_sql(false))?
+                .query_map(params![repo_after, tag_after, sql_u64(limit + 1)], summary)?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        let next = if items.len() as u64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|t| Cursor {
+                namespace: t.repository.clone(),
+                key: t.tag.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
     }
 
     /// Number of tags and manifests (for stats).
@@ -517,6 +532,33 @@ impl Db {
             |r| Ok((u64_at(r, 0)?, u64_at(r, 1)?)),
         )
     }
+}
+
+/// The columns of a [`TagSummary`], of `tags t JOIN manifests m`. The size counts the manifest,
+/// its blobs and its children's blobs: for an image index that is every platform's layers, for a
+/// BuildKit cache index every cached layer.
+const TAG_COLUMNS: &str = "t.repo, t.tag, m.digest, m.media_type, t.updated, t.last_used, t.hits,
+    m.size + COALESCE((
+        SELECT SUM(b.size) FROM blobs b WHERE b.digest IN (
+            SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
+            UNION
+            SELECT cr.digest FROM manifest_refs r
+            JOIN manifests c ON c.repo = m.repo AND c.digest = r.digest
+            JOIN manifest_refs cr ON cr.manifest_id = c.id
+            WHERE r.manifest_id = m.id AND r.is_manifest = 1
+            UNION
+            SELECT r.digest FROM manifest_refs r WHERE r.manifest_id = m.id
+            AND r.is_manifest = 1)), 0)";
+
+/// A page of tags after (`?1` repository, `?2` tag), at most `?3` rows: of repository `?1` only
+/// when `one_repo`. Both read the `(repo, tag)` unique index from the cursor on.
+pub(super) fn tags_sql(one_repo: bool) -> String {
+    let page = if one_repo {
+        "WHERE t.repo = ?1 AND t.tag > ?2 ORDER BY t.tag LIMIT ?3"
+    } else {
+        "WHERE (t.repo, t.tag) > (?1, ?2) ORDER BY t.repo, t.tag LIMIT ?3"
+    };
+    format!("SELECT {TAG_COLUMNS} FROM tags t JOIN manifests m ON m.id = t.manifest_id {page}")
 }
 
 /// Marks manifest `id` used at `t`.

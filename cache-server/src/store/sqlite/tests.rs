@@ -182,7 +182,7 @@ fn opening_removes_images_left_by_earlier_versions() {
              ALTER TABLE entry_prefixes DROP COLUMN last_use;
              CREATE INDEX entry_prefixes_by_hash ON entry_prefixes (hash, depth);
              DROP INDEX blobs_unreferenced; DROP INDEX blobs_layers_by_size;
-             ALTER TABLE blobs DROP COLUMN layer;
+             ALTER TABLE blobs DROP COLUMN layer; DROP INDEX builds_by_namespace_at;
              PRAGMA user_version = 3;",
             image_of(&["old"]),
             d("old"),

@@ -688,25 +688,9 @@ pub fn slug(name: &str) -> String {
         .join("-")
 }
 
-/// `host:5000/name:tag` → (`host:5000/name`, `tag`); the tag defaults to `latest`.
-pub fn split_image_name(image: &str) -> (&str, &str) {
-    let last_slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match image[last_slash..].rfind(':') {
-        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
-        None => (image, "latest"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_names_split_at_the_tag_not_the_port() {
-        assert_eq!(split_image_name("reg:5000/app"), ("reg:5000/app", "latest"));
-        assert_eq!(split_image_name("reg:5000/app:v1"), ("reg:5000/app", "v1"));
-        assert_eq!(split_image_name("app:v2"), ("app", "v2"));
-    }
 
     #[test]
     fn slugs_and_tags_are_valid_names() {

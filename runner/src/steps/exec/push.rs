@@ -5,7 +5,9 @@ use anyhow::{Context, anyhow, bail};
 use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
 use futures::StreamExt;
 
-use super::{Engine, split_image_name};
+use layercache_shared::image_ref::ImageRef;
+
+use super::Engine;
 use crate::steps::config::Step;
 use crate::steps::plan::StepReport;
 
@@ -14,12 +16,13 @@ impl Engine {
     pub(super) async fn push(
         &self,
         step: &Step,
-        image_name: &str,
+        image_name: &ImageRef,
         registry: Option<&str>,
         slot: usize,
     ) -> anyhow::Result<StepReport> {
         let source = self.image_for(&step.service)?;
-        let (repo, tag) = split_image_name(image_name);
+        let (repo, tag) = (image_name.name(), image_name.tag_or_latest());
+        let repo = repo.as_str();
         self.docker
             .tag_image(
                 &source,
@@ -37,7 +40,7 @@ impl Engine {
             slot,
             &format!("pushing {repo}:{tag} (from {source})"),
         );
-        let host = crate::steps::credentials::registry_host(repo);
+        let host = crate::steps::credentials::registry_host(image_name);
         let credentials =
             crate::steps::credentials::credentials_for(host).map_err(|e| anyhow!(e))?;
         let login_hint = match &credentials {
