@@ -164,7 +164,7 @@ pub async fn ingest_tarball(
     // Counters are updated on the blocking thread itself: it runs to the end even when the client
     // disconnects and this handler's future is dropped.
     store
-        .blocking(move |s| {
+        .bulk(move |s| {
             let result = ingest_blocking(s, bridge, namespace, key, prefixes, limit)
                 .map_err(|e| upload_error(e, &meter));
             let received = meter.received();

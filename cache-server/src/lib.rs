@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod auth_gate;
+pub mod bulk;
 pub mod dashboard;
 pub mod error;
 pub mod gc;

@@ -134,8 +134,8 @@ pub fn writer_or_new(
     }
 }
 
-/// Writes `chunks` to `w` (opened here when `None`) on a blocking thread (hashing happens in the
-/// writer); gives the writer back.
+/// Writes `chunks` to `w` (opened here when `None`) on a bulk thread ([`crate::bulk`]; hashing
+/// happens in the writer); gives the writer back.
 async fn write_out(
     store: &Arc<Store>,
     w: Option<Box<dyn BlobWriter>>,
@@ -143,7 +143,7 @@ async fn write_out(
 ) -> (Option<Box<dyn BlobWriter>>, Result<(), ServerError>) {
     let tmp = store.tmp_dir.clone();
     let st = Arc::clone(store);
-    let step = tokio::task::spawn_blocking(move || {
+    let step = crate::bulk::spawn(move || {
         let mut w = match writer_or_new(&st, w) {
             Ok(w) => w,
             Err(e) => return (None, Err(e)),

@@ -183,11 +183,11 @@ async fn send_blob(
     Ok((sent, true))
 }
 
-/// Runs `f` on the blocking pool; a panic there is an I/O error of the transfer.
+/// Runs `f` on a bulk thread ([`crate::bulk`]); a panic there is an I/O error of the transfer.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
+    crate::bulk::spawn(f)
         .await
         .map_err(|e| io::Error::other(format!("reading a blob failed: {e}")))?
 }

@@ -71,9 +71,15 @@ fn generate(keys: usize, layer_kib: usize) -> Vec<Generated> {
     let base = layer(&[("base/shared.bin", &noise(0, 1 << 20))]);
     (0..keys)
         .map(|i| {
-            let unique = layer(&[(&format!("app/{i}.bin"), &noise(1000 + i as u64, layer_kib << 10))]);
-            let img = Image::new(vec![base.clone(), unique.clone()], &["base", &format!("app {i}")])
-                .tagged(&format!("gen{i}:latest"));
+            let unique = layer(&[(
+                &format!("app/{i}.bin"),
+                &noise(1000 + i as u64, layer_kib << 10),
+            )]);
+            let img = Image::new(
+                vec![base.clone(), unique.clone()],
+                &["base", &format!("app {i}")],
+            )
+            .tagged(&format!("gen{i}:latest"));
             Generated {
                 key: format!("k{i}"),
                 diff_ids: img.diff_ids(),
@@ -107,7 +113,9 @@ fn restored_layers(body: &[u8]) -> anyhow::Result<Vec<Digest>> {
         .iter()
         .map(|p| {
             let p = p.as_str().context("a layer path is not a string")?;
-            let data = files.get(p).with_context(|| format!("{p} is not in the tarball"))?;
+            let data = files
+                .get(p)
+                .with_context(|| format!("{p} is not in the tarball"))?;
             Ok(Digest::of(data))
         })
         .collect()
@@ -133,7 +141,11 @@ async fn client(
     while Instant::now() < deadline {
         let img = &images[rng.usize(..images.len())];
         if let Err(e) = one_round(&http, &base, &ns, img, round, &stats).await {
-            stats.lock().unwrap().errors.push(format!("client {idx}: {e:#}"));
+            stats
+                .lock()
+                .unwrap()
+                .errors
+                .push(format!("client {idx}: {e:#}"));
         }
         round += 1;
     }
@@ -161,7 +173,10 @@ async fn one_round(
     }
     if status == 200 {
         let t0 = Instant::now();
-        let r = http.get(format!("{base}/v1/images/{ns}/{}", img.key)).send().await?;
+        let r = http
+            .get(format!("{base}/v1/images/{ns}/{}", img.key))
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!("restore {}: {}", img.key, r.status());
         }
@@ -169,7 +184,10 @@ async fn one_round(
         stats.lock().unwrap().got(body.len() as u64, t0.elapsed());
         let layers = tokio::task::spawn_blocking(move || restored_layers(&body)).await??;
         if layers != img.diff_ids {
-            bail!("restore {}: the layers differ from what was pushed", img.key);
+            bail!(
+                "restore {}: the layers differ from what was pushed",
+                img.key
+            );
         }
     }
     let t0 = Instant::now();
@@ -182,7 +200,10 @@ async fn one_round(
         bail!("blob PUT {}: {}", img.key, r.status());
     }
     r.bytes().await?;
-    stats.lock().unwrap().put(img.unique_layer.len() as u64, t0.elapsed());
+    stats
+        .lock()
+        .unwrap()
+        .put(img.unique_layer.len() as u64, t0.elapsed());
     if status == 404 || round % 4 == 0 {
         let t0 = Instant::now();
         let r = http
@@ -193,9 +214,16 @@ async fn one_round(
         let st = r.status();
         let text = r.text().await?;
         if st.as_u16() != 201 {
-            bail!("push {}: {st} {}", img.key, text.chars().take(200).collect::<String>());
+            bail!(
+                "push {}: {st} {}",
+                img.key,
+                text.chars().take(200).collect::<String>()
+            );
         }
-        stats.lock().unwrap().put(img.tarball.len() as u64, t0.elapsed());
+        stats
+            .lock()
+            .unwrap()
+            .put(img.tarball.len() as u64, t0.elapsed());
     }
     Ok(())
 }
@@ -206,7 +234,10 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
     let stats = Arc::new(Mutex::new(Stats::default()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
-    let ns = format!("bench-{}", start.elapsed().as_nanos() ^ std::process::id() as u128);
+    let ns = format!(
+        "bench-{}",
+        start.elapsed().as_nanos() ^ std::process::id() as u128
+    );
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             tokio::spawn(client(
@@ -243,7 +274,10 @@ async fn main() -> anyhow::Result<()> {
             bail!("{b} is missing: build it with `cargo build --release -p layercache-server`");
         }
     }
-    eprintln!("generating {} images of {} KiB unique + 1 MiB shared", args.keys, args.layer_kib);
+    eprintln!(
+        "generating {} images of {} KiB unique + 1 MiB shared",
+        args.keys, args.layer_kib
+    );
     let images = Arc::new(generate(args.keys, args.layer_kib));
     let mut runs = Vec::new();
     for i in 0..args.runs {

@@ -126,7 +126,13 @@ pub fn table(binaries: &[String], runs: &[Run]) -> String {
     }
     let errors: Vec<String> = binaries
         .iter()
-        .map(|b| runs.iter().filter(|r| &r.binary == b).map(|r| r.errors.len()).sum::<usize>().to_string())
+        .map(|b| {
+            runs.iter()
+                .filter(|r| &r.binary == b)
+                .map(|r| r.errors.len())
+                .sum::<usize>()
+                .to_string()
+        })
         .collect();
     out += &format!("| errors | {} |\n", errors.join(" | "));
     out

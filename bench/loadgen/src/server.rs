@@ -18,10 +18,17 @@ impl Server {
     /// Starts `binary` with `--open` and waits until `/healthz` answers.
     pub async fn start(binary: &str) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let child = Command::new(binary)
-            .args(["--open", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "--open",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(log)

@@ -96,6 +96,17 @@ impl Store {
         }
     }
 
+    /// Runs bulk storage work (hashing, writing and reading blob bytes, tarball ingest) on the
+    /// low-priority pool of [`crate::bulk`], so it never delays a lookup.
+    pub async fn bulk<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        crate::bulk::spawn(move || f(&store)).await?
+    }
+
     /// Runs blocking storage work off the async runtime.
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
     where
