@@ -167,7 +167,11 @@ async fn v1_push_lookup_restore_and_ranged_gets_on_s3() {
         assert_eq!(r.bytes().await.unwrap().as_ref(), want, "{range}");
     }
     let r = s.client.head(&url).send().await.unwrap();
-    assert_eq!(r.content_length(), Some(big.len() as u64));
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
 }
 
 /// The registry path on S3: a chunked session (three PATCHes) and a monolithic upload; the blobs
@@ -423,10 +427,11 @@ async fn a_large_blob_streams_through_multipart_in_bounded_memory() {
     }
     assert_eq!(got.finish(), (d, SIZE as u64), "served back intact");
     let peak = peak_rss(child.id());
+    eprintln!("server peak RSS {} MiB", peak / MIB as u64);
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        peak < 160 * MIB as u64,
+        peak < 128 * MIB as u64,
         "server peaked at {} MiB for a {} MiB blob",
         peak / MIB as u64,
         SIZE / MIB

@@ -478,7 +478,7 @@ impl BlobRead for S3BlobRead {
             ));
         }
         let mut guard = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(len);
         let mut failures = 0;
         while out.len() < len {
             let pos = offset + out.len() as u64;
