@@ -128,8 +128,10 @@ root_domain = ".s3.garage.localhost"
 
 def start_server(binary, data_dir, extra, env):
     port = free_port()
+    os.makedirs(data_dir)
+    log = open(os.path.join(data_dir, "..", os.path.basename(data_dir) + ".log"), "w")
     proc = subprocess.Popen([binary, "--open", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra],
-                            stdout=subprocess.DEVNULL, env={**os.environ, **env})
+                            stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **env})
     deadline = time.time() + 60
     while True:
         try:

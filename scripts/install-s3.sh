@@ -18,7 +18,7 @@ bin="$root/bin/garage"
 log() { printf '[install-s3] %s\n' "$*" >&2; }
 die() { printf '[install-s3] error: %s\n' "$*" >&2; exit 1; }
 
-if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$version"; then
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF ":$version "; then
   log "garage $version already in $bin; nothing to do"
   exit 0
 fi
