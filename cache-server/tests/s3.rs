@@ -542,3 +542,21 @@ async fn start_fails_clearly_without_the_bucket_or_with_wrong_keys() {
         "{err}"
     );
 }
+
+/// On a 3-node Garage cluster with replication factor 3, one node going down loses nothing: what
+/// was pushed is restored, and a new push still lands (reads and writes need 2 of 3 copies).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_of_three_down_keeps_push_and_restore_working() {
+    let mut g = tokio::task::spawn_blocking(|| Garage::cluster(3))
+        .await
+        .unwrap();
+    let store = g.blob_store("rf3");
+    let s = common::start(move |st| st.blob_store = store).await;
+    let (a, b) = chain();
+    push_tarball(&s.client, &s.url, "ns/before", &[&a, &b]).await;
+    g.kill_node(2);
+    restore_and_check(&s.client, &s.url, "ns/before", &b).await;
+    let c = Image::new(vec![layer(&[("c", &noise(3, 2 << 20))])], &["ADD c"]);
+    push_tarball(&s.client, &s.url, "ns/after", &[&c]).await;
+    restore_and_check(&s.client, &s.url, "ns/after", &c).await;
+}
