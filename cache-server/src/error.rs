@@ -242,6 +242,11 @@ impl From<BlobError> for ServerError {
                 path,
                 source,
             } => ServerError::io(action, path, source),
+            BlobError::Remote {
+                action,
+                location,
+                source,
+            } => ServerError::io(action, location, source),
         }
     }
 }

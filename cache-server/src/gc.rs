@@ -11,16 +11,16 @@
 //! 3. deletes unreferenced blobs (no entry, no manifest row): under the pin lock, rows with refcount 0 (re-checked in the
 //!    deleting transaction) that are not pinned and older than the upload grace period; files
 //!    are unlinked after the rows are gone (see [`crate::store::pins`] for the rule);
-//! 4. with [`Sweep::orphans`] (at start and in `layercache-server gc`): deletes blob files with no
-//!    row (a crash between the rename and the insert) and temp files.
+//! 4. with [`Sweep::orphans`] (at start and in `layercache-server gc`): deletes stored blobs with
+//!    no row (a crash between storing a blob and inserting its row) and temp files.
 //!
 //! Crash safety: every step is a committed transaction followed by unlinks of files no row names,
 //! so a crash at any point leaves at worst orphan files, which the next start removes.
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ use crate::lru::{self, Holder, Policy};
 use crate::registry::liveness;
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::store::blobs::FsBlobStore;
 use crate::store::sqlite::now;
 
 /// Blobs deleted per pin-lock hold: short enough that a pinning request waits milliseconds.
@@ -217,67 +216,37 @@ fn evict(
     Ok(())
 }
 
-/// The blob files under `<data>/blobs/sha256`, with their digests (files with other names are
-/// skipped).
-fn blob_files(root: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
-    let mut out = Vec::new();
-    let top = match fs::read_dir(root) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for dir in top {
-        let dir = dir?;
-        if !dir.file_type()?.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(dir.path())? {
-            let f = f?;
-            if let Some(d) = f
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            {
-                out.push((d, f.path()));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether `path` was modified less than `grace_secs` before `now`.
-fn modified_within(path: &Path, grace_secs: u64, now: u64) -> bool {
-    let mtime = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(now);
-    now.saturating_sub(mtime) < grace_secs
-}
-
-/// Deletes blob files no row names and temp files, older than the grace period.
+/// Deletes stored blobs no row names and temp files, older than the grace period.
 fn remove_orphans(store: &Store, grace_secs: u64, now: u64) -> Result<u64, ServerError> {
-    let root = blobs_root(store);
-    let files = blob_files(&root).map_err(|e| ServerError::io("listing blobs in", &root, e))?;
+    let blobs = &store.blobs;
+    let listed = blobs
+        .list()
+        .map_err(|e| ServerError::io("listing blobs in", blobs.describe(), e))?;
     let mut removed = 0;
-    // One scan of the rows instead of one query per file; only files without a row then get the
+    // One scan of the rows instead of one query per blob; only blobs without a row then get the
     // authoritative check below.
     let recorded = store.db.blob_digests()?;
-    for (digest, path) in files {
-        if recorded.contains(&digest) || modified_within(&path, grace_secs, now) {
+    for digest in listed {
+        if recorded.contains(&digest) {
             continue;
         }
-        // Under the pin lock: an upload that pinned the digest may be between its rename and
-        // its insert (and so missing from `recorded`).
+        let modified = blobs
+            .modified(&digest)
+            .map_err(|e| ServerError::io("reading blob", digest.to_string(), e))?;
+        if modified.is_none_or(|m| now.saturating_sub(m) < grace_secs) {
+            continue;
+        }
+        // Under the pin lock: an upload that pinned the digest may be between storing the blob
+        // and inserting its row (and so missing from `recorded`).
         let pins = store.pins.lock();
         if pins.is_pinned(&digest) || store.db.blob_size(&digest)?.is_some() {
             continue;
         }
-        match fs::remove_file(&path) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ServerError::io("deleting orphan blob", path, e)),
+        if blobs
+            .delete(&digest)
+            .map_err(|e| ServerError::io("deleting orphan blob", digest.to_string(), e))?
+        {
+            removed += 1;
         }
         drop(pins);
     }
@@ -291,18 +260,20 @@ fn remove_orphans(store: &Store, grace_secs: u64, now: u64) -> Result<u64, Serve
         }
     }
     if removed > 0 {
-        tracing::info!(removed, "removed orphan blob and temp files");
+        tracing::info!(removed, "removed orphan blobs and temp files");
     }
     Ok(removed)
 }
 
-/// `<data>/blobs/sha256`, where [`FsBlobStore`] keeps files.
-fn blobs_root(store: &Store) -> PathBuf {
-    store
-        .tmp_dir
-        .parent()
-        .map(|d| d.join("blobs").join("sha256"))
-        .unwrap_or_else(|| PathBuf::from("blobs/sha256"))
+/// Whether `path` was modified less than `grace_secs` before `now`.
+fn modified_within(path: &Path, grace_secs: u64, now: u64) -> bool {
+    let mtime = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(now);
+    now.saturating_sub(mtime) < grace_secs
 }
 
 /// Runs the collector until the server stops: after commits (woken through `store.gc_wake`) and
@@ -353,57 +324,58 @@ pub struct VerifyReport {
     pub entries_dropped: u64,
 }
 
-/// Re-hashes every stored blob. A corrupt one is moved to `<data>/quarantine/<hex>`; a corrupt
-/// or missing one loses its row and every entry referencing it, so it is never served. Blocking.
-pub fn verify(store: &Store, data_dir: &Path) -> Result<VerifyReport, ServerError> {
-    let quarantine = data_dir.join("quarantine");
-    let fs_blobs = FsBlobStore::new(&data_dir.join("blobs"), &store.tmp_dir)?;
+/// Re-hashes every stored blob (reading it back from the blob store, a bucket included). A
+/// corrupt one is moved to `quarantine/<hex>` (in the data dir, or under the bucket prefix); a
+/// corrupt or missing one loses its row and every entry referencing it, so it is never served.
+/// Blocking.
+pub fn verify(store: &Store) -> Result<VerifyReport, ServerError> {
     let mut report = VerifyReport::default();
     for row in store.db.blob_rows()? {
         report.checked += 1;
-        let path = fs_blobs.path(&row.digest);
-        let ok = match hash_file(&path) {
-            Ok((found, size)) => found == row.digest && size == row.size,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let ok = match hash_blob(store, &row.digest) {
+            Ok(Some((found, size))) => found == row.digest && size == row.size,
+            Ok(None) => {
                 report.missing.push(row.digest);
                 report.entries_dropped += store.db.drop_corrupt_blob(&row.digest)?;
                 continue;
             }
-            Err(e) => return Err(ServerError::io("reading blob", path, e)),
+            Err(e) => return Err(ServerError::io("reading blob", row.digest.to_string(), e)),
         };
         if ok {
             continue;
         }
         tracing::error!(digest = %row.digest, "blob is corrupt; quarantining it");
-        fs::create_dir_all(&quarantine)
-            .map_err(|e| ServerError::io("creating directory", &quarantine, e))?;
-        // The row goes first: from then on nothing serves the blob; the file follows.
+        // The row goes first: from then on nothing serves the blob; the content follows.
         report.entries_dropped += store.db.drop_corrupt_blob(&row.digest)?;
-        let dest = quarantine.join(row.digest.hex());
-        fs::rename(&path, &dest).map_err(|e| ServerError::io("quarantining blob", &path, e))?;
+        store
+            .blobs
+            .quarantine(&row.digest)
+            .map_err(|e| ServerError::io("quarantining blob", row.digest.to_string(), e))?;
         report.corrupt.push(row.digest);
     }
     Ok(report)
 }
 
-/// The digest and length of a file's content.
-fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
-    let mut f = fs::File::open(path)?;
+/// The digest and length of a stored blob's content, `None` when it is absent.
+fn hash_blob(store: &Store, digest: &Digest) -> io::Result<Option<(Digest, u64)>> {
+    let Some(blob) = store.blobs.open(digest)? else {
+        return Ok(None);
+    };
     let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let size = blob.size();
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(1 << 20) as usize;
+        hasher.update(&blob.chunk(at, n)?);
+        at += n as u64;
     }
-    Ok(hasher.finish())
+    Ok(Some(hasher.finish()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::blobs::FsBlobStore;
     use crate::store::sqlite::{NewEntry, NewImage};
     use std::io::Write;
 
@@ -602,7 +574,7 @@ mod tests {
         let bad = Digest::of(b"bad layer");
         let fsb = FsBlobStore::new(&dir.path().join("blobs"), &dir.path().join("tmp")).unwrap();
         fs::write(fsb.path(&bad), b"bad layeR").unwrap();
-        let r = verify(&s, dir.path()).unwrap();
+        let r = verify(&s).unwrap();
         assert_eq!(r.corrupt, vec![bad]);
         assert_eq!(r.entries_dropped, 1);
         assert!(s.db.manifest(id).is_err());
@@ -616,7 +588,7 @@ mod tests {
         assert!(s.blobs.contains(&blobs[1]).unwrap());
         assert_eq!(s.db.stats().unwrap().quarantined_blobs, 1);
         assert_eq!(
-            verify(&s, dir.path()).unwrap(),
+            verify(&s).unwrap(),
             VerifyReport {
                 checked: 2,
                 ..VerifyReport::default()

@@ -7,7 +7,8 @@
 //! - [`ingest`]: tarball and blob uploads, commits from uploaded blobs.
 //! - [`registry`]: the OCI distribution API under `/v2/` over the same store.
 //! - [`tarball`]: streaming responses assembled from inline bytes and blob files.
-//! - [`store`]: blob files ([`store::blobs`]) and the SQLite index ([`store::sqlite`]).
+//! - [`store`]: blobs ([`store::blobs`]: files, or an S3-compatible bucket) and the SQLite index
+//!   ([`store::sqlite`]).
 //! - [`auth`]: bearer tokens, roles and namespace patterns; the middleware on every route.
 //! - [`serving`]: the accept loop: connection cap, timeouts, graceful shutdown with a deadline.
 //! - [`transfers`]: bounded uploads and downloads (`503` + `Retry-After` beyond the limits).
@@ -81,10 +82,11 @@ async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let data_dir = settings.data_dir.clone();
+    let blob_store = settings.blob_store.clone();
     let policy = gc::policy_of(&settings);
     let grace_secs = settings.upload_grace.as_secs();
     let store = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&data_dir)?;
+        let store = Store::open_with(&data_dir, &blob_store)?;
         // Nothing is in flight yet: files a crash left without a row can go at once.
         let sweep = gc::Sweep {
             grace_secs,
@@ -114,7 +116,12 @@ async fn serve_on(
         state.settings.upload_timeout,
     ));
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %state.settings.data_dir.display(), "serving");
+    tracing::info!(
+        ?addr,
+        data_dir = %state.settings.data_dir.display(),
+        blobs = %state.store.blobs.describe(),
+        "serving"
+    );
     let settings = Arc::clone(&state.settings);
     let result = serving::run(listener, transport, router(state), &settings, shutdown)
         .await

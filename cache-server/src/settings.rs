@@ -11,6 +11,9 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
 pub struct Settings {
     /// Holds `layercache.db`, `blobs/` and `tmp/`; created when absent.
     pub data_dir: PathBuf,
+    /// Where blobs live (`--blob-store`): `blobs/` in the data dir (the default), or an
+    /// S3-compatible bucket configured from the `AWS_*` environment.
+    pub blob_store: crate::store::blobs::BlobLocation,
     /// Request bodies of image and blob PUTs larger than this are refused with 413, so one client
     /// cannot fill the disk with a single runaway upload.
     pub max_upload_bytes: u64,
@@ -83,6 +86,7 @@ impl Settings {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Settings {
             data_dir: data_dir.into(),
+            blob_store: Default::default(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_size: None,
             ttl_days: None,

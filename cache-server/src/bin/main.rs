@@ -18,6 +18,7 @@ use layercache_server::settings::{
     DEFAULT_UPLOAD_GRACE,
 };
 use layercache_server::store::Store;
+use layercache_server::store::blobs::BlobLocation;
 use layercache_server::store::sqlite::Db;
 use layercache_server::store::tokens::TokenSelector;
 use layercache_server::{Settings, serve, serve_tls, tls};
@@ -68,6 +69,13 @@ struct ServeArgs {
     /// Directory for the database, blobs and temp files (created if missing).
     #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
     data_dir: PathBuf,
+    /// Where blobs live: `dir` (`blobs/` in the data dir) or `s3://BUCKET[/PREFIX]`, an
+    /// S3-compatible bucket configured like other S3 tools: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true (plain-HTTP endpoint),
+    /// AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true (path style is the default). The database and
+    /// upload temp files stay in the data dir.
+    #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
+    blob_store: BlobLocation,
     /// Largest accepted upload body, in bytes (default 64 GiB).
     #[arg(long, env = "LAYERCACHE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -189,6 +197,13 @@ struct GcArgs {
     /// The server's data dir.
     #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
     data_dir: PathBuf,
+    /// Where the server keeps blobs (as for `serve`): `dir` (`blobs/` in the data dir) or `s3://BUCKET[/PREFIX]`, an
+    /// S3-compatible bucket configured like other S3 tools: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true (plain-HTTP endpoint),
+    /// AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true (path style is the default). The database and
+    /// upload temp files stay in the data dir.
+    #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
+    blob_store: BlobLocation,
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -199,6 +214,13 @@ struct VerifyArgs {
     /// The server's data dir.
     #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
     data_dir: PathBuf,
+    /// Where the server keeps blobs (as for `serve`): `dir` (`blobs/` in the data dir) or `s3://BUCKET[/PREFIX]`, an
+    /// S3-compatible bucket configured like other S3 tools: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true (plain-HTTP endpoint),
+    /// AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true (path style is the default). The database and
+    /// upload temp files stay in the data dir.
+    #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
+    blob_store: BlobLocation,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -281,6 +303,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: secs(args.limits.idle_timeout_secs.max(1)),
         max_connections: args.limits.max_connections,
         shutdown_timeout: secs(args.limits.shutdown_timeout_secs),
+        blob_store: args.blob_store.clone().with_env(),
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {
@@ -376,8 +399,9 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 /// `gc`: one collection, reported on stdout.
 fn run_gc(args: GcArgs) -> anyhow::Result<()> {
-    let store = Store::open_for_maintenance(&args.data_dir)
-        .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
+    let store =
+        Store::open_for_maintenance_with(&args.data_dir, &args.blob_store.clone().with_env())
+            .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
     let policy = Policy {
         max_size: args.policy.max_size,
         ttl_secs: args.policy.ttl_days.map(|d| d.saturating_mul(gc::DAY_SECS)),
@@ -409,9 +433,10 @@ fn run_gc(args: GcArgs) -> anyhow::Result<()> {
 
 /// `verify`: re-hash every blob; fails (exit 1) when anything was corrupt or missing.
 fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let store = Store::open_for_maintenance(&args.data_dir)
-        .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
-    let r = gc::verify(&store, &args.data_dir)
+    let store =
+        Store::open_for_maintenance_with(&args.data_dir, &args.blob_store.clone().with_env())
+            .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
+    let r = gc::verify(&store)
         .with_context(|| format!("verifying `{}` failed", args.data_dir.display()))?;
     for d in &r.corrupt {
         println!("corrupt: {d} (moved to quarantine/)");

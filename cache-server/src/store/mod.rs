@@ -1,9 +1,11 @@
-//! Storage of a data dir: [`blobs`] (content-addressed files behind the `BlobStore` trait) and
+//! Storage of a data dir: [`blobs`] (content-addressed blobs behind the `BlobStore` trait: files
+//! in the data dir, or objects in an S3-compatible bucket with `--blob-store s3://…`) and
 //! [`sqlite`] (the index of blobs, images, entries and counters).
 //!
 //! Files on disk:
 //! - `layercache.db` (+ `-wal`, `-shm`): the SQLite index.
-//! - `blobs/sha256/<2 hex>/<64 hex>`: layer (uncompressed tar) and image config blobs.
+//! - `blobs/sha256/<2 hex>/<64 hex>`: layer (uncompressed tar) and image config blobs (in the
+//!   bucket instead, under the same names, with `--blob-store s3://…`).
 //! - `tmp/`: uploads in progress; wiped at start, since nothing there was committed.
 //! - `quarantine/`: blobs `verify` found corrupt, kept for inspection, never served.
 //!
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::ServerError;
-use blobs::{BlobStore, FsBlobStore};
+use blobs::{BlobLocation, BlobStore};
 use pins::Pins;
 use sqlite::Db;
 
@@ -46,25 +48,35 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating as needed) the data dir and wipes leftover temp files.
+    /// Opens (creating as needed) the data dir, blobs in it, and wipes leftover temp files.
     pub fn open(data_dir: &Path) -> Result<Store, ServerError> {
+        Self::open_with(data_dir, &BlobLocation::DataDir)
+    }
+
+    /// Like [`Store::open`], with blobs at `blobs` (`--blob-store`). Blocks: an object store is
+    /// checked with a request.
+    pub fn open_with(data_dir: &Path, blobs: &BlobLocation) -> Result<Store, ServerError> {
         let tmp_dir = data_dir.join("tmp");
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir)
                 .map_err(|e| ServerError::io("wiping temp dir", &tmp_dir, e))?;
         }
-        Self::assemble(data_dir, tmp_dir)
+        Self::assemble(data_dir, tmp_dir, blobs)
     }
 
-    /// The blob dir and database under `data_dir`, with fresh pins.
-    fn assemble(data_dir: &Path, tmp_dir: PathBuf) -> Result<Store, ServerError> {
+    /// The blob store and database of `data_dir`, with fresh pins.
+    fn assemble(
+        data_dir: &Path,
+        tmp_dir: PathBuf,
+        blobs: &BlobLocation,
+    ) -> Result<Store, ServerError> {
         permissions::secure(data_dir)?;
-        let blobs = FsBlobStore::new(&data_dir.join("blobs"), &tmp_dir)?;
+        let blobs = blobs.open(data_dir, &tmp_dir)?;
         let db = Db::open(&data_dir.join("layercache.db"))?;
         let gc_wake: Arc<tokio::sync::Notify> = Arc::default();
         Ok(Store {
             db,
-            blobs: Arc::new(blobs),
+            blobs: Arc::from(blobs),
             tmp_dir,
             pins: Arc::default(),
             quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake))),
@@ -75,6 +87,14 @@ impl Store {
     /// Opens an existing data dir for `gc` or `verify` by hand, leaving `tmp/` alone: a server
     /// may be running on it with uploads in progress.
     pub fn open_for_maintenance(data_dir: &Path) -> Result<Store, ServerError> {
+        Self::open_for_maintenance_with(data_dir, &BlobLocation::DataDir)
+    }
+
+    /// Like [`Store::open_for_maintenance`], with blobs at `blobs` (`--blob-store`).
+    pub fn open_for_maintenance_with(
+        data_dir: &Path,
+        blobs: &BlobLocation,
+    ) -> Result<Store, ServerError> {
         if !data_dir.join("layercache.db").exists() {
             return Err(ServerError::bad_request(format!(
                 "`{}` holds no layercache.db: pass the data dir the server uses (--data-dir)",
@@ -82,7 +102,7 @@ impl Store {
             )));
         }
         let tmp_dir = data_dir.join("tmp");
-        Self::assemble(data_dir, tmp_dir)
+        Self::assemble(data_dir, tmp_dir, blobs)
     }
 
     /// Writes the hits and misses requests queue (see `sqlite::uses`) as they come, until the

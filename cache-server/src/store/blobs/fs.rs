@@ -1,102 +1,19 @@
-//! Content-addressed blob storage behind the small [`BlobStore`] trait, and its filesystem
-//! implementation [`FsBlobStore`] (`blobs/sha256/<2 hex>/<64 hex>`, uploads staged in `tmp/`).
+//! [`FsBlobStore`]: blobs as files under the data dir (`blobs/sha256/<2 hex>/<64 hex>`), the
+//! default store.
 //!
-//! Writes go to an `O_EXCL` temp file, are hashed while written, fsynced, and renamed into place
-//! only when the digest matches; any failure (or dropping the writer) deletes the temp file. Two
-//! concurrent uploads of one blob both succeed and leave one copy: the rename is atomic and the
-//! content identical.
-//!
-//! The API is blocking: callers run it on `spawn_blocking` threads.
+//! An upload is staged in `tmp/` ([`super::spool`]), fsynced, and renamed into place only when the
+//! digest matches; the directory is fsynced after the rename. Two concurrent uploads of one blob
+//! both succeed and leave one copy: the rename is atomic and the content identical.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use layercache_shared::Digest;
-use layercache_shared::digest::HashingWriter;
-use tempfile::{NamedTempFile, TempPath};
 
-/// Buffer between the hashing writer and the temp file: tar readers hand out small slices, and
-/// one write syscall per MiB keeps ingest disk-bound rather than syscall-bound.
-const WRITE_BUFFER: usize = 1 << 20;
-
-/// Every this many bytes an upload asks the kernel to start writing the temp file back, so the
-/// disk works while the rest arrives and the fsync at commit has little left to flush.
-const WRITE_BEHIND: u64 = 8 << 20;
-
-/// Why storing a blob failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    #[error("blob content has digest {found} ({size} bytes), expected {expected}")]
-    Mismatch {
-        expected: Digest,
-        found: Digest,
-        /// Bytes received.
-        size: u64,
-    },
-    #[error("{action} `{}` failed: {source}", path.display())]
-    Io {
-        /// What the store was doing, e.g. "renaming blob into".
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// A stored blob opened for sending.
-pub trait BlobRead: Send {
-    /// Its size as stored (the caller compares it with the recorded size).
-    fn size(&self) -> u64;
-    /// Bytes `offset..offset + len` (within [`BlobRead::size`]), as memory a response body can
-    /// hand to the socket without another copy. May block on disk: call it on a blocking thread.
-    fn chunk(&self, offset: u64, len: usize) -> io::Result<Bytes>;
-}
-
-/// The outcome of a successful [`BlobWriter::commit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Committed {
-    /// Bytes of the blob.
-    pub size: u64,
-    /// False when the blob was already stored, so this copy was discarded (deduplicated).
-    pub newly_stored: bool,
-}
-
-/// An upload in progress: bytes written are hashed on the way to a temp file.
-pub trait BlobWriter: Write + Send {
-    /// Bytes written so far.
-    fn written(&self) -> u64;
-    /// The digest of the bytes written so far: what an upload whose digest the client does not
-    /// name commits as.
-    fn digest(&self) -> Digest;
-    /// Stores the content as `expected` if its digest matches; otherwise discards it with
-    /// [`BlobError::Mismatch`]. Dropping a writer without committing discards the content.
-    fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError>;
-    /// Done writing, but not committing yet: flushes and gives back the write buffer and the open
-    /// file, keeping only what [`BlobWriter::commit`] needs. Ingest parks each layer once it is
-    /// written, so a tarball of hundreds of layers holds one buffer and one file open at a time,
-    /// not hundreds. Writing to a parked writer fails. The default does nothing.
-    fn park(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Where blobs live. Implemented by [`FsBlobStore`]; an object-store backend can follow.
-pub trait BlobStore: Send + Sync + 'static {
-    /// Opens a blob for reading, `None` when absent.
-    fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>>;
-    /// The blob's length, `None` when absent.
-    fn len(&self, digest: &Digest) -> io::Result<Option<u64>>;
-    /// Whether the blob is stored.
-    fn contains(&self, digest: &Digest) -> io::Result<bool> {
-        Ok(self.len(digest)?.is_some())
-    }
-    /// Starts an upload whose digest is checked at [`BlobWriter::commit`].
-    fn begin_write(&self) -> io::Result<Box<dyn BlobWriter>>;
-    /// Removes a blob; false when it was absent.
-    fn delete(&self, digest: &Digest) -> io::Result<bool>;
-}
+use super::spool::Spool;
+use super::{BlobError, BlobRead, BlobStore, BlobWriter, Committed};
 
 /// Blobs as files under a data dir.
 #[derive(Debug, Clone)]
@@ -105,10 +22,13 @@ pub struct FsBlobStore {
     root: PathBuf,
     /// `<data>/tmp`: same filesystem as `root`, so the final rename is atomic.
     tmp: PathBuf,
+    /// `<data>/quarantine`: corrupt blobs `verify` moved aside.
+    quarantine: PathBuf,
 }
 
 impl FsBlobStore {
-    /// Uses `blobs_dir` for blobs and `tmp_dir` for uploads in progress; creates both.
+    /// Uses `blobs_dir` for blobs and `tmp_dir` for uploads in progress; creates both. Corrupt
+    /// blobs go to `quarantine/` beside `blobs_dir`.
     pub fn new(blobs_dir: &Path, tmp_dir: &Path) -> Result<Self, BlobError> {
         let root = blobs_dir.join("sha256");
         for dir in [root.as_path(), tmp_dir] {
@@ -118,9 +38,14 @@ impl FsBlobStore {
                 source,
             })?;
         }
+        let quarantine = blobs_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("quarantine");
         Ok(FsBlobStore {
             root,
             tmp: tmp_dir.to_path_buf(),
+            quarantine,
         })
     }
 
@@ -131,43 +56,79 @@ impl FsBlobStore {
     }
 }
 
+/// `Ok(None)` for a missing file, the value otherwise.
+fn absent_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl BlobStore for FsBlobStore {
     fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>> {
-        let file = match File::open(self.path(digest)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = absent_as_none(File::open(self.path(digest)))? else {
+            return Ok(None);
         };
         let len = file.metadata()?.len();
         Ok(Some(Box::new(FsBlobRead { file, len })))
     }
 
     fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
-        match fs::metadata(self.path(digest)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(absent_as_none(fs::metadata(self.path(digest)))?.map(|m| m.len()))
     }
 
     fn begin_write(&self) -> io::Result<Box<dyn BlobWriter>> {
-        let temp = NamedTempFile::new_in(&self.tmp)?;
         Ok(Box::new(FsBlobWriter {
-            state: WriterState::Open(HashingWriter::new(BufWriter::with_capacity(
-                WRITE_BUFFER,
-                temp,
-            ))),
+            spool: Spool::new(&self.tmp)?,
             store: self.clone(),
-            kicked: 0,
         }))
     }
 
     fn delete(&self, digest: &Digest) -> io::Result<bool> {
-        match fs::remove_file(self.path(digest)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+        Ok(absent_as_none(fs::remove_file(self.path(digest)))?.is_some())
+    }
+
+    fn list(&self) -> io::Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        let Some(top) = absent_as_none(fs::read_dir(&self.root))? else {
+            return Ok(out);
+        };
+        for dir in top {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path())? {
+                let name = f?.file_name();
+                if let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                    out.push(d);
+                }
+            }
         }
+        Ok(out)
+    }
+
+    fn modified(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        let Some(meta) = absent_as_none(fs::metadata(self.path(digest)))? else {
+            return Ok(None);
+        };
+        let secs = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Some(secs))
+    }
+
+    fn quarantine(&self, digest: &Digest) -> io::Result<bool> {
+        fs::create_dir_all(&self.quarantine)?;
+        let to = self.quarantine.join(digest.hex());
+        Ok(absent_as_none(fs::rename(self.path(digest), to))?.is_some())
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 }
 
@@ -214,86 +175,21 @@ impl BlobRead for FsBlobRead {
 
 /// An upload into an [`FsBlobStore`]; the temp file is deleted on drop unless committed.
 struct FsBlobWriter {
-    /// Open for writing, or parked.
-    state: WriterState,
+    /// The hashed temp file.
+    spool: Spool,
     /// Where the blob goes on commit.
     store: FsBlobStore,
-    /// Bytes written when write-back was last started (see [`WRITE_BEHIND`]).
-    kicked: u64,
 }
-
-/// Where an [`FsBlobWriter`] is in its life.
-enum WriterState {
-    /// Hashes then buffers into the temp file.
-    Open(HashingWriter<BufWriter<NamedTempFile>>),
-    /// Written and closed ([`BlobWriter::park`]): the temp file by path only, no fd, no buffer.
-    Parked {
-        digest: Digest,
-        size: u64,
-        path: TempPath,
-    },
-    /// Parking failed half-way; the temp file is gone.
-    Broken,
-}
-
-/// Writing to a writer that was parked (or broke while parking).
-fn parked_error() -> io::Error {
-    io::Error::other("the upload was already finished (parked); it takes no more writes")
-}
-
-impl FsBlobWriter {
-    /// The open writer, or an error once parked.
-    fn open(&mut self) -> io::Result<&mut HashingWriter<BufWriter<NamedTempFile>>> {
-        match &mut self.state {
-            WriterState::Open(w) => Ok(w),
-            _ => Err(parked_error()),
-        }
-    }
-
-    /// Starts write-back of what reached the temp file so far, without waiting for it.
-    fn write_behind(&mut self) {
-        let WriterState::Open(inner) = &self.state else {
-            return;
-        };
-        if inner.len() - self.kicked < WRITE_BEHIND {
-            return;
-        }
-        self.kicked = inner.len();
-        start_writeback(inner.get_ref().get_ref().as_file());
-    }
-}
-
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file: queue dirty pages for writing and
-/// return at once. Only a hint; durability still comes from the fsync at commit.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is open for the duration of the call; the call reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}
 
 impl Write for FsBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.open()?.write(buf)?;
-        self.write_behind();
-        Ok(n)
+        self.spool.write(buf)
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.open()?.write_all(buf)?;
-        self.write_behind();
-        Ok(())
+        self.spool.write_all(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.state {
-            WriterState::Open(w) => w.flush(),
-            WriterState::Parked { .. } => Ok(()),
-            WriterState::Broken => Err(parked_error()),
-        }
+        self.spool.flush()
     }
 }
 
@@ -309,52 +205,22 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobEr
 
 impl BlobWriter for FsBlobWriter {
     fn written(&self) -> u64 {
-        match &self.state {
-            WriterState::Open(w) => w.len(),
-            WriterState::Parked { size, .. } => *size,
-            WriterState::Broken => 0,
-        }
+        self.spool.written()
     }
 
     fn digest(&self) -> Digest {
-        match &self.state {
-            WriterState::Open(w) => w.digest(),
-            WriterState::Parked { digest, .. } => *digest,
-            WriterState::Broken => Digest::of(b""),
-        }
+        self.spool.digest()
     }
 
     fn park(&mut self) -> io::Result<()> {
-        let WriterState::Open(inner) = std::mem::replace(&mut self.state, WriterState::Broken)
-        else {
-            return Ok(()); // already parked (or broken: commit reports it)
-        };
-        let (digest, size, buffered) = inner.finish();
-        let temp = buffered.into_inner().map_err(|e| e.into_error())?;
-        self.state = WriterState::Parked {
-            digest,
-            size,
-            path: temp.into_temp_path(),
-        };
-        Ok(())
+        self.spool.park()
     }
 
     fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
-        let FsBlobWriter { state, store, .. } = *self;
-        let (found, size, temp) = match state {
-            WriterState::Open(inner) => {
-                let (found, size, buffered) = inner.finish();
-                let temp = buffered
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .map_err(io_err("writing upload to", &store.tmp))?;
-                (found, size, temp.into_temp_path())
-            }
-            WriterState::Parked { digest, size, path } => (digest, size, path),
-            WriterState::Broken => {
-                return Err(io_err("writing upload to", &store.tmp)(parked_error()));
-            }
-        };
+        let FsBlobWriter { spool, store } = *self;
+        let (found, size, temp) = spool
+            .finish()
+            .map_err(io_err("writing upload to", &store.tmp))?;
         if found != *expected {
             return Err(BlobError::Mismatch {
                 expected: *expected,
