@@ -35,6 +35,11 @@ export LAYERCACHE_ENGINE26=${LAYERCACHE_ENGINE26:-/opt/layercache-engine26}
 log "Engine 26.1 in $LAYERCACHE_ENGINE26"
 scripts/install-engine26.sh
 
+# Garage, the S3-compatible store cache-server/tests/s3.rs runs against (built from crates.io into
+# /opt/garage, ~13 min on 2 cores; the tests fail naming this script when it is missing).
+log "Garage (S3-compatible object store) in /opt/garage"
+scripts/install-s3.sh
+
 # A private engine, started and stopped here, proves dockerd runs on this machine before any test
 # depends on it (a broken engine shows up as one clear message, not fifty failed tests).
 state=$(mktemp -d /tmp/layercache-test-engine.XXXXXX)
