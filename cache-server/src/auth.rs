@@ -2,7 +2,7 @@
 //!
 //! Auth is on unless the server was started with `--open` and no live token ([`AuthGate`]); it
 //! never turns itself off. Tokens are managed with `layercache-server token ...`
-//! ([`create_token`], [`Db::list_tokens`], [`Db::revoke_token`]); only their sha256 is stored.
+//! ([`create_token`], [`Metadata::list_tokens`], [`Metadata::revoke_token`]); only their sha256 is stored.
 //! The token is read from SQLite on every request, so a token created or revoked by the CLI while
 //! the server runs takes effect at once.
 //!
@@ -39,7 +39,7 @@ use sha2::{Digest as _, Sha256};
 use crate::auth_gate::AuthGate;
 use crate::error::ServerError;
 use crate::routes::AppState;
-use crate::store::sqlite::Db;
+use crate::store::meta::Metadata;
 use crate::store::tokens::TokenRecord;
 
 /// What a token may do; each role includes the ones below it.
@@ -188,17 +188,17 @@ impl Access {
     }
 
     /// Of `digests`, the stored blobs this caller may learn exist and name in a commit (see
-    /// [`Db::visible_blobs`]); every stored one for a caller reading every namespace.
+    /// [`Metadata::visible_blobs`]); every stored one for a caller reading every namespace.
     pub fn visible_blobs(
         &self,
-        db: &Db,
+        db: &dyn Metadata,
         digests: &[layercache_shared::Digest],
     ) -> Result<std::collections::HashSet<layercache_shared::Digest>, ServerError> {
         if self.reads_all() {
             return Ok(db.blob_sizes(digests)?.into_keys().collect());
         }
         let stored: Vec<_> = db.blob_sizes(digests)?.into_keys().collect();
-        Ok(db.visible_blobs(&stored, self.token_id(), |ns| self.allows(Role::Read, ns))?)
+        Ok(db.visible_blobs(&stored, self.token_id(), &|ns| self.allows(Role::Read, ns))?)
     }
 
     /// 403 unless the caller has `role` in every namespace (`*`): for operator views that name
@@ -359,7 +359,7 @@ pub fn generate_token() -> Result<String, ServerError> {
 /// Creates a token in `db` and returns it (the only time it is ever shown) with its record.
 /// `name`, when given, must not be all digits (revoke takes ids too) and must be unused.
 pub fn create_token(
-    db: &Db,
+    db: &dyn Metadata,
     role: Role,
     namespaces: &[NamespacePattern],
     name: Option<&str>,
@@ -418,7 +418,7 @@ fn token_of(value: &str) -> Option<String> {
 /// The caller of a request: `Open` while the [`AuthGate`] is open, else the token in
 /// `Authorization`.
 fn authenticate(
-    db: &Db,
+    db: &dyn Metadata,
     gate: &AuthGate,
     authorization: Option<&str>,
 ) -> Result<Access, ServerError> {
@@ -455,7 +455,7 @@ fn authenticate(
 
 /// Authenticates and authorizes `need` against the store (blocking: runs SQLite queries).
 fn check(
-    db: &Db,
+    db: &dyn Metadata,
     gate: &AuthGate,
     authorization: Option<&str>,
     need: &Need,
@@ -658,7 +658,7 @@ mod tests {
     #[test]
     fn create_refuses_numeric_or_taken_names_and_empty_patterns() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db")).unwrap();
+        let db = crate::store::sqlite::Db::open(&dir.path().join("db")).unwrap();
         let all = [pat("*")];
         assert!(create_token(&db, Role::Read, &[], None).is_err());
         assert!(create_token(&db, Role::Read, &all, Some("42")).is_err());

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::ServerError;
-use crate::store::sqlite::Db;
+use crate::store::meta::Metadata;
 
 /// Auth's on/off state for one serving process; see the module docs.
 #[derive(Debug)]
@@ -56,7 +56,7 @@ impl AuthGate {
 
     /// Whether this request is served without a token. While open, each call looks for a
     /// token created since (one indexed count); the first one found closes the gate for good.
-    pub fn is_open(&self, db: &Db) -> Result<bool, ServerError> {
+    pub fn is_open(&self, db: &dyn Metadata) -> Result<bool, ServerError> {
         if !self.open.load(Ordering::Acquire) {
             return Ok(false);
         }
@@ -76,7 +76,7 @@ impl AuthGate {
 
     /// Called when a request was refused for its token: if no live token is left, says so once
     /// in the log and returns the advice for the client.
-    pub fn refused(&self, db: &Db) -> Result<Option<&'static str>, ServerError> {
+    pub fn refused(&self, db: &dyn Metadata) -> Result<Option<&'static str>, ServerError> {
         if db.live_token_count()? > 0 {
             return Ok(None);
         }
@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn the_gate_opens_only_by_flag_and_never_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db")).unwrap();
+        let db = crate::store::sqlite::Db::open(&dir.path().join("db")).unwrap();
         assert!(!AuthGate::at_start(false, 0).is_open(&db).unwrap());
 
         let gate = AuthGate::at_start(true, 0);

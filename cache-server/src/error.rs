@@ -150,7 +150,7 @@ pub enum ServerError {
         retry_after_secs: u64,
     },
     #[error("the database failed: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] crate::store::meta::MetaError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -193,6 +193,9 @@ impl ServerError {
             Tls { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "tls_error"),
             Registry { code, .. } => (code.status(), code.as_str()),
             Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Db(e) if e.is_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -248,6 +251,12 @@ impl From<BlobError> for ServerError {
                 source,
             } => ServerError::io(action, location, source),
         }
+    }
+}
+
+impl From<rusqlite::Error> for ServerError {
+    fn from(e: rusqlite::Error) -> Self {
+        ServerError::Db(e.into())
     }
 }
 

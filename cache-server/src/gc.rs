@@ -420,7 +420,7 @@ mod tests {
 
     /// The ids in `images` and the image ids `image_layers` rows name, sorted.
     fn image_rows(s: &Store) -> (Vec<String>, Vec<String>) {
-        let conn = s.db.conn();
+        let conn = s.db.as_sqlite().expect("these tests run on SQLite").conn();
         let ids = |sql: &str| -> Vec<String> {
             conn.prepare(sql)
                 .unwrap()

@@ -31,7 +31,8 @@ use prometheus::{
 use crate::auth::{Access, Role};
 use crate::error::ServerError;
 use crate::routes::AppState;
-use crate::store::sqlite::{Db, counter};
+use crate::store::meta::{MetaResult, Metadata};
+use crate::store::sqlite::counter;
 
 /// Namespaces that get their own `namespace` label on lookup counters.
 pub const TOP_NAMESPACES: usize = 20;
@@ -151,7 +152,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Counts `entries` evicted entries freeing `bytes`: for the size-limit eviction to call after
 /// each eviction pass. Persisted like the other counters, so `/metrics` keeps it across restarts.
-pub fn record_eviction(db: &Db, entries: u64, bytes: u64) -> rusqlite::Result<()> {
+pub fn record_eviction(db: &dyn Metadata, entries: u64, bytes: u64) -> MetaResult<()> {
     db.add_counters(&[
         (counter::EVICTIONS, entries),
         (counter::BYTES_EVICTED, bytes),

@@ -148,7 +148,7 @@ pub async fn load_entry_detail(
         .store
         .blocking(move |s| {
             // A concurrent re-PUT may replace the entry between the two reads: look again.
-            let detail = crate::store::sqlite::retry_replaced(|| {
+            let detail = crate::store::meta::retry_replaced(|| {
                 s.db.find_entry(&ns, &key)?
                     .map(|id| s.db.entry_detail(id))
                     .transpose()

@@ -1,9 +1,10 @@
 //! Storage of a data dir: [`blobs`] (content-addressed blobs behind the `BlobStore` trait: files
-//! in the data dir, or objects in an S3-compatible bucket with `--blob-store s3://…`) and
-//! [`sqlite`] (the index of blobs, images, entries and counters).
+//! in the data dir, or objects in an S3-compatible bucket with `--blob-store s3://…`) and the
+//! index of blobs, images, entries and counters behind the [`meta::Metadata`] trait: [`sqlite`]
+//! in the data dir (the default), or [`postgres`] (`--database postgres://…`).
 //!
 //! Files on disk:
-//! - `layercache.db` (+ `-wal`, `-shm`): the SQLite index.
+//! - `layercache.db` (+ `-wal`, `-shm`): the SQLite index (absent with `--database`).
 //! - `blobs/sha256/<2 hex>/<64 hex>`: layer (uncompressed tar) and image config blobs (in the
 //!   bucket instead, under the same names, with `--blob-store s3://…`).
 //! - `tmp/`: uploads in progress; wiped at start, since nothing there was committed.
@@ -16,6 +17,7 @@
 
 pub mod bench_fill;
 pub mod blobs;
+pub mod meta;
 pub mod permissions;
 pub mod pins;
 pub mod quota;
@@ -28,13 +30,14 @@ use std::sync::Arc;
 
 use crate::error::ServerError;
 use blobs::{BlobLocation, BlobStore};
+use meta::Metadata;
 use pins::Pins;
 use sqlite::Db;
 
 /// The blob store and the index, shared by all requests.
 pub struct Store {
-    /// The SQLite index.
-    pub db: Db,
+    /// The index: SQLite in the data dir, or PostgreSQL (`--database`).
+    pub db: Box<dyn Metadata>,
     /// Blob content.
     pub blobs: Arc<dyn BlobStore>,
     /// Where uploads are staged (checked by tests, wiped at start).
@@ -56,23 +59,35 @@ impl Store {
     /// Like [`Store::open`], with blobs at `blobs` (`--blob-store`). Blocks: an object store is
     /// checked with a request.
     pub fn open_with(data_dir: &Path, blobs: &BlobLocation) -> Result<Store, ServerError> {
+        Self::open_with_index(data_dir, blobs, None)
+    }
+
+    /// Like [`Store::open_with`], with the index in PostgreSQL at `database` (a `postgres://`
+    /// URL, `--database`) instead of SQLite in the data dir, when given.
+    pub fn open_with_index(
+        data_dir: &Path,
+        blobs: &BlobLocation,
+        database: Option<&str>,
+    ) -> Result<Store, ServerError> {
         let tmp_dir = data_dir.join("tmp");
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir)
                 .map_err(|e| ServerError::io("wiping temp dir", &tmp_dir, e))?;
         }
-        Self::assemble(data_dir, tmp_dir, blobs)
+        Self::assemble(data_dir, tmp_dir, blobs, database)
     }
 
-    /// The blob store and database of `data_dir`, with fresh pins.
+    /// The blob store and the index (in `data_dir`, or at `database`) of `data_dir`, with fresh
+    /// pins.
     fn assemble(
         data_dir: &Path,
         tmp_dir: PathBuf,
         blobs: &BlobLocation,
+        database: Option<&str>,
     ) -> Result<Store, ServerError> {
         permissions::secure(data_dir)?;
         let blobs = blobs.open(data_dir, &tmp_dir)?;
-        let db = Db::open(&data_dir.join("layercache.db"))?;
+        let db = open_index(data_dir, database)?;
         let gc_wake: Arc<tokio::sync::Notify> = Arc::default();
         Ok(Store {
             db,
@@ -95,14 +110,23 @@ impl Store {
         data_dir: &Path,
         blobs: &BlobLocation,
     ) -> Result<Store, ServerError> {
-        if !data_dir.join("layercache.db").exists() {
+        Self::open_for_maintenance_with_index(data_dir, blobs, None)
+    }
+
+    /// Like [`Store::open_for_maintenance_with`], with the index at `database` when given.
+    pub fn open_for_maintenance_with_index(
+        data_dir: &Path,
+        blobs: &BlobLocation,
+        database: Option<&str>,
+    ) -> Result<Store, ServerError> {
+        if database.is_none() && !data_dir.join("layercache.db").exists() {
             return Err(ServerError::bad_request(format!(
                 "`{}` holds no layercache.db: pass the data dir the server uses (--data-dir)",
                 data_dir.display()
             )));
         }
         let tmp_dir = data_dir.join("tmp");
-        Self::assemble(data_dir, tmp_dir, blobs)
+        Self::assemble(data_dir, tmp_dir, blobs, database)
     }
 
     /// Writes the hits and misses requests queue (see `sqlite::uses`) as they come, until the
@@ -136,4 +160,20 @@ impl Store {
         let store = Arc::clone(self);
         tokio::task::spawn_blocking(move || f(&store)).await?
     }
+}
+
+/// Opens the index: PostgreSQL at `database` when given (migrated, pool connected), else SQLite's
+/// `layercache.db` in `data_dir`.
+pub fn open_index(
+    data_dir: &Path,
+    database: Option<&str>,
+) -> Result<Box<dyn Metadata>, ServerError> {
+    Ok(match database {
+        Some(_) => {
+            return Err(ServerError::bad_request(
+                "--database: only the embedded SQLite index is built into this server",
+            ));
+        }
+        None => Box::new(Db::open(&data_dir.join("layercache.db")).map_err(meta::MetaError::from)?),
+    })
 }
