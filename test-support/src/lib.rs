@@ -5,7 +5,9 @@
 //! and serves with what was sent. They are built here by hand, independently of
 //! `layercache_shared::archive` (the code under test).
 //!
+//! - [`postgres`]: a real PostgreSQL server per test binary, a fresh database per test.
 //! - [`tarball`]: deterministic [`noise`](tarball::noise), layer tars, image configs and the legacy
 //!   `docker save` layout.
 
+pub mod postgres;
 pub mod tarball;

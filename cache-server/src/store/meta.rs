@@ -38,6 +38,14 @@ pub enum MetaError {
     /// The SQLite index failed (I/O, corruption, a constraint).
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL statement failed on a working connection.
+    #[error("PostgreSQL at {url}: {source}")]
+    Postgres {
+        /// The database URL without its password.
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
     /// No connection to PostgreSQL could be had (down, unreachable, or the pool timed out), or
     /// the connection broke twice in a row: the request may succeed later (503).
     #[error("PostgreSQL at {url} is unavailable: {reason}")]
@@ -87,7 +95,8 @@ pub fn retry_replaced<T>(mut read: impl FnMut() -> MetaResult<T>) -> MetaResult<
 }
 
 /// Declares [`Metadata`] from one list of methods and implements it for SQLite's [`sqlite::Db`]
-/// by calling the inherent method of the same name.
+/// and PostgreSQL's [`super::postgres::PgDb`] by calling each one's inherent method of the same
+/// name (so neither backend can lack a method, nor take other arguments).
 macro_rules! metadata_interface {
     ($(
         $(#[$doc:meta])*
@@ -131,6 +140,22 @@ macro_rules! metadata_interface {
 
             fn as_sqlite(&self) -> Option<&sqlite::Db> {
                 Some(self)
+            }
+        }
+
+        impl Metadata for super::postgres::PgDb {
+            $(
+                fn $name(&self $(, $arg: $ty)*) -> MetaResult<$ret> {
+                    super::postgres::PgDb::$name(self $(, $arg)*)
+                }
+            )*
+
+            fn uses_queued(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+                Box::pin(std::future::pending())
+            }
+
+            fn backend(&self) -> &'static str {
+                "postgres"
             }
         }
 

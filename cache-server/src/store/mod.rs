@@ -17,9 +17,12 @@
 
 pub mod bench_fill;
 pub mod blobs;
+#[cfg(test)]
+mod conformance;
 pub mod meta;
 pub mod permissions;
 pub mod pins;
+pub mod postgres;
 pub mod quota;
 pub mod sqlite;
 pub mod tokens;
@@ -169,11 +172,7 @@ pub fn open_index(
     database: Option<&str>,
 ) -> Result<Box<dyn Metadata>, ServerError> {
     Ok(match database {
-        Some(_) => {
-            return Err(ServerError::bad_request(
-                "--database: only the embedded SQLite index is built into this server",
-            ));
-        }
+        Some(url) => Box::new(postgres::PgDb::open(url)?),
         None => Box::new(Db::open(&data_dir.join("layercache.db")).map_err(meta::MetaError::from)?),
     })
 }

@@ -258,58 +258,12 @@ impl Db {
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("layercache.db")).unwrap();
-        (dir, db)
-    }
-
-    fn pats(p: &[&str]) -> Vec<NamespacePattern> {
-        p.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
     #[test]
     fn last_used_is_rewritten_at_most_once_a_minute() {
         assert!(should_touch(None, 1000));
         assert!(!should_touch(Some(1000), 1000));
         assert!(!should_touch(Some(1000), 1059));
         assert!(should_touch(Some(1000), 1060));
-    }
-
-    #[test]
-    fn tokens_are_found_by_hash_until_revoked() {
-        let (_d, db) = db();
-        assert_eq!(db.live_token_count().unwrap(), 0);
-        let rec = db
-            .insert_token("h1", Some("ci"), Role::Write, &pats(&["acme/*"]))
-            .unwrap();
-        assert_eq!(rec.namespaces, pats(&["acme/*"]));
-        assert_eq!(rec.last_used, None);
-        assert_eq!(db.live_token_count().unwrap(), 1);
-        let used = db.use_token("h1").unwrap().unwrap();
-        assert_eq!(used.id, rec.id);
-        assert!(db.list_tokens().unwrap()[0].last_used.is_some());
-        assert!(db.use_token("nope").unwrap().is_none());
-
-        // A second live token may not take the same name.
-        assert!(db.insert_token("h2", Some("ci"), Role::Read, &[]).is_err());
-
-        let revoked = db
-            .revoke_token(&TokenSelector::Name("ci".into()))
-            .unwrap()
-            .unwrap();
-        assert!(revoked.revoked.is_some());
-        assert!(db.use_token("h1").unwrap().is_none());
-        assert_eq!(db.live_token_count().unwrap(), 0);
-        // Revoking again finds nothing; the name is free again.
-        assert!(
-            db.revoke_token(&TokenSelector::Id(rec.id))
-                .unwrap()
-                .is_none()
-        );
-        db.insert_token("h3", Some("ci"), Role::Read, &pats(&["*"]))
-            .unwrap();
-        assert_eq!(db.list_tokens().unwrap().len(), 2);
     }
 
     #[test]
