@@ -85,19 +85,23 @@ async fn serve_on(
     let blob_store = settings.blob_store.clone();
     let policy = gc::policy_of(&settings);
     let grace_secs = settings.upload_grace.as_secs();
-    let store = tokio::task::spawn_blocking(move || {
-        let store = Store::open_with(&data_dir, &blob_store)?;
+    let database = settings.database.clone();
+    let (store, live_tokens) = tokio::task::spawn_blocking(move || {
+        let store = Store::open_with_index(&data_dir, &blob_store, database.as_deref())?;
         // Nothing is in flight yet: files a crash left without a row can go at once.
         let sweep = gc::Sweep {
             grace_secs,
             orphans: Some(0),
         };
         gc::collect(&store, &policy, sweep, store::sqlite::now())?;
-        Ok::<_, ServerError>(store)
+        // Here, not on the runtime: PostgreSQL's client blocks.
+        let live_tokens = store.db.live_token_count()?;
+        Ok::<_, ServerError>((store, live_tokens))
     })
     .await??;
+    tracing::info!(index = store.db.backend(), "index open");
     store.quota.set_max_size(settings.max_size);
-    let gate = auth_gate::AuthGate::at_start(settings.open, store.db.live_token_count()?);
+    let gate = auth_gate::AuthGate::at_start(settings.open, live_tokens);
     let state = AppState {
         auth: Arc::new(gate),
         store: Arc::new(store),

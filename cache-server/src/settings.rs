@@ -14,6 +14,9 @@ pub struct Settings {
     /// Where blobs live (`--blob-store`): `blobs/` in the data dir (the default), or an
     /// S3-compatible bucket configured from the `AWS_*` environment.
     pub blob_store: crate::store::blobs::BlobLocation,
+    /// `--database postgres://…`: the index in PostgreSQL instead of `layercache.db` in the data
+    /// dir (which then holds only blobs and temp files). `None`: the embedded SQLite index.
+    pub database: Option<String>,
     /// Request bodies of image and blob PUTs larger than this are refused with 413, so one client
     /// cannot fill the disk with a single runaway upload.
     pub max_upload_bytes: u64,
@@ -87,6 +90,7 @@ impl Settings {
         Settings {
             data_dir: data_dir.into(),
             blob_store: Default::default(),
+            database: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_size: None,
             ttl_days: None,

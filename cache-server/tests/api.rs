@@ -1,6 +1,8 @@
 //! The server in-process on `127.0.0.1:0` with a temp data dir, driven over HTTP with reqwest,
 //! using small legacy `docker save` tarballs from `layercache_test_support::tarball`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -53,8 +55,10 @@ impl TestServer {
     }
 
     /// Starts a server with `settings` (its data dir inside `tmp`).
-    async fn start_with(tmp: tempfile::TempDir, settings: Settings) -> TestServer {
+    async fn start_with(tmp: tempfile::TempDir, mut settings: Settings) -> TestServer {
         let data_dir = settings.data_dir.clone();
+        // SQLite in the data dir, or a PostgreSQL database (`LAYERCACHE_TEST_BACKEND`).
+        settings.database = common::database_for(&data_dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -12,7 +12,6 @@ use layercache_server::auth::Role;
 use layercache_server::gc::{self, Sweep};
 use layercache_server::lru::Policy;
 use layercache_server::store::Store;
-use layercache_server::store::sqlite::Db;
 use layercache_shared::Digest;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -483,8 +482,8 @@ async fn bad_input_gets_the_spec_error_and_stores_nothing() {
     // which is unreferenced and goes with the grace period).
     let stored: Vec<PathBuf> = walk(&s.data_dir.join("blobs"));
     assert!(stored.len() <= 1, "{stored:?}");
-    let db = Db::open(&s.data_dir.join("layercache.db")).unwrap();
-    assert_eq!(db.registry_counts().unwrap(), (0, 0));
+    let counts = common::with_index(&s.data_dir, |db| db.registry_counts().unwrap());
+    assert_eq!(counts, (0, 0));
     assert_eq!(files_in(&s.data_dir.join("tmp")), 0);
 }
 
@@ -632,50 +631,59 @@ async fn a_replaced_cache_manifest_and_the_blobs_only_it_used_are_collected() {
         .unwrap();
     assert!(metrics.contains("layercache_registry_tags 2"), "{metrics}");
 
-    // A collection past the grace period.
-    let store = Store::open_for_maintenance(&s.data_dir).unwrap();
-    let sweep = Sweep {
-        grace_secs: 0,
-        orphans: None,
-    };
-    let now = layercache_server::store::sqlite::now() + 1;
-    let report = gc::collect(&store, &Policy::default(), sweep, now).unwrap();
-    assert_eq!(report.manifests_deleted, 1, "{report:?}");
-    // The old manifest's bytes and its own layer went; what the new one uses stays.
-    assert_eq!(report.blobs_deleted, 2, "{report:?}");
-    let gone = store
-        .db
-        .blob_sizes(&[Digest::of(stale), Digest::of(&old)])
+    // A collection past the grace period, on this thread taken off the runtime (the store's
+    // calls block, and PostgreSQL's client refuses to run inside a runtime).
+    tokio::task::block_in_place(|| {
+        let database = common::database_for(&s.data_dir);
+        let store = Store::open_for_maintenance_with_index(
+            &s.data_dir,
+            &layercache_server::store::blobs::BlobLocation::DataDir,
+            database.as_deref(),
+        )
         .unwrap();
-    assert!(gone.is_empty(), "{gone:?}");
-    let kept = [config, base, fresh, &new, other, &other_m].map(Digest::of);
-    assert_eq!(store.db.blob_sizes(&kept).unwrap().len(), kept.len());
+        let sweep = Sweep {
+            grace_secs: 0,
+            orphans: None,
+        };
+        let now = layercache_server::store::sqlite::now() + 1;
+        let report = gc::collect(&store, &Policy::default(), sweep, now).unwrap();
+        assert_eq!(report.manifests_deleted, 1, "{report:?}");
+        // The old manifest's bytes and its own layer went; what the new one uses stays.
+        assert_eq!(report.blobs_deleted, 2, "{report:?}");
+        let gone = store
+            .db
+            .blob_sizes(&[Digest::of(stale), Digest::of(&old)])
+            .unwrap();
+        assert!(gone.is_empty(), "{gone:?}");
+        let kept = [config, base, fresh, &new, other, &other_m].map(Digest::of);
+        assert_eq!(store.db.blob_sizes(&kept).unwrap().len(), kept.len());
 
-    // With a quota, the least recently used tag goes, and with it what only it held.
-    store
-        .db
-        .resolve_tag("acme/cache", "buildcache")
-        .unwrap()
-        .unwrap();
-    let policy = Policy {
-        max_size: Some(store.db.stored_bytes().unwrap() - 1),
-        ttl_secs: None,
-    };
-    let report = gc::collect(&store, &policy, sweep, now + 10).unwrap();
-    assert_eq!(report.entries_evicted, 1, "{report:?}");
-    assert!(
+        // With a quota, the least recently used tag goes, and with it what only it held.
         store
             .db
             .resolve_tag("acme/cache", "buildcache")
             .unwrap()
-            .is_some()
-    );
-    assert!(store.db.resolve_tag("acme/other", "v1").unwrap().is_none());
-    assert!(
-        store
-            .db
-            .blob_sizes(&[Digest::of(other)])
-            .unwrap()
-            .is_empty()
-    );
+            .unwrap();
+        let policy = Policy {
+            max_size: Some(store.db.stored_bytes().unwrap() - 1),
+            ttl_secs: None,
+        };
+        let report = gc::collect(&store, &policy, sweep, now + 10).unwrap();
+        assert_eq!(report.entries_evicted, 1, "{report:?}");
+        assert!(
+            store
+                .db
+                .resolve_tag("acme/cache", "buildcache")
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.db.resolve_tag("acme/other", "v1").unwrap().is_none());
+        assert!(
+            store
+                .db
+                .blob_sizes(&[Digest::of(other)])
+                .unwrap()
+                .is_empty()
+        );
+    });
 }

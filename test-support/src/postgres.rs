@@ -45,10 +45,16 @@ static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 /// This binary's server, started on first call. Panics with the reason (and [`INSTALL_HINT`]
 /// when PostgreSQL is missing).
 pub fn server() -> &'static PgServer {
-    match SERVER.get_or_init(start) {
+    match SERVER.get_or_init(|| off_runtime(start)) {
         Ok(server) => server,
         Err(e) => panic!("starting PostgreSQL failed: {e}"),
     }
+}
+
+/// Runs `f` on a thread of its own: the synchronous PostgreSQL client runs a runtime of its own,
+/// which tokio refuses inside an async test's runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("PostgreSQL setup panicked"))
 }
 
 /// A new empty database named after `test` on this binary's server; returns its URL.
@@ -225,8 +231,10 @@ impl PgServer {
 
     /// Runs `sql` on the `postgres` database (creating databases, terminating connections).
     pub fn admin(&self, sql: &str) -> Result<(), postgres::Error> {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
-        c.batch_execute(sql)
+        off_runtime(|| {
+            let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
+            c.batch_execute(sql)
+        })
     }
 
     /// A new empty database named after `test` (made a valid, unique identifier); its URL.

@@ -19,6 +19,8 @@ use layercache_server::settings::{
 };
 use layercache_server::store::Store;
 use layercache_server::store::blobs::BlobLocation;
+use layercache_server::store::meta::Metadata;
+use layercache_server::store::postgres::PgDb;
 use layercache_server::store::sqlite::Db;
 use layercache_server::store::tokens::TokenSelector;
 use layercache_server::{Settings, serve, serve_tls, tls};
@@ -76,6 +78,8 @@ struct ServeArgs {
     /// upload temp files stay in the data dir.
     #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
     blob_store: BlobLocation,
+    #[command(flatten)]
+    database: DatabaseArg,
     /// Largest accepted upload body, in bytes (default 64 GiB).
     #[arg(long, env = "LAYERCACHE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -148,6 +152,8 @@ enum TokenCommand {
         /// The data dir the server uses.
         #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// read: restore; write: restore and push; admin: everything, including DELETE.
         #[arg(long)]
         role: String,
@@ -164,15 +170,29 @@ enum TokenCommand {
         /// The data dir the server uses.
         #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        database: DatabaseArg,
     },
     /// Revoke a token by name or id; it is refused from the next request on.
     Revoke {
         /// The data dir the server uses.
         #[arg(long, env = "LAYERCACHE_DATA_DIR", default_value = "./layercache-data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// Token name, or id as `token list` shows it.
         token: String,
     },
+}
+
+/// Where the index lives, shared by `serve`, `token`, `gc` and `verify`.
+#[derive(Debug, Clone, clap::Args)]
+struct DatabaseArg {
+    /// Keep the index (entries, layers, tags, tokens, counters, history) in PostgreSQL at this
+    /// URL, e.g. `postgres://cache:PASSWORD@db.internal/layercache`, instead of SQLite in the
+    /// data dir. Blobs stay in the data dir. The schema is created or migrated at start.
+    #[arg(long, env = "LAYERCACHE_DATABASE", hide_env_values = true)]
+    database: Option<String>,
 }
 
 /// The eviction policy, shared by `serve` and `gc`.
@@ -205,6 +225,8 @@ struct GcArgs {
     #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
     blob_store: BlobLocation,
     #[command(flatten)]
+    database: DatabaseArg,
+    #[command(flatten)]
     policy: PolicyArgs,
 }
 
@@ -221,6 +243,8 @@ struct VerifyArgs {
     /// upload temp files stay in the data dir.
     #[arg(long, env = "LAYERCACHE_BLOB_STORE", default_value = "dir")]
     blob_store: BlobLocation,
+    #[command(flatten)]
+    database: DatabaseArg,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -304,6 +328,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.limits.max_connections,
         shutdown_timeout: secs(args.limits.shutdown_timeout_secs),
         blob_store: args.blob_store.clone().with_env(),
+        database: args.database.database.clone(),
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {
@@ -322,11 +347,18 @@ fn secs(n: u64) -> std::time::Duration {
     std::time::Duration::from_secs(n)
 }
 
-fn open_db(data_dir: &Path) -> anyhow::Result<Db> {
+/// The index the server uses: PostgreSQL at `--database`, else SQLite in the data dir.
+fn open_db(data_dir: &Path, database: &DatabaseArg) -> anyhow::Result<Box<dyn Metadata>> {
+    if let Some(url) = &database.database {
+        // The error names the URL without its password.
+        return Ok(Box::new(PgDb::open(url)?));
+    }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("failed to create data dir `{}`", data_dir.display()))?;
     let path = data_dir.join("layercache.db");
-    Db::open(&path).with_context(|| format!("failed to open `{}`", path.display()))
+    Ok(Box::new(Db::open(&path).with_context(|| {
+        format!("failed to open `{}`", path.display())
+    })?))
 }
 
 /// `secs` since the epoch as UTC RFC 3339, `YYYY-MM-DDTHH:MM:SSZ`.
@@ -344,6 +376,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
             data_dir,
+            database,
             role,
             namespaces,
             name,
@@ -353,8 +386,8 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| p.parse())
                 .collect::<Result<Vec<NamespacePattern>, _>>()?;
-            let db = open_db(&data_dir)?;
-            let (token, rec) = create_token(&db, role, &patterns, name.as_deref())?;
+            let db = open_db(&data_dir, &database)?;
+            let (token, rec) = create_token(&*db, role, &patterns, name.as_deref())?;
             println!("{token}");
             eprintln!(
                 "created token #{} ({role}, namespaces {}): store it now, it is not shown again",
@@ -362,8 +395,8 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 namespaces.join(", ")
             );
         }
-        TokenCommand::List { data_dir } => {
-            let db = open_db(&data_dir)?;
+        TokenCommand::List { data_dir, database } => {
+            let db = open_db(&data_dir, &database)?;
             println!("ID\tNAME\tROLE\tNAMESPACES\tCREATED\tLAST_USED\tREVOKED");
             for t in db.list_tokens()? {
                 let pats: Vec<&str> = t.namespaces.iter().map(|p| p.as_str()).collect();
@@ -379,8 +412,12 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        TokenCommand::Revoke { data_dir, token } => {
-            let db = open_db(&data_dir)?;
+        TokenCommand::Revoke {
+            data_dir,
+            database,
+            token,
+        } => {
+            let db = open_db(&data_dir, &database)?;
             match db.revoke_token(&TokenSelector::parse(&token))? {
                 Some(rec) => println!(
                     "revoked token #{} {}",
@@ -389,7 +426,10 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 ),
                 None => anyhow::bail!(
                     "no live token `{token}` in `{}`: see `layercache-server token list`",
-                    data_dir.display()
+                    match &database.database {
+                        Some(url) => layercache_server::store::postgres::redacted(url),
+                        None => data_dir.display().to_string(),
+                    }
                 ),
             }
         }
@@ -399,9 +439,12 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 /// `gc`: one collection, reported on stdout.
 fn run_gc(args: GcArgs) -> anyhow::Result<()> {
-    let store =
-        Store::open_for_maintenance_with(&args.data_dir, &args.blob_store.clone().with_env())
-            .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
+    let store = Store::open_for_maintenance_with_index(
+        &args.data_dir,
+        &args.blob_store.clone().with_env(),
+        args.database.database.as_deref(),
+    )
+    .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
     let policy = Policy {
         max_size: args.policy.max_size,
         ttl_secs: args.policy.ttl_days.map(|d| d.saturating_mul(gc::DAY_SECS)),
@@ -433,9 +476,12 @@ fn run_gc(args: GcArgs) -> anyhow::Result<()> {
 
 /// `verify`: re-hash every blob; fails (exit 1) when anything was corrupt or missing.
 fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let store =
-        Store::open_for_maintenance_with(&args.data_dir, &args.blob_store.clone().with_env())
-            .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
+    let store = Store::open_for_maintenance_with_index(
+        &args.data_dir,
+        &args.blob_store.clone().with_env(),
+        args.database.database.as_deref(),
+    )
+    .with_context(|| format!("failed to open data dir `{}`", args.data_dir.display()))?;
     let r = gc::verify(&store)
         .with_context(|| format!("verifying `{}` failed", args.data_dir.display()))?;
     for d in &r.corrupt {

@@ -55,8 +55,8 @@ pub const WRITE_LOCK: i64 = 0x6c63_7772;
 
 /// The PostgreSQL index.
 pub struct PgDb {
-    /// Connections to the database.
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    /// Connections to the database; taken only by `drop` (see there).
+    pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
     /// The database URL without its password, for errors and logs.
     url: String,
 }
@@ -150,7 +150,10 @@ impl PgDb {
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
-        let db = PgDb { pool, url: shown };
+        let db = PgDb {
+            pool: Some(pool),
+            url: shown,
+        };
         db.run(migrations::migrate)?;
         Ok(db)
     }
@@ -176,7 +179,11 @@ impl PgDb {
     }
 
     fn client(&self) -> MetaResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        self.pool.get().map_err(|e| MetaError::Unavailable {
+        let pool = self
+            .pool
+            .as_ref()
+            .expect("the pool lives until the index is dropped");
+        pool.get().map_err(|e| MetaError::Unavailable {
             url: self.url.clone(),
             reason: e.to_string(),
         })
@@ -312,6 +319,19 @@ impl PgDb {
                 manifests: count(tx, "SELECT COUNT(*) FROM manifests")?,
             })
         })
+    }
+}
+
+impl Drop for PgDb {
+    /// Closes the connections on a thread of its own: closing one blocks on the client's own
+    /// runtime, which tokio refuses on an async worker (where the server's last `Arc<Store>`
+    /// may be dropped at shutdown).
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            std::thread::scope(|s| {
+                s.spawn(move || drop(pool));
+            });
+        }
     }
 }
 

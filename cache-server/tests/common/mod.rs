@@ -1,15 +1,64 @@
 //! What the in-process test binaries share: a server on a free port with its own data dir, and
 //! tokens made straight in its database.
+//!
+//! The index backend is a parameter: with `LAYERCACHE_TEST_BACKEND=postgres` every server gets a
+//! fresh database on a real PostgreSQL started for the test binary
+//! (`layercache_test_support::postgres`) instead of SQLite in its data dir, so the same tests
+//! run against both (`scripts/test.sh` runs them twice).
 
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use layercache_server::auth::{NamespacePattern, Role, create_token};
-use layercache_server::store::sqlite::Db;
+use layercache_server::store::meta::Metadata;
+use layercache_server::store::open_index;
 use layercache_server::{Settings, serve};
 use tokio::sync::oneshot;
+
+/// The database URL of each data dir whose server runs on PostgreSQL.
+static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+
+/// Whether this run puts servers on PostgreSQL (`LAYERCACHE_TEST_BACKEND=postgres`); any other
+/// value than `sqlite` (the default) or `postgres` is a mistake worth failing on.
+pub fn on_postgres() -> bool {
+    match std::env::var("LAYERCACHE_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("LAYERCACHE_TEST_BACKEND={other}: use sqlite or postgres"),
+    }
+}
+
+/// The `--database` of a server on `data_dir`: a fresh database when running on PostgreSQL
+/// (made on first ask, then the same one), `None` on SQLite.
+pub fn database_for(data_dir: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let mut map = DATABASES.lock().unwrap();
+    let map = map.get_or_insert_with(HashMap::new);
+    Some(
+        map.entry(data_dir.to_path_buf())
+            .or_insert_with(|| layercache_test_support::postgres::fresh_database("server"))
+            .clone(),
+    )
+}
+
+/// Runs `f` on the index of the server on `data_dir` (SQLite in it, or its PostgreSQL
+/// database), on a thread of its own: PostgreSQL's synchronous client may not run inside an async
+/// test's runtime (the server itself only queries on blocking threads).
+pub fn with_index<T: Send>(data_dir: &Path, f: impl FnOnce(&dyn Metadata) -> T + Send) -> T {
+    let database = database_for(data_dir);
+    std::thread::scope(|s| {
+        s.spawn(|| f(&*open_index(data_dir, database.as_deref()).unwrap()))
+            .join()
+            .unwrap()
+    })
+}
 
 /// A server on a free port; stops when dropped.
 pub struct Server {
@@ -43,6 +92,7 @@ pub async fn start_in(
     // Open unless the test creates tokens (which turn auth on) or configures otherwise.
     let mut settings = Settings {
         open: true,
+        database: database_for(&data_dir),
         ..Settings::new(&data_dir)
     };
     configure(&mut settings);
@@ -74,9 +124,10 @@ pub async fn start_in(
 
 /// Creates a token in `data_dir`'s database; returns it.
 pub fn token(data_dir: &Path, role: Role, patterns: &[&str], name: &str) -> String {
-    let db = Db::open(&data_dir.join("layercache.db")).unwrap();
     let patterns: Vec<NamespacePattern> = patterns.iter().map(|p| p.parse().unwrap()).collect();
-    create_token(&db, role, &patterns, Some(name)).unwrap().0
+    with_index(data_dir, |db| {
+        create_token(db, role, &patterns, Some(name)).unwrap().0
+    })
 }
 
 /// The real `layercache-server` binary (`--open`, a free port) with `args`, started from the
