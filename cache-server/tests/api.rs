@@ -83,6 +83,7 @@ impl TestServer {
             if let Ok(r) = server.client.get(server.at("/healthz")).send().await
                 && r.status().is_success()
             {
+                common::assert_backend(&server.data_dir);
                 return server;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -1,11 +1,12 @@
 //! Access control end to end: the server in-process with tokens in its data dir, driven over HTTP
 //! (and HTTPS) with reqwest; the token CLI through the real `layercache-server` binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use layercache_server::auth::{NamespacePattern, Role, create_token};
-use layercache_server::store::sqlite::Db;
 use layercache_server::store::tokens::TokenSelector;
 use layercache_server::{Settings, serve, serve_tls, tls};
 use layercache_shared::Digest;
@@ -37,6 +38,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
             open,
+            database: common::database_for(data_dir),
             ..Settings::new(data_dir)
         };
         tokio::spawn(async move {
@@ -95,9 +97,10 @@ fn image(content: &[u8]) -> (Vec<u8>, Digest, Digest) {
 }
 
 fn token(data_dir: &Path, role: Role, patterns: &[&str], name: &str) -> String {
-    let db = Db::open(&data_dir.join("layercache.db")).unwrap();
     let patterns: Vec<NamespacePattern> = patterns.iter().map(|p| p.parse().unwrap()).collect();
-    create_token(&db, role, &patterns, Some(name)).unwrap().0
+    common::with_index(data_dir, |db| {
+        create_token(db, role, &patterns, Some(name)).unwrap().0
+    })
 }
 
 fn data_dir() -> (tempfile::TempDir, PathBuf) {
@@ -489,10 +492,11 @@ async fn a_revoked_token_is_refused_at_once_and_revoking_the_last_keeps_the_serv
 
     // A second live token keeps auth on while the first is revoked.
     let other = token(&dir, Role::Read, &["*"], "other");
-    let db = Db::open(&dir.join("layercache.db")).unwrap();
-    db.revoke_token(&TokenSelector::Name("ci".into()))
-        .unwrap()
-        .unwrap();
+    common::with_index(&dir, |db| {
+        db.revoke_token(&TokenSelector::Name("ci".into()))
+            .unwrap()
+            .unwrap()
+    });
     let (status, code) = code_of(get().await.unwrap()).await;
     assert_eq!(
         (status, code.as_str()),
@@ -504,14 +508,16 @@ async fn a_revoked_token_is_refused_at_once_and_revoking_the_last_keeps_the_serv
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let listed = db.list_tokens().unwrap();
+    let listed = common::with_index(&dir, |db| db.list_tokens().unwrap());
     assert!(listed[0].revoked.is_some() && listed[1].last_used.is_some());
 
     // With no live token left the server stays closed (it was started with `--open`, too):
     // every caller, anonymous or not, is refused and told why.
-    db.revoke_token(&TokenSelector::Name("other".into()))
-        .unwrap()
-        .unwrap();
+    common::with_index(&dir, |db| {
+        db.revoke_token(&TokenSelector::Name("other".into()))
+            .unwrap()
+            .unwrap()
+    });
     for (method, path) in [
         (Method::GET, "/v1/stats"),
         (Method::PUT, "/v1/images/acme%2Fweb/k"),
@@ -567,8 +573,13 @@ async fn without_open_a_tokenless_server_is_closed_and_the_first_token_opens_it_
 fn token_cli_creates_lists_and_revokes() {
     let (_tmp, dir) = data_dir();
     let bin = env!("CARGO_BIN_EXE_layercache-server");
+    let database = common::database_for(&dir);
     let run = |args: &[&str]| {
-        let out = Command::new(bin).args(args).output().unwrap();
+        let mut cmd = Command::new(bin);
+        if let Some(url) = &database {
+            cmd.env("LAYERCACHE_DATABASE", url);
+        }
+        let out = cmd.args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -598,9 +609,24 @@ fn token_cli_creates_lists_and_revokes() {
     assert!(ok, "{err}");
     assert!(list.contains("ci-main\twrite\tacme/*,tools\t"), "{list}");
     assert!(!list.contains(&tok), "token list shows the token");
-    let db = std::fs::read(dir.join("layercache.db")).unwrap();
+    let stored = match &database {
+        // Every column of every token row, as text.
+        Some(url) => std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                let rows = c.query("SELECT t::TEXT FROM tokens t", &[]).unwrap();
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<String>()
+            })
+            .join()
+            .unwrap()
+            .into_bytes()
+        }),
+        None => std::fs::read(dir.join("layercache.db")).unwrap(),
+    };
     assert!(
-        !db.windows(tok.len()).any(|w| w == tok.as_bytes()),
+        !stored.windows(tok.len()).any(|w| w == tok.as_bytes()),
         "the token is stored in clear"
     );
 
@@ -656,7 +682,10 @@ async fn tls_round_trip_with_a_self_signed_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let settings = Settings::new(&dir);
+    let settings = Settings {
+        database: common::database_for(&dir),
+        ..Settings::new(&dir)
+    };
     tokio::spawn(async move {
         serve_tls(listener, settings, config, async {
             let _ = rx.await;
@@ -730,7 +759,12 @@ async fn binary_warns_when_open_and_serves_https_with_tls_flags() {
 
     /// Starts the binary; returns it with the address it printed.
     fn start(args: &[&str]) -> (Child, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_layercache-server"));
+        let dir = args.iter().skip_while(|a| **a != "--data-dir").nth(1);
+        if let Some(url) = dir.and_then(|d| common::database_for(Path::new(d))) {
+            cmd.env("LAYERCACHE_DATABASE", url);
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

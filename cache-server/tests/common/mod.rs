@@ -48,6 +48,17 @@ pub fn database_for(data_dir: &Path) -> Option<String> {
     )
 }
 
+/// Fails unless the server on `data_dir` runs on the backend this run asked for: a run on
+/// PostgreSQL that quietly used SQLite would prove nothing.
+pub fn assert_backend(data_dir: &Path) {
+    assert_eq!(
+        data_dir.join("layercache.db").exists(),
+        !on_postgres(),
+        "the server on `{}` does not run on the backend LAYERCACHE_TEST_BACKEND asks for",
+        data_dir.display()
+    );
+}
+
 /// Runs `f` on the index of the server on `data_dir` (SQLite in it, or its PostgreSQL
 /// database), on a thread of its own: PostgreSQL's synchronous client may not run inside an async
 /// test's runtime (the server itself only queries on blocking threads).
@@ -113,6 +124,7 @@ pub async fn start_in(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_backend(&data_dir);
     Server {
         url,
         data_dir,
