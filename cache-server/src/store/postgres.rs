@@ -7,7 +7,9 @@
 //! - Reconnects: a statement that fails because its connection broke (the server restarted, a
 //!   network cut) is run once more on a fresh connection; should that fail too, or no connection
 //!   be had within [`CONNECT_TIMEOUT`], the call fails with [`MetaError::Unavailable`] (503)
-//!   naming the database URL without its password.
+//!   naming the database URL without its password. A write whose connection broke after its
+//!   `COMMIT` was sent but before the answer came may so be applied twice: harmless for commits,
+//!   deletes and evictions (they replace or re-check), a hit or counter counted twice at worst.
 //! - Writes: each write is one transaction that first takes one transaction-scoped advisory lock
 //!   ([`WRITE_LOCK`]), so writes from every replica are serialised exactly as SQLite's single
 //!   writer serialises them, and every SQLite invariant carries over unchanged (an entry is

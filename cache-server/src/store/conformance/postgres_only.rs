@@ -78,3 +78,32 @@ fn a_second_server_on_the_same_database_sees_the_first_ones_writes() {
     assert!(one.manifest(id).unwrap_err().is_no_row());
     assert_eq!(one.backend(), "postgres");
 }
+
+/// A database that accepts no connection while serving: calls fail with `Unavailable` (answered
+/// 503 `database_unavailable`, naming the URL) instead of hanging, and work again once it is
+/// back, without a restart of the server.
+#[test]
+fn a_database_that_refuses_connections_is_a_503_until_it_is_back() {
+    let url = pg::fresh_database("a_database_that_refuses_connections");
+    let db = PgDb::open(&url).unwrap();
+    let id = db.commit_entry(&entry("a", "k", &["l1"], &[])).unwrap();
+    let database = url.rsplit('/').next().unwrap();
+    pg::server()
+        .admin(&format!(
+            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{database}' AND pid <> pg_backend_pid();"
+        ))
+        .unwrap();
+    let e = db.manifest(id).unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(e.to_string().contains(database), "{e}");
+    let (status, code) = crate::error::ServerError::from(e).status_and_code();
+    assert_eq!((status.as_u16(), code), (503, "database_unavailable"));
+    pg::server()
+        .admin(&format!(
+            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+        ))
+        .unwrap();
+    assert_eq!(db.manifest(id).unwrap().images.len(), 1);
+}
