@@ -3,7 +3,8 @@
 #
 # Installs what the tests need (Docker Engine 20.10 from Debian's docker.io, Engine 26.1 unpacked from
 # Debian trixie's packages by scripts/install-engine26.sh, busybox-static for images built FROM scratch,
-# docker-registry and skopeo for the registry tests), checks that a private Docker engine starts here,
+# docker-registry and skopeo for the registry tests, PostgreSQL for the index's second backend, Garage
+# for the S3 blob store), checks that a private Docker engine starts here,
 # then runs every test of the workspace.
 # The end-to-end tests start their own private engines (own data root, exec root and socket), so tests
 # that wipe an engine never disturb one another, and nothing touches a system-wide Docker.
@@ -22,6 +23,8 @@ command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
 # The `layercache steps` push test logs in to a registry with htpasswd auth.
 command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
+# The PostgreSQL index's tests start their own server from Debian's binaries.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -80,6 +83,10 @@ out="$state/cargo-test.log"
 set +e
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
+log "the server tests once more with the index in PostgreSQL (the store's unit tests run both already)"
+LAYERCACHE_TEST_BACKEND=postgres cargo test -p layercache-server --locked --no-fail-fast \
+  --test api --test registry --test auth --test dashboard -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee -a "$out"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line over every test binary (cargo's last line is a doc-test run that may hold none),
 # printed last, after the fuzzing.

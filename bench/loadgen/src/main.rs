@@ -204,7 +204,7 @@ async fn one_round(
         .lock()
         .unwrap()
         .put(img.unique_layer.len() as u64, t0.elapsed());
-    if status == 404 || round % 4 == 0 {
+    if status == 404 || round.is_multiple_of(4) {
         let t0 = Instant::now();
         let r = http
             .put(format!("{base}/v1/images/{ns}/{}", img.key))
