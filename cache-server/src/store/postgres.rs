@@ -34,7 +34,6 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::meta::{MetaError, MetaResult};
-use super::sqlite::counter;
 
 mod blobs;
 mod entries;
@@ -294,32 +293,13 @@ impl PgDb {
             for row in tx.query("SELECT name, value FROM counters", &[])? {
                 counters.insert(row.try_get::<_, String>(0)?, u64_at(&row, 1)?);
             }
-            let c = |name: &str| counters.get(name).copied().unwrap_or(0);
             let t = totals(tx)?;
             let count = |tx: &mut Transaction<'_>, sql: &str| -> R<u64> {
                 Ok(tx.query_one(sql, &[])?.try_get::<_, i64>(0)?.max(0) as u64)
             };
-            Ok(Stats {
-                hits: c(counter::HITS),
-                misses: c(counter::MISSES),
-                hits_exact: c(counter::HITS_EXACT),
-                hits_fallback: c(counter::HITS_FALLBACK),
-                hits_prefix: c(counter::HITS_PREFIX),
-                entries: t.entries,
-                blobs: t.blobs,
-                stored_bytes: t.blob_bytes,
-                bytes_served: c(counter::BYTES_SERVED),
-                bytes_received: c(counter::BYTES_RECEIVED),
-                bytes_deduplicated: c(counter::BYTES_DEDUPLICATED),
-                uploads_failed: c(counter::UPLOADS_FAILED),
-                evicted_entries: c(counter::EVICTED_ENTRIES),
-                evicted_bytes: c(counter::EVICTED_BYTES),
-                collected_blobs: c(counter::COLLECTED_BLOBS),
-                quarantined_blobs: c(counter::QUARANTINED_BLOBS),
-                max_size: None,
-                tags: count(tx, "SELECT COUNT(*) FROM tags")?,
-                manifests: count(tx, "SELECT COUNT(*) FROM manifests")?,
-            })
+            let tags = count(tx, "SELECT COUNT(*) FROM tags")?;
+            let manifests = count(tx, "SELECT COUNT(*) FROM manifests")?;
+            Ok(super::sqlite::stats_of(&counters, t, tags, manifests))
         })
     }
 }

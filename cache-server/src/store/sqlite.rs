@@ -235,29 +235,42 @@ impl Db {
             let (k, v) = row?;
             counters.insert(k, v);
         }
-        let c = |name: &str| counters.get(name).copied().unwrap_or(0);
         let t = totals(&conn)?;
-        Ok(Stats {
-            hits: c(counter::HITS),
-            misses: c(counter::MISSES),
-            hits_exact: c(counter::HITS_EXACT),
-            hits_fallback: c(counter::HITS_FALLBACK),
-            hits_prefix: c(counter::HITS_PREFIX),
-            entries: t.entries,
-            blobs: t.blobs,
-            stored_bytes: t.blob_bytes,
-            bytes_served: c(counter::BYTES_SERVED),
-            bytes_received: c(counter::BYTES_RECEIVED),
-            bytes_deduplicated: c(counter::BYTES_DEDUPLICATED),
-            uploads_failed: c(counter::UPLOADS_FAILED),
-            evicted_entries: c(counter::EVICTED_ENTRIES),
-            evicted_bytes: c(counter::EVICTED_BYTES),
-            collected_blobs: c(counter::COLLECTED_BLOBS),
-            quarantined_blobs: c(counter::QUARANTINED_BLOBS),
-            max_size: None,
-            tags: conn.query_row("SELECT COUNT(*) FROM tags", [], |r| u64_at(r, 0))?,
-            manifests: conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| u64_at(r, 0))?,
-        })
+        let tags = conn.query_row("SELECT COUNT(*) FROM tags", [], |r| u64_at(r, 0))?;
+        let manifests = conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| u64_at(r, 0))?;
+        Ok(stats_of(&counters, t, tags, manifests))
+    }
+}
+
+/// The server-wide statistics from the `counters` rows, the maintained totals and the registry's
+/// row counts: one assembly for both index backends.
+pub(crate) fn stats_of(
+    counters: &HashMap<String, u64>,
+    t: Totals,
+    tags: u64,
+    manifests: u64,
+) -> Stats {
+    let c = |name: &str| counters.get(name).copied().unwrap_or(0);
+    Stats {
+        hits: c(counter::HITS),
+        misses: c(counter::MISSES),
+        hits_exact: c(counter::HITS_EXACT),
+        hits_fallback: c(counter::HITS_FALLBACK),
+        hits_prefix: c(counter::HITS_PREFIX),
+        entries: t.entries,
+        blobs: t.blobs,
+        stored_bytes: t.blob_bytes,
+        bytes_served: c(counter::BYTES_SERVED),
+        bytes_received: c(counter::BYTES_RECEIVED),
+        bytes_deduplicated: c(counter::BYTES_DEDUPLICATED),
+        uploads_failed: c(counter::UPLOADS_FAILED),
+        evicted_entries: c(counter::EVICTED_ENTRIES),
+        evicted_bytes: c(counter::EVICTED_BYTES),
+        collected_blobs: c(counter::COLLECTED_BLOBS),
+        quarantined_blobs: c(counter::QUARANTINED_BLOBS),
+        max_size: None,
+        tags,
+        manifests,
     }
 }
 
