@@ -156,12 +156,7 @@ impl BlobRead for FsBlobRead {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        if offset + len as u64 > self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{len} bytes at {offset} are past the end ({})", self.len),
-            ));
-        }
+        super::check_range(offset, len, self.len)?;
         let mut buf = bytes::BytesMut::zeroed(len);
         self.file.read_exact_at(&mut buf, offset).map_err(|e| {
             io::Error::new(

@@ -58,6 +58,18 @@ pub enum BlobError {
     },
 }
 
+/// Refuses a chunk of `len` bytes at `offset` that runs past the end of a blob of `size` bytes
+/// (every [`BlobRead::chunk`] checks this before reading).
+fn check_range(offset: u64, len: usize, size: u64) -> io::Result<()> {
+    if offset + len as u64 > size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{len} bytes at {offset} are past the end ({size})"),
+        ));
+    }
+    Ok(())
+}
+
 /// A stored blob opened for sending.
 pub trait BlobRead: Send {
     /// Its size as stored (the caller compares it with the recorded size).

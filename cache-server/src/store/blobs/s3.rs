@@ -471,12 +471,7 @@ impl BlobRead for S3BlobRead {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        if offset + len as u64 > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{len} bytes at {offset} are past the end ({})", self.size),
-            ));
-        }
+        super::check_range(offset, len, self.size)?;
         let mut guard = self.stream.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = BytesMut::with_capacity(len);
         let mut failures = 0;
