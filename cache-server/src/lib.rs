@@ -19,6 +19,7 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the request-counting middleware.
 //! - [`lru`]: quota and time-to-live accounting (which entries to evict), no I/O.
 //! - [`gc`]: the collector (eviction, blob deletion, orphans) and `verify`.
+//! - [`migrate`]: `layercache-server migrate`, an embedded cache into PostgreSQL and a bucket.
 
 pub mod auth;
 pub mod auth_gate;
@@ -30,6 +31,7 @@ pub mod handlers;
 pub mod ingest;
 pub mod lru;
 pub mod metrics;
+pub mod migrate;
 pub mod receive;
 pub mod registry;
 pub mod request_id;

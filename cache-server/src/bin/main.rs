@@ -49,6 +49,13 @@ enum Command {
     Gc(GcArgs),
     /// Re-hash every stored blob; quarantine corrupt ones and drop the entries using them.
     Verify(VerifyArgs),
+    /// Move an embedded cache (a data dir with layercache.db and blobs/) into PostgreSQL
+    /// (--database) and, with --blob-store s3://…, a bucket, for replicas to serve. Stop its
+    /// server first. Every blob is hashed while it is copied; counts are compared at the end.
+    /// Resumable: after an interruption run the same command again; it skips what is already in
+    /// the target (blobs by digest and size, rows by name) and copies the rest. A target
+    /// database holding another cache's rows is refused unless --merge.
+    Migrate(MigrateArgs),
     /// For bench/scale.py only: fills a data dir (no server running on it) with hand-made
     /// entries `from..to` (see `store::bench_fill`).
     #[command(hide = true)]
@@ -245,6 +252,29 @@ struct VerifyArgs {
     blob_store: BlobLocation,
     #[command(flatten)]
     database: DatabaseArg,
+}
+
+/// Flags of `migrate`. Deliberately not read from `LAYERCACHE_*` variables: a one-off move names
+/// its source and target on the command line.
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The data dir of the embedded cache to move (it is read, not changed; its server must be
+    /// stopped).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where the blobs go: `s3://BUCKET[/PREFIX]` (configured by the AWS_* variables, as for
+    /// `serve`), or `dir` to leave them in the data dir (they are re-hashed there) and move only
+    /// the index. Start the new servers with the same value.
+    #[arg(long)]
+    blob_store: BlobLocation,
+    /// The PostgreSQL database the index goes to, e.g.
+    /// `postgres://cache:PASSWORD@db.internal/layercache` (the schema is created if missing).
+    #[arg(long, required = true)]
+    database: String,
+    /// Also migrate into a database that already holds another cache's rows. Where both hold
+    /// the same entry, manifest, tag or token, the target's is kept; counters and history add up.
+    #[arg(long)]
+    merge: bool,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -504,6 +534,49 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `migrate`: prints what moved; fails (exit 1) on any error, after which running it again
+/// resumes.
+fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let opts = layercache_server::migrate::Options {
+        data_dir: args.data_dir.clone(),
+        blob_store: args.blob_store.with_env(),
+        database: args.database,
+        merge: args.merge,
+    };
+    let s = layercache_server::migrate::run(&opts)
+        .with_context(|| format!("migrating `{}`", args.data_dir.display()))?;
+    if s.blobs_verified > 0 {
+        println!("blobs: {} re-hashed in place", s.blobs_verified);
+    } else {
+        println!(
+            "blobs: {} copied ({} bytes), {} already in the target",
+            s.blobs_copied, s.bytes_copied, s.blobs_present
+        );
+    }
+    for (table, written) in &s.rows_written {
+        let present = s
+            .rows_present
+            .iter()
+            .find(|(t, _)| t == table)
+            .map_or(0, |(_, n)| *n);
+        println!("{table}: {written} copied, {present} already in the target");
+    }
+    println!(
+        "counters, history and builds: {}",
+        if s.history_added {
+            "added"
+        } else {
+            "added by an earlier run"
+        }
+    );
+    let t = &s.target;
+    println!(
+        "target now holds {} entries, {} blobs ({} bytes), {} manifests, {} tags, {} tokens",
+        t.entries, t.blobs, t.blob_bytes, t.manifests, t.tags, t.tokens
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Every file and dir this process creates (the index, its WAL, blobs, temp files) is for its
     // own user only: they hold every tenant's images and the token hashes.
@@ -518,6 +591,10 @@ fn main() -> ExitCode {
         Some(Command::Verify(args)) => {
             init_logging(LogFormat::Text);
             run_verify(args)
+        }
+        Some(Command::Migrate(args)) => {
+            init_logging(LogFormat::Text);
+            run_migrate(args)
         }
         Some(Command::Token(cmd)) => token(cmd),
         Some(Command::BenchFill { data_dir, from, to }) => {
