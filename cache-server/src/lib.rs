@@ -83,6 +83,12 @@ async fn serve_on(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if settings.redirect_blobs && !settings.blob_store.is_remote() {
+        return Err(ServerError::bad_request(
+            "--redirect-blobs needs blobs in an object store (--blob-store s3://BUCKET[/PREFIX]): \
+             local blob files have no URL to redirect to",
+        ));
+    }
     let data_dir = settings.data_dir.clone();
     let blob_store = settings.blob_store.clone();
     let policy = gc::policy_of(&settings);

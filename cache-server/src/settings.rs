@@ -17,6 +17,11 @@ pub struct Settings {
     /// `--database postgres://…`: the index in PostgreSQL instead of `layercache.db` in the data
     /// dir (which then holds only blobs and temp files). `None`: the embedded SQLite index.
     pub database: Option<String>,
+    /// `--redirect-blobs`: blob GETs (v1 and registry) answer `307` to a presigned URL of the
+    /// object (valid [`REDIRECT_EXPIRY`]), after the usual auth and existence checks, so the bytes
+    /// flow from the object store to the client without passing through the server. Needs an
+    /// S3 `blob_store` (`serve` refuses it otherwise).
+    pub redirect_blobs: bool,
     /// Request bodies of image and blob PUTs larger than this are refused with 413, so one client
     /// cannot fill the disk with a single runaway upload.
     pub max_upload_bytes: u64,
@@ -84,6 +89,11 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// Default for [`Settings::upload_grace`].
 pub const DEFAULT_UPLOAD_GRACE: Duration = Duration::from_secs(15 * 60);
 
+/// How long a presigned blob URL of `--redirect-blobs` stays valid: clients follow a redirect at
+/// once, so this only has to cover the request's start plus clock skew between this server and
+/// the object store; a leaked URL is useless soon after.
+pub const REDIRECT_EXPIRY: Duration = Duration::from_secs(300);
+
 impl Settings {
     /// Settings with the default upload limit, no quota and no time-to-live.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -91,6 +101,7 @@ impl Settings {
             data_dir: data_dir.into(),
             blob_store: Default::default(),
             database: None,
+            redirect_blobs: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_size: None,
             ttl_days: None,

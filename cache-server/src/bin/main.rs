@@ -87,6 +87,12 @@ struct ServeArgs {
     blob_store: BlobLocation,
     #[command(flatten)]
     database: DatabaseArg,
+    /// Answer blob downloads (`GET /v1/blobs/…`, `GET /v2/…/blobs/…`) with `307` to a presigned
+    /// URL of the object (valid 5 minutes), after the usual auth and existence checks, so the
+    /// bytes go from the bucket to the client without passing through this server. Needs
+    /// --blob-store s3://…, and clients that can reach the object store's endpoint.
+    #[arg(long, env = "LAYERCACHE_REDIRECT_BLOBS")]
+    redirect_blobs: bool,
     /// Largest accepted upload body, in bytes (default 64 GiB).
     #[arg(long, env = "LAYERCACHE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -359,6 +365,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_timeout: secs(args.limits.shutdown_timeout_secs),
         blob_store: args.blob_store.clone().with_env(),
         database: args.database.database.clone(),
+        redirect_blobs: args.redirect_blobs,
         ..Settings::new(args.data_dir.clone())
     };
     let served = match tls {

@@ -231,19 +231,55 @@ pub(crate) async fn blob_response(
     })
 }
 
-/// `GET /v1/blobs/{digest}`, with a single `Range` honoured.
+/// With `--redirect-blobs`, the `307 Temporary Redirect` to a presigned URL of the blob that a
+/// GET answers instead of its bytes (the client sends its `Range` again to the object store);
+/// `None` when the flag is off. Call after the auth and existence checks ([`blob_response`]).
+pub(crate) async fn redirect(
+    state: &AppState,
+    digest: Digest,
+) -> Result<Option<Response>, ServerError> {
+    if !state.settings.redirect_blobs {
+        return Ok(None);
+    }
+    let url = state
+        .store
+        .blocking(move |s| {
+            s.blobs
+                .presigned_get(&digest, crate::settings::REDIRECT_EXPIRY)
+                .map_err(|e| ServerError::io("presigning", digest.to_string(), e))
+        })
+        .await?;
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let location = HeaderValue::from_str(&url)
+        .map_err(|e| ServerError::Internal(format!("a presigned URL is no header value: {e}")))?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    Ok(Some(resp))
+}
+
+/// `GET /v1/blobs/{digest}`, with a single `Range` honoured (or a redirect, see [`redirect`]).
 pub async fn get_blob(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let digest = blob_digest(path)?;
+    // Existence (and size) first: a redirect to nothing would be a 404 from the store.
+    let answer = blob_response(&state, digest, &headers).await?;
+    if let Some(resp) = redirect(&state, digest).await? {
+        return Ok(resp);
+    }
     let BlobAnswer {
         mut resp,
         range,
         pin,
         size,
-    } = blob_response(&state, digest, &headers).await?;
+    } = answer;
     if let Some((start, end)) = range {
         *resp.body_mut() = stream_segments(
             state.store.clone(),

@@ -18,7 +18,7 @@ use super::uploads::Session;
 use super::{Query, digest_header, location};
 use crate::auth::Access;
 use crate::error::ServerError;
-use crate::handlers::blobs::{BlobAnswer, blob_response};
+use crate::handlers::blobs::{BlobAnswer, blob_response, redirect};
 use crate::handlers::check_content_length;
 use crate::ingest::{self, BlobUpload};
 use crate::routes::AppState;
@@ -53,6 +53,12 @@ pub async fn get(
             ServerError::NotFound { .. } => unknown(),
             other => other,
         })?;
+    if !head && let Some(mut redirect) = redirect(state, digest).await? {
+        redirect
+            .headers_mut()
+            .insert("docker-content-digest", digest_header(&digest));
+        return Ok(redirect);
+    }
     resp.headers_mut()
         .insert("docker-content-digest", digest_header(&digest));
     if !head && let Some((start, end)) = range {

@@ -134,6 +134,17 @@ pub trait BlobStore: Send + Sync + 'static {
     fn quarantine(&self, digest: &Digest) -> io::Result<bool>;
     /// Where the blobs are, for logs and error messages (`/data/blobs`, `s3://bucket/prefix`).
     fn describe(&self) -> String;
+    /// A URL anyone holding it may `GET` the blob from, straight from the store, for the next
+    /// `expires_in` (`--redirect-blobs`); `None` when the store has no such URLs (local files).
+    /// Computed locally (a signature), no request; whether the blob exists is the caller's check.
+    fn presigned_get(
+        &self,
+        digest: &Digest,
+        expires_in: std::time::Duration,
+    ) -> io::Result<Option<String>> {
+        let _ = (digest, expires_in);
+        Ok(None)
+    }
 }
 
 /// `--blob-store`: where a server keeps its blobs.

@@ -46,6 +46,7 @@ use futures::{StreamExt, TryStreamExt};
 use layercache_shared::Digest;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
+use object_store::signer::{Method, Signer};
 use object_store::{
     GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
 };
@@ -348,6 +349,16 @@ impl S3BlobStore {
 }
 
 impl BlobStore for S3BlobStore {
+    /// A SigV4 query-signed URL of the blob's key (the client then talks to the store alone).
+    fn presigned_get(&self, digest: &Digest, expires_in: Duration) -> io::Result<Option<String>> {
+        let key = self.inner.key(digest);
+        let signing = self.inner.s3.signed_url(Method::GET, &key, expires_in);
+        match self.inner.block_on(signing) {
+            Ok(url) => Ok(Some(url.to_string())),
+            Err(e) => Err(self.inner.io_error("signing a URL of", &key, e)),
+        }
+    }
+
     fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>> {
         let key = self.inner.key(digest);
         let Some(meta) = self.inner.head(&key)? else {
