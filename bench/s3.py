@@ -8,6 +8,11 @@ image (--size-mib, default 250, in --layers incompressible layers) to both with
 PUT /v1/images, then restores it from each, alternating, --runs times (default 3), reading every
 byte of the tarball; prints medians, MiB/s, and the ratio object store / local disk.
 
+Then the blob path (what a client fetching layer by layer does): every layer with
+GET /v1/blobs/<digest> from the local server, from the S3 server (bytes proxied through it), and
+from a third server with --redirect-blobs (a 307 to a presigned URL, followed to Garage), medians
+of --runs each. `--skip-blobs` leaves that part out.
+
 Both stores sit on this machine's disk and page cache, so the ratio measures what the object-store
 path costs (S3 requests, the extra hop, Garage's own work), not a network.
 
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load import free_port, sha, tar_of  # noqa: E402  (one tar and digest helper for the benches)
@@ -162,6 +168,67 @@ def timed(port, method, path, body=None):
     return time.perf_counter() - t, n
 
 
+def fetch(port, path, headers=None):
+    """GET `path`, following one redirect to wherever it points (the object store); returns the
+    seconds, the bytes read and whether it was redirected."""
+    t = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("GET", path, headers=headers or {})
+    r = c.getresponse()
+    redirected = False
+    if r.status in (301, 302, 303, 307, 308):
+        r.read()
+        u = urllib.parse.urlsplit(r.getheader("location"))
+        c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=600)
+        c.request("GET", u.path + ("?" + u.query if u.query else ""), headers=headers or {})
+        r = c.getresponse()
+        redirected = True
+    n = 0
+    while True:
+        b = r.read(4 * MIB)
+        if not b:
+            break
+        n += len(b)
+    if r.status >= 300:
+        sys.exit(f"GET {path}: {r.status}")
+    return time.perf_counter() - t, n, redirected
+
+
+def blob_digests(port):
+    """Layer digests of the bench entry, from its manifest."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", "/v1/entries/bench/k")
+    m = json.loads(c.getresponse().read())["manifest"]
+    return [layer["diff_id"] for img in m["images"] for layer in img["layers"]]
+
+
+def blob_bench(servers, runs):
+    """Times fetching every layer blob from each server; prints medians."""
+    digests = blob_digests(servers[0][1])
+    times = {name: [] for name, _ in servers}
+    size = 0
+    for _ in range(runs):
+        for name, port in servers:
+            t0, size, how = time.perf_counter(), 0, set()
+            for d in digests:
+                _, n, redirected = fetch(port, f"/v1/blobs/{d}")
+                size += n
+                how.add(redirected)
+            times[name].append(time.perf_counter() - t0)
+            if name.endswith("redirect") and how != {True}:
+                sys.exit("the --redirect-blobs server did not redirect")
+    print(f"\nlayer blobs one by one (GET /v1/blobs/<digest>), {len(digests)} blobs, {size / MIB:.0f} MiB, median of {runs}")
+    print(f"{'path':<24} {'seconds':>8} {'MiB/s':>8}  runs")
+    med = {}
+    for name in times:
+        med[name] = statistics.median(times[name])
+        runs_s = " ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:<24} {med[name]:>8.2f} {size / MIB / med[name]:>8.0f}  {runs_s}")
+    base = med[servers[0][0]]
+    for name in list(times)[1:]:
+        print(f"ratio {name} / {servers[0][0]}: {med[name] / base:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=250)
@@ -170,6 +237,7 @@ def main():
     ap.add_argument("--nodes", type=int, default=1, choices=[1, 3], help="Garage nodes (3: replication factor 3)")
     ap.add_argument("--server", default="target/release/layercache-server")
     ap.add_argument("--garage", default=os.environ.get("LAYERCACHE_GARAGE", "/opt/garage/bin/garage"))
+    ap.add_argument("--skip-blobs", action="store_true", help="only the tarball restores")
     args = ap.parse_args()
     if not os.path.exists(args.garage):
         sys.exit(f"garage not found at {args.garage}: run scripts/install-s3.sh")
@@ -201,6 +269,14 @@ def main():
             runs = " ".join(f"{t:.2f}" for t in times[name])
             print(f"{name:<14} {push[name]:>8.2f} {med[name]:>10.2f} {size / MIB / med[name]:>8.0f}  {runs}")
         print(f"ratio object store / local disk (restore time): {med['object store'] / med['local disk']:.2f}")
+        if not args.skip_blobs:
+            # Its own prefix: a server sweeps objects its index does not know at start.
+            redir, rport = start_server(args.server, os.path.join(work, "redirect"),
+                                        ["--blob-store", "s3://bench/redirect", "--redirect-blobs"], garage.env())
+            procs.append(redir)
+            timed(rport, "PUT", "/v1/images/bench/k", tarball)
+            blob_bench([("local disk", lport), ("object store, proxied", sport),
+                        ("object store, redirect", rport)], args.runs)
     finally:
         for p in procs:
             p.terminate()
