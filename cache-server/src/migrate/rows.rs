@@ -59,11 +59,10 @@ pub fn check_target(src: &Source, db: &PgDb) -> Result<(), MigrateError> {
         let mut after = (String::new(), String::new());
         loop {
             let page: Vec<(String, String)> = db.read(|tx| {
-                Ok(tx
-                    .query(target_sql, &[&after.0, &after.1])?
+                tx.query(target_sql, &[&after.0, &after.1])?
                     .iter()
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                    .collect::<R<_>>()?)
+                    .collect::<R<_>>()
             })?;
             let Some(last) = page.last() else { break };
             after = last.clone();
