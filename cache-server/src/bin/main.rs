@@ -264,8 +264,8 @@ struct VerifyArgs {
 /// its source and target on the command line.
 #[derive(Debug, clap::Args)]
 struct MigrateArgs {
-    /// The data dir of the embedded cache to move (it is read, not changed; its server must be
-    /// stopped).
+    /// The data dir of the embedded cache to move; its server must be stopped. Its rows and blobs
+    /// are only read (its schema is brought up to date and tmp/ wiped, as a server start does).
     #[arg(long)]
     data_dir: PathBuf,
     /// Where the blobs go: `s3://BUCKET[/PREFIX]` (configured by the AWS_* variables, as for
