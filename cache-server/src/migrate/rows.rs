@@ -497,3 +497,42 @@ pub fn compare(source: &Counts, target: &Counts, merge: bool) -> Result<(), Migr
         Err(MigrateError::Mismatch(bad.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_comparison_wants_equal_counts_or_at_least_the_sources_when_merging() {
+        let source = Counts {
+            blobs: 3,
+            refcounts: 4,
+            entries: 2,
+            ..Counts::default()
+        };
+        assert!(compare(&source, &source, false).is_ok());
+        let more = Counts {
+            entries: 5,
+            ..source.clone()
+        };
+        let e = compare(&source, &more, false).unwrap_err().to_string();
+        assert!(e.contains("entries: source 2, target 5"), "{e}");
+        assert!(compare(&source, &more, true).is_ok());
+        let fewer = Counts {
+            refcounts: 3,
+            ..source.clone()
+        };
+        let e = compare(&source, &fewer, true).unwrap_err().to_string();
+        assert!(e.contains("refcounts: source 4, target 3"), "{e}");
+    }
+
+    #[test]
+    fn the_tally_adds_per_table_in_first_seen_order() {
+        let mut t = Tally::default();
+        t.add("blobs", 2, 1);
+        t.add("entries", 1, 0);
+        t.add("blobs", 3, 0);
+        assert_eq!(t.written, vec![("blobs", 5), ("entries", 1)]);
+        assert_eq!(t.present, vec![("blobs", 1), ("entries", 0)]);
+    }
+}
