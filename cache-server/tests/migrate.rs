@@ -345,12 +345,12 @@ async fn migrate_moves_a_cache_into_postgres_and_garage() {
     assert!(out.contains("tags: 1 copied"), "{out}");
     assert!(out.contains("tokens: 1 copied"), "{out}");
     let target_dir = tempfile::tempdir().unwrap();
-    check_target(&f, target_dir.path(), &store, &db, &g.env()).await;
     assert_eq!(
         counters(&f.dir, None),
         counters(target_dir.path(), Some(&db)),
         "counters carried over"
     );
+    check_target(&f, target_dir.path(), &store, &db, &g.env()).await;
 }
 
 /// `--blob-store dir`: the index moves to PostgreSQL, the blobs stay (re-hashed) in the data dir,
