@@ -51,6 +51,7 @@ class Postgres:
         os.makedirs(self.dir)
         self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.user:
+            os.chmod(work, 0o711)  # mkdtemp's 0700 would keep the postgres user out of its own dir
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         subprocess.run([*self.user, f"{self.bin}/initdb", "-D", f"{self.dir}/data", "-U", "postgres",

@@ -8,7 +8,9 @@
 //! Compiled, with the restored layers hashed on blocking threads, so the client's own cost (the
 //! Python generator `bench/load.py` held the GIL while parsing tarballs) does not hide the
 //! server's latency. With `--baseline` it runs a second server binary on the same workload, runs
-//! alternating, and prints both with ratios.
+//! alternating, and prints both with ratios. With `--url` it runs against a server (or a load
+//! balancer in front of replicas) that is already running, as `bench/replicas.py` does; `--json`
+//! prints each run's figures as a line of JSON.
 //!
 //! ```sh
 //! cargo build --release -p layercache-server -p layercache-loadgen
