@@ -340,15 +340,16 @@ impl Pushes {
     }
 
     /// Runs the eight saves through `url`; once the shared store holds a blob of theirs, calls
-    /// `fault`. Every save must succeed (retrying what the fault broke); returns key → image.
+    /// `fault` (checking that not every push was committed by then). Every save must succeed
+    /// (retrying what the fault broke); returns key → image.
     fn run(&self, url: &str, fault: impl FnOnce()) -> HashMap<String, &Image> {
         let http = reqwest::blocking::Client::new();
-        let blobs = || -> u64 {
+        let stat = |name: &str| -> u64 {
             http.get(format!("{url}/v1/stats"))
                 .send()
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())
-                .and_then(|s| s["blobs"].as_u64())
+                .and_then(|s| s[name].as_u64())
                 .unwrap_or(0)
         };
         std::thread::scope(|s| {
@@ -373,11 +374,17 @@ impl Pushes {
                 })
                 .collect();
             let deadline = Instant::now() + Duration::from_secs(120);
-            while blobs() == 0 {
+            while stat("blobs") == 0 {
                 assert!(Instant::now() < deadline, "no blob arrived within 120 s");
                 std::thread::sleep(Duration::from_millis(20));
             }
+            let committed = stat("entries");
             fault();
+            // Otherwise the fault came after the pushes and the test proved nothing.
+            assert!(
+                committed < RUNNERS as u64,
+                "all {committed} pushes were done before the fault"
+            );
             runs.into_iter()
                 .map(|r| r.join().expect("a runner failed"))
                 .collect()
@@ -433,15 +440,7 @@ fn assert_all_restore(c: &Cluster, pushed: &HashMap<String, &Image>) {
 fn kill_9_of_a_replica_during_eight_pushes_loses_nothing_committed() {
     let mut c = Cluster::start("replicas_kill", 3, false);
     let pushes = Pushes::new();
-    let mut entries_at_kill = 0;
-    let pushed = pushes.run(&c.lb.url.clone(), || {
-        entries_at_kill = c.get_json("/v1/stats")["entries"].as_u64().unwrap();
-        c.replicas[1].kill();
-    });
-    assert!(
-        entries_at_kill < RUNNERS as u64,
-        "every push was done before the kill: it tested nothing"
-    );
+    let pushed = pushes.run(&c.lb.url.clone(), || c.replicas[1].kill());
     c.lb.wait_down("r2");
     assert_all_restore(&c, &pushed);
     c.spawn(1);
