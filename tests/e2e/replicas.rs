@@ -260,6 +260,11 @@ fn three_replicas_behind_haproxy_serve_runner_builds_and_docker_push_pull() {
     assert_eq!(warm["cache"], "exact", "{warm}");
     assert_eq!(warm["image_id"], id.as_str(), "{warm}");
     assert_eq!(warm["bytes_uploaded"], 0, "{warm}");
+    // Round robin: every replica took part in the runners' requests.
+    for (i, r) in c.replicas.iter().enumerate() {
+        let served = requests_served(r) - before[i];
+        assert!(served >= 3.0, "replica {i} served {served} requests");
+    }
 
     let image = format!("{}/acme/app:v1", c.lb.addr);
     engine.docker_ok(&["tag", "e2e/app:latest", &image]);
@@ -267,12 +272,6 @@ fn three_replicas_behind_haproxy_serve_runner_builds_and_docker_push_pull() {
     engine.wipe();
     engine.docker_ok(&["pull", &image]);
     assert_eq!(engine.image_id(&image), id, "pulled through haproxy");
-
-    // Round robin: every replica took part.
-    for (i, r) in c.replicas.iter().enumerate() {
-        let served = requests_served(r) - before[i];
-        assert!(served >= 3.0, "replica {i} served {served} requests");
-    }
 }
 
 /// A generated image: a shared base and a `mib` MiB layer of its own, tagged `gen<seed>:latest`.
