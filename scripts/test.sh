@@ -25,6 +25,8 @@ command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
 # The PostgreSQL index's tests start their own server from Debian's binaries.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
+# The replica tests put haproxy (with docs/haproxy.cfg) in front of three servers.
+[ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

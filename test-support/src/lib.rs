@@ -5,9 +5,13 @@
 //! and serves with what was sent. They are built here by hand, independently of
 //! `layercache_shared::archive` (the code under test).
 //!
+//! - [`garage`]: a real S3 store (Garage), one node or a 3-node cluster with replication factor 3.
+//! - [`haproxy`]: haproxy from Debian in front of server replicas, with the config the README ships.
 //! - [`postgres`]: a real PostgreSQL server per test binary, a fresh database per test.
 //! - [`tarball`]: deterministic [`noise`](tarball::noise), layer tars, image configs and the legacy
 //!   `docker save` layout.
 
+pub mod garage;
+pub mod haproxy;
 pub mod postgres;
 pub mod tarball;

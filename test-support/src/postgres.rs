@@ -8,12 +8,14 @@
 //! - Lifetime: the server runs under a small `sh` supervisor whose stdin is a pipe this process
 //!   holds; when the test binary exits (however it exits) the pipe closes, and the supervisor
 //!   stops the server and removes the temp dir.
+//! - Restarts: [`PgServer::start_private`] gives a test a server of its own that
+//!   [`PgServer::restart`] stops and starts again under load.
 //! - Missing PostgreSQL is a failure naming the install step, never a skip.
 //!
 //! `LAYERCACHE_PG_BIN` overrides where the binaries are (default: the newest
 //! `/usr/lib/postgresql/*/bin`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -33,7 +35,7 @@ pub struct PgServer {
     /// The temp dir holding its data, socket and log.
     pub dir: PathBuf,
     /// The supervisor; its stdin closing (at exit) stops the server.
-    _supervisor: Mutex<(Child, ChildStdin)>,
+    supervisor: Mutex<(Child, ChildStdin)>,
     /// Databases handed out, for unique names.
     created: AtomicUsize,
 }
@@ -161,13 +163,27 @@ fn start_in(bin: &Path, who: Option<(u32, u32)>, dir: &Path) -> Result<PgServer,
         ));
     }
     let port = free_port()?;
-    // The supervisor: start the server, wait for stdin to close, stop it, remove the dir.
+    // The supervisor: start the server; on each `restart` line on stdin stop it (fast shutdown:
+    // connections are cut, as when a DBA restarts it) and start it again, counting restarts in
+    // `restarts`; when stdin closes, stop it and remove the dir.
     let script = r#"
-"$PGBIN/postgres" -D "$PGDIR/data" -p "$PGPORT" -k "$PGDIR" \
-    -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-    -c full_page_writes=off -c max_connections=500 >"$PGDIR/log" 2>&1 &
-pid=$!
-cat >/dev/null
+run() {
+    "$PGBIN/postgres" -D "$PGDIR/data" -p "$PGPORT" -k "$PGDIR" \
+        -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        -c full_page_writes=off -c max_connections=500 >>"$PGDIR/log" 2>&1 &
+    pid=$!
+}
+run
+restarts=0
+while read -r cmd; do
+    if [ "$cmd" = restart ]; then
+        kill -INT "$pid"
+        wait "$pid"
+        run
+        restarts=$((restarts + 1))
+        echo "$restarts" >"$PGDIR/restarts"
+    fi
+done
 kill -INT "$pid"
 wait "$pid"
 rm -rf "$PGDIR"
@@ -185,11 +201,23 @@ rm -rf "$PGDIR"
         .spawn()
         .map_err(|e| format!("starting the PostgreSQL supervisor: {e}"))?;
     let stdin = child.stdin.take().expect("piped");
+    wait_accepting(port, dir, &mut child)?;
+    Ok(PgServer {
+        port,
+        dir: dir.to_path_buf(),
+        supervisor: Mutex::new((child, stdin)),
+        created: AtomicUsize::new(0),
+    })
+}
+
+/// Polls until the server on `port` takes connections (60 s at most, or until the supervisor
+/// exits).
+fn wait_accepting(port: u16, dir: &Path, supervisor: &mut Child) -> Result<(), String> {
     let admin = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match postgres::Client::connect(&admin, postgres::NoTls) {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
                 return Err(format!(
                     "PostgreSQL did not accept connections within 60s ({e}); its log:\n{}",
@@ -197,7 +225,7 @@ rm -rf "$PGDIR"
                 ));
             }
             Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(status)) = supervisor.try_wait() {
                     return Err(format!(
                         "PostgreSQL exited ({status}) before accepting connections; its log:\n{}",
                         read_log(dir)
@@ -207,12 +235,6 @@ rm -rf "$PGDIR"
             }
         }
     }
-    Ok(PgServer {
-        port,
-        dir: dir.to_path_buf(),
-        _supervisor: Mutex::new((child, stdin)),
-        created: AtomicUsize::new(0),
-    })
 }
 
 fn read_log(dir: &Path) -> String {
@@ -224,6 +246,44 @@ fn read_log(dir: &Path) -> String {
 }
 
 impl PgServer {
+    /// A server of the caller's own, stopped (and its dir removed) when dropped: for a test that
+    /// restarts PostgreSQL, which must not cut off the other tests of its binary. Panics with the
+    /// reason when it cannot start.
+    pub fn start_private() -> PgServer {
+        off_runtime(start).unwrap_or_else(|e| panic!("starting PostgreSQL failed: {e}"))
+    }
+
+    /// Restarts the server (fast shutdown, which cuts every connection, then a start on the same
+    /// port and data) and returns once it takes connections again.
+    pub fn restart(&self) {
+        let mut supervisor = self.supervisor.lock().unwrap();
+        let (child, stdin) = &mut *supervisor;
+        let before = self.restarts();
+        stdin
+            .write_all(b"restart\n")
+            .and_then(|()| stdin.flush())
+            .expect("asking the PostgreSQL supervisor to restart");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.restarts() == before {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not restart within 60 s; its log:\n{}",
+                read_log(&self.dir)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        off_runtime(|| wait_accepting(self.port, &self.dir, child))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// How many restarts the supervisor has completed.
+    fn restarts(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("restarts"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)

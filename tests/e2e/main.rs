@@ -11,6 +11,9 @@
 //!   wiped engine reuses main's every step (engine output), a changed last step reruns only itself.
 //! - [`registry`]: `/v2/` with real clients: docker push/pull (20.10, 26.1 both stores), skopeo, BuildKit's
 //!   registry cache across engines, docker login with tokens.
+//! - [`replicas`]: three servers on one Garage cluster and one PostgreSQL behind haproxy
+//!   (`docs/haproxy.cfg`): runner builds and docker push/pull through it; `kill -9` of a replica,
+//!   a Garage node down, PostgreSQL restarted, each during 8 concurrent pushes.
 //! - [`retries`]: the runner retries a busy server's 503s and a cut-off download, through [`flaky`].
 //! - [`runner`]: `layercache build` on fresh workers: exact, prefix and fallback hits, two workers, multi-stage;
 //!   `.dockerignore` leaves out what the Docker CLI leaves out.
@@ -24,6 +27,7 @@ mod faults;
 mod flaky;
 mod matrix;
 mod registry;
+mod replicas;
 mod retries;
 mod runner;
 mod server;

@@ -8,7 +8,9 @@
 //! Compiled, with the restored layers hashed on blocking threads, so the client's own cost (the
 //! Python generator `bench/load.py` held the GIL while parsing tarballs) does not hide the
 //! server's latency. With `--baseline` it runs a second server binary on the same workload, runs
-//! alternating, and prints both with ratios.
+//! alternating, and prints both with ratios. With `--url` it runs against a server (or a load
+//! balancer in front of replicas) that is already running, as `bench/replicas.py` does; `--json`
+//! prints each run's figures as a line of JSON.
 //!
 //! ```sh
 //! cargo build --release -p layercache-server -p layercache-loadgen
@@ -56,6 +58,15 @@ struct Args {
     /// Another server binary run on the same workload, for ratios.
     #[arg(long)]
     baseline: Option<String>,
+    /// Run against a server (or a load balancer in front of replicas) already running at this
+    /// URL instead of starting one; each run uses a namespace of its own. No RSS is sampled (the
+    /// server is not this process's child). Conflicts with --baseline.
+    #[arg(long, conflicts_with = "baseline")]
+    url: Option<String>,
+    /// Also print each run's figures as one JSON object per line on stdout (for scripts such as
+    /// bench/replicas.py).
+    #[arg(long)]
+    json: bool,
 }
 
 /// One generated image: what a client pushes and what a restore must give back.
@@ -228,9 +239,17 @@ async fn one_round(
     Ok(())
 }
 
-/// One timed run against a fresh server started from `binary`.
+/// One timed run against a fresh server started from `binary`, or against `--url`.
 async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> anyhow::Result<Run> {
-    let server = server::Server::start(binary).await?;
+    let server = match &args.url {
+        Some(_) => None,
+        None => Some(server::Server::start(binary).await?),
+    };
+    let url = match (&server, &args.url) {
+        (Some(s), _) => s.url.clone(),
+        (None, Some(url)) => url.trim_end_matches('/').to_string(),
+        (None, None) => unreachable!("a server was started"),
+    };
     let stats = Arc::new(Mutex::new(Stats::default()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
@@ -242,7 +261,7 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
         .map(|i| {
             tokio::spawn(client(
                 i,
-                server.url.clone(),
+                url.clone(),
                 ns.clone(),
                 Arc::clone(images),
                 deadline,
@@ -250,12 +269,15 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
             ))
         })
         .collect();
-    let sampler = server.sample_rss_until_done();
+    let sampler = server.as_ref().map(server::Server::sample_rss_until_done);
     for t in tasks {
         t.await?;
     }
     let elapsed = start.elapsed();
-    let rss_peak_kib = sampler.finish().await;
+    let rss_peak_kib = match sampler {
+        Some(s) => s.finish().await,
+        None => 0,
+    };
     drop(server);
     let stats = Arc::try_unwrap(stats)
         .map_err(|_| anyhow::anyhow!("a client outlived the run"))?
@@ -267,9 +289,9 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut binaries = vec![args.server.clone()];
+    let mut binaries = vec![args.url.clone().unwrap_or_else(|| args.server.clone())];
     binaries.extend(args.baseline.clone());
-    for b in &binaries {
+    for b in binaries.iter().filter(|_| args.url.is_none()) {
         if !std::path::Path::new(b).exists() {
             bail!("{b} is missing: build it with `cargo build --release -p layercache-server`");
         }
@@ -284,6 +306,9 @@ async fn main() -> anyhow::Result<()> {
         for b in &binaries {
             let run = run_once(&args, b, &images).await?;
             eprintln!("run {}/{} {}: {}", i + 1, args.runs, b, run.line());
+            if args.json {
+                println!("{}", run.json());
+            }
             runs.push(run);
         }
     }

@@ -71,6 +71,19 @@ impl Run {
         }
     }
 
+    /// The figures as one JSON object (`errors` counted, the first few quoted).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests_per_s": self.requests_per_s,
+            "lookup_p50_ms": self.lookup_p50,
+            "lookup_p99_ms": self.lookup_p99,
+            "restore_mib_s": self.restore_mib_s,
+            "push_mib_s": self.push_mib_s,
+            "errors": self.errors.len(),
+            "first_errors": self.errors.iter().take(3).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn line(&self) -> String {
         format!(
             "{:.0} req/s, lookup p50 {:.2} ms p99 {:.2} ms, restore {:.0} MiB/s, push {:.0} MiB/s, RSS {:.0} MiB, {} errors",
