@@ -9,6 +9,7 @@
 mod common;
 mod garage;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -45,10 +46,20 @@ struct Fleet {
 }
 
 impl Drop for Fleet {
+    /// Kills the replicas; when the test failed, prints their logs.
     fn drop(&mut self) {
         for c in self.children.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            for i in 0..self.urls.len() {
+                let log = self.tmp.path().join(format!("replica{i}.log"));
+                eprintln!(
+                    "--- replica {i} ---\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
         }
     }
 }
@@ -77,6 +88,10 @@ impl Fleet {
         for i in 0..n {
             let data_dir = fleet.data_dir(i);
             std::fs::create_dir_all(&data_dir).unwrap();
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            // Each replica's log in a file of its own, read when a test fails.
+            let log =
+                std::fs::File::create(fleet.tmp.path().join(format!("replica{i}.log"))).unwrap();
             let mut args = vec![
                 "--data-dir".to_string(),
                 data_dir.display().to_string(),
@@ -91,7 +106,7 @@ impl Fleet {
                     .arg(format!("s3://{}/{PREFIX}", g.bucket))
                     .envs(g.env());
             }
-            let mut child = cmd.spawn().unwrap();
+            let mut child = cmd.stderr(log).spawn().unwrap();
             let url = common::binary_url(&mut child).await;
             fleet.urls.push(url);
             fleet.children.push(Some(child));
@@ -361,7 +376,7 @@ async fn a_wrong_digest_is_refused_and_nothing_is_stored(s3: bool) {
 /// chunks sent for one offset to two replicas at once exactly one is taken.
 async fn chunks_out_of_order_or_twice_get_416(s3: bool) {
     let fleet = Fleet::start(s3, 3, &[]).await;
-    let blob = content(40_000);
+    let blob = content(4_000_000);
     let d = Digest::of(&blob);
     let loc = fleet.open(0, "acme/web").await;
     assert_eq!(
@@ -375,8 +390,8 @@ async fn chunks_out_of_order_or_twice_get_416(s3: bool) {
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{start}");
     }
     let (one, two) = tokio::join!(
-        fleet.patch(1, &loc, 10_000, &blob[10_000..20_000]),
-        fleet.patch(2, &loc, 10_000, &blob[10_000..20_000]),
+        fleet.patch(1, &loc, 10_000, &blob[10_000..2_010_000]),
+        fleet.patch(2, &loc, 10_000, &blob[10_000..2_010_000]),
     );
     let mut statuses = [one.status(), two.status()];
     statuses.sort();
@@ -386,9 +401,9 @@ async fn chunks_out_of_order_or_twice_get_416(s3: bool) {
     );
     assert_eq!(
         fleet.status(0, &loc).await,
-        (StatusCode::NO_CONTENT, Some("0-19999".into()))
+        (StatusCode::NO_CONTENT, Some("0-2009999".into()))
     );
-    let r = fleet.put(0, &loc, &d, 20_000, &blob[20_000..]).await;
+    let r = fleet.put(0, &loc, &d, 2_010_000, &blob[2_010_000..]).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     fleet.assert_served_everywhere("acme/web", &d, &blob).await;
     // The losing chunk's staging object went with it.
