@@ -244,7 +244,11 @@ async fn finish_claimed(
     let limit = state.settings.max_upload_bytes;
     let room = limit.saturating_sub(session.received);
     check_content_length(headers, room).map_err(|_| ServerError::TooLarge { limit })?;
-    let no_body = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
+    // The body's size hint does not survive every middleware: `Content-Length: 0` says it too.
+    let no_body = axum::body::HttpBody::size_hint(&body).exact() == Some(0)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
     if no_body && let [only] = session.chunks.as_slice() {
         // The common case (`docker push`: one PATCH, then an empty PUT): the chunk becomes the
         // blob where it is, its digest already known.
