@@ -211,7 +211,10 @@ impl Fleet {
         body: &[u8],
     ) -> reqwest::Response {
         let mut r = self.req(i, Method::PUT, &format!("{loc}?digest={digest}"));
-        if !body.is_empty() {
+        if body.is_empty() {
+            // As docker (Go's client) sends an empty PUT.
+            r = r.header("content-length", "0");
+        } else {
             r = r.header(
                 "content-range",
                 format!("{start}-{}", start + body.len() - 1),
