@@ -115,7 +115,6 @@ async fn serve_on(
         store: Arc::new(store),
         settings: Arc::new(settings),
         metrics: Default::default(),
-        uploads: Default::default(),
     };
     let collector = tokio::spawn(gc::run_collector(
         Arc::clone(&state.store),
@@ -124,7 +123,7 @@ async fn serve_on(
     let uses = tokio::spawn(Arc::clone(&state.store).run_use_flusher());
     let store = Arc::clone(&state.store);
     let expiry = tokio::spawn(registry::uploads::run_expiry(
-        Arc::clone(&state.uploads),
+        Arc::clone(&state.store),
         state.settings.upload_timeout,
     ));
     let addr = listener.local_addr().ok();

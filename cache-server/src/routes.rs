@@ -14,7 +14,7 @@ use tracing::Level;
 use crate::dashboard;
 use crate::handlers::{blobs, images, insights, lookup, stats};
 use crate::metrics::{self, HttpMetrics};
-use crate::registry::{self, uploads::Uploads};
+use crate::registry;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -27,8 +27,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Request counts and latencies for `/metrics`.
     pub metrics: Arc<HttpMetrics>,
-    /// Registry blob upload sessions in progress.
-    pub uploads: Arc<Uploads>,
     /// Whether requests need a token (decided at start, only ever switched on).
     pub auth: Arc<crate::auth_gate::AuthGate>,
 }

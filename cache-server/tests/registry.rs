@@ -326,6 +326,7 @@ async fn a_chunked_upload_resumes_after_a_pause_and_refuses_chunks_out_of_order(
         (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into())
     );
     assert_eq!(files_in(&s.data_dir.join("tmp")), 0);
+    assert_eq!(files_in(&s.data_dir.join("uploads")), 0);
     assert_eq!(files_in(&s.data_dir.join("blobs")), 0);
 }
 
@@ -346,12 +347,14 @@ async fn idle_upload_sessions_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(files_in(&s.data_dir.join("tmp")), 1);
-    // Expiry runs every second; wait for its effect (the temp file going), bounded. Asking the
-    // session for its state would count as activity, so only the disk is watched.
+    // The chunk is a staging file (where every replica of a fleet finds it), not a temp file.
+    assert_eq!(files_in(&s.data_dir.join("tmp")), 0);
+    assert_eq!(files_in(&s.data_dir.join("uploads")), 1);
+    // Expiry runs every second; wait for its effect (the staging file going), bounded. Asking
+    // the session for its state would count as activity, so only the disk is watched.
     let mut gone = false;
     for _ in 0..100 {
-        if files_in(&s.data_dir.join("tmp")) == 0 {
+        if files_in(&s.data_dir.join("uploads")) == 0 {
             gone = true;
             break;
         }

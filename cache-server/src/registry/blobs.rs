@@ -6,15 +6,17 @@
 //! uploaded or mounted into it (`repo_blobs`), and a mount needs read access to the repository
 //! mounted from.
 
+use std::io::Write;
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use layercache_shared::Digest;
-use tokio::sync::OwnedMutexGuard;
 
 use super::error::OciCode;
 use super::path::RepoName;
-use super::uploads::Session;
+use super::uploads::{self, ChunkHash, ChunkWriter, StagedChunk, UploadSession};
 use super::{Query, digest_header, location};
 use crate::auth::Access;
 use crate::error::ServerError;
@@ -22,6 +24,9 @@ use crate::handlers::blobs::{BlobAnswer, blob_response, redirect};
 use crate::handlers::check_content_length;
 use crate::ingest::{self, BlobUpload};
 use crate::routes::AppState;
+use crate::store::Store;
+use crate::store::blobs::BlobWriter;
+use crate::store::sqlite::now;
 use crate::tarball::{Segment, stream_segments};
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
@@ -125,12 +130,13 @@ pub async fn start(
         link(state, repo, up.digest).await?;
         return Ok(created(repo, &digest));
     }
-    let writer = state
+    let id = uuid::Uuid::new_v4().to_string();
+    let (sid, name) = (id.clone(), repo.as_str().to_string());
+    let hash = ChunkHash::default().save();
+    state
         .store
-        .blobs
-        .begin_write()
-        .map_err(|e| ServerError::io("creating temp file in", &state.store.tmp_dir, e))?;
-    let id = state.uploads.open(repo.clone(), writer);
+        .blocking(move |s| Ok(s.db.open_upload(&sid, &name, &hash, now())?))
+        .await?;
     Ok(session_answer(StatusCode::ACCEPTED, repo, &id, 0))
 }
 
@@ -196,14 +202,20 @@ pub async fn patch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
-    let mut s = lock_session(state, repo, id).await?;
-    append_chunk(state, &mut s, headers, body).await?;
-    let offset = s.offset();
+    let (sid, name) = (id.to_string(), repo.as_str().to_string());
+    let session = state
+        .store
+        .blocking(move |s| Ok(s.db.upload_session(&sid)?))
+        .await?
+        .filter(|s| s.repo == name && !s.closing)
+        .ok_or_else(|| unknown_upload(repo, id))?;
+    let offset = append_chunk(state, repo, &session, headers, body).await?;
     Ok(session_answer(StatusCode::ACCEPTED, repo, id, offset))
 }
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: appends the last chunk (if any), verifies the
-/// digest and stores the blob. The session ends either way.
+/// digest and stores the blob. The session ends either way: it is claimed first (a concurrent
+/// `PUT` or `DELETE` finds it gone), and its staging objects and row go at the end.
 pub async fn finish(
     state: &AppState,
     repo: &RepoName,
@@ -218,16 +230,104 @@ pub async fn finish(
         })?,
         "digest",
     )?;
-    let mut s = lock_session(state, repo, id).await?;
-    let appended = append_chunk(state, &mut s, headers, body).await;
-    state.uploads.close(id);
-    appended?;
-    let writer = s.writer.take().ok_or_else(|| {
-        OciCode::BlobUploadInvalid.err("an earlier chunk of this upload failed: start it again")
+    let session = claim(state, repo, id).await?;
+    let result = finish_claimed(state, repo, &session, digest, headers, body).await;
+    end_session(state, id).await;
+    let up = result?;
+    Ok(created(repo, &up.digest))
+}
+
+/// Stores the blob of claimed `session` plus `body`, as `digest`.
+async fn finish_claimed(
+    state: &AppState,
+    repo: &RepoName,
+    session: &UploadSession,
+    digest: Digest,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BlobUpload, ServerError> {
+    check_chunk_range(headers, session.received)?;
+    let limit = state.settings.max_upload_bytes;
+    let room = limit.saturating_sub(session.received);
+    check_content_length(headers, room).map_err(|_| ServerError::TooLarge { limit })?;
+    // The body's size hint does not survive every middleware: `Content-Length: 0` says it too.
+    let no_body = axum::body::HttpBody::size_hint(&body).exact() == Some(0)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    if no_body && let [only] = session.chunks.as_slice() {
+        // The common case (`docker push`: one PATCH, then an empty PUT): the chunk becomes the
+        // blob where it is, its digest already known.
+        let found = ChunkHash::resume(&session.hash_state)?.digest();
+        if let Some(w) = state.store.blobs.adopt_staged(&only.name, only.size, found) {
+            return store_blob(state, repo, w, digest, session.received).await;
+        }
+    }
+    let writer = if session.chunks.is_empty() {
+        None
+    } else {
+        let store = Arc::clone(&state.store);
+        let chunks = session.chunks.clone();
+        let copied = crate::bulk::spawn(move || copy_chunks(&store, &chunks)).await;
+        Some(copied??)
+    };
+    let got = crate::receive::receive(&state.store, body, writer, room).await;
+    got.result.map_err(|e| match e {
+        ServerError::TooLarge { .. } => ServerError::TooLarge { limit },
+        other => other,
     })?;
-    let received = writer.written();
+    let writer = crate::receive::writer_or_new(&state.store, got.writer)?;
+    let up = store_blob(state, repo, writer, digest, session.received + got.received).await;
+    drop(got.reservation);
+    up
+}
+
+/// A new upload holding `chunks` in order, read from the staging area (on a bulk thread).
+fn copy_chunks(store: &Store, chunks: &[StagedChunk]) -> Result<Box<dyn BlobWriter>, ServerError> {
+    /// Read and written a MiB at a time: memory stays bounded whatever the chunk's size.
+    const STEP: u64 = 1 << 20;
+    let where_ = store.blobs.describe();
+    let mut w = store
+        .blobs
+        .begin_write()
+        .map_err(|e| ServerError::io("creating temp file in", &store.tmp_dir, e))?;
+    for c in chunks {
+        let r = store
+            .blobs
+            .open_staged(&c.name)
+            .map_err(|e| ServerError::io("opening a chunk of an upload in", &where_, e))?
+            .filter(|r| r.size() == c.size)
+            .ok_or_else(|| {
+                OciCode::BlobUploadInvalid.err(format!(
+                    "chunk `{}` of this upload is missing from the store: start the upload again",
+                    c.name
+                ))
+            })?;
+        let mut at = 0;
+        while at < c.size {
+            let len = STEP.min(c.size - at);
+            let bytes = r
+                .chunk(at, len as usize)
+                .map_err(|e| ServerError::io("reading a chunk of an upload in", &where_, e))?;
+            w.write_all(&bytes)
+                .map_err(|e| ServerError::io("writing upload to", &store.tmp_dir, e))?;
+            at += len;
+        }
+    }
+    Ok(w)
+}
+
+/// Commits `writer` as `digest` (a mismatch is DIGEST_INVALID and stores nothing), counts the
+/// upload and links the blob into `repo`.
+async fn store_blob(
+    state: &AppState,
+    repo: &RepoName,
+    writer: Box<dyn BlobWriter>,
+    digest: Digest,
+    received: u64,
+) -> Result<BlobUpload, ServerError> {
     let name = repo.as_str().to_string();
-    let up: BlobUpload = state
+    state
         .store
         .blocking(move |s| {
             let pin = s.pins.pin([digest]);
@@ -237,89 +337,149 @@ pub async fn finish(
             s.db.link_blob(&name, &up.digest)?;
             Ok(up)
         })
-        .await?;
-    Ok(created(repo, &up.digest))
+        .await
 }
 
 /// `GET /v2/<name>/blobs/uploads/<id>`: where the upload stands.
 pub async fn status(state: &AppState, repo: &RepoName, id: &str) -> Result<Response, ServerError> {
-    let mut s = lock_session(state, repo, id).await?;
-    s.last_active = std::time::Instant::now();
-    Ok(session_answer(StatusCode::NO_CONTENT, repo, id, s.offset()))
+    let (sid, name) = (id.to_string(), repo.as_str().to_string());
+    let offset = state
+        .store
+        .blocking(move |s| Ok(s.db.touch_upload(&sid, &name, now())?))
+        .await?
+        .ok_or_else(|| unknown_upload(repo, id))?;
+    Ok(session_answer(StatusCode::NO_CONTENT, repo, id, offset))
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`: cancels the upload.
 pub async fn cancel(state: &AppState, repo: &RepoName, id: &str) -> Result<Response, ServerError> {
-    drop(lock_session(state, repo, id).await?);
-    state.uploads.close(id);
+    claim(state, repo, id).await?;
+    end_session(state, id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The open session `id` of `repo`, locked for this request (a concurrent request on the same
-/// session waits).
-async fn lock_session(
-    state: &AppState,
-    repo: &RepoName,
-    id: &str,
-) -> Result<OwnedMutexGuard<Session>, ServerError> {
-    let unknown = || {
-        OciCode::BlobUploadUnknown.err(format!(
-            "upload `{id}` is not open in repository `{repo}` (finished, cancelled, or idle too \
-             long): start a new one"
-        ))
-    };
-    let session = state.uploads.get(id).ok_or_else(unknown)?;
-    let s = session.lock_owned().await;
-    if s.repo != *repo {
-        return Err(unknown());
-    }
-    Ok(s)
+/// Claims open session `id` of `repo` for this request (see [`uploads`]).
+async fn claim(state: &AppState, repo: &RepoName, id: &str) -> Result<UploadSession, ServerError> {
+    let (sid, name) = (id.to_string(), repo.as_str().to_string());
+    state
+        .store
+        .blocking(move |s| Ok(s.db.claim_upload(&sid, &name, now())?))
+        .await?
+        .ok_or_else(|| unknown_upload(repo, id))
 }
 
-/// Appends a request body to the session, checking `Content-Range` (when sent) against where
-/// the upload stands: a chunk that does not continue it is refused with 416.
+/// Deletes claimed session `id`'s staging objects, then its row. A failure is logged: the row,
+/// if left, expires with its objects.
+async fn end_session(state: &AppState, id: &str) {
+    let sid = id.to_string();
+    let ended = state
+        .store
+        .blocking(move |s| {
+            uploads::delete_staged(s, &sid);
+            Ok(s.db.drop_upload(&sid)?)
+        })
+        .await;
+    if let Err(e) = ended {
+        tracing::warn!(session = id, error = %e, "ending an upload session failed; it expires");
+    }
+}
+
+/// BLOB_UPLOAD_UNKNOWN for session `id`.
+fn unknown_upload(repo: &RepoName, id: &str) -> ServerError {
+    OciCode::BlobUploadUnknown.err(format!(
+        "upload `{id}` is not open in repository `{repo}` (finished, cancelled, or idle too \
+         long): start a new one"
+    ))
+}
+
+/// Refuses a chunk whose `Content-Range` (when sent) does not continue an upload of `offset`
+/// bytes, or disagrees with its `Content-Length`: 416.
+fn check_chunk_range(headers: &HeaderMap, offset: u64) -> Result<(), ServerError> {
+    let Some(range) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(());
+    };
+    let (start, end) = parse_content_range(range.to_str().unwrap_or(""))?;
+    if start != offset {
+        return Err(OciCode::RangeInvalid.err(format!(
+            "the chunk starts at byte {start} but the upload has {offset} bytes: send the \
+             chunk that starts at {offset} (GET the upload for its state)"
+        )));
+    }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n != end - start + 1) {
+        return Err(OciCode::RangeInvalid.err(format!(
+            "Content-Range {start}-{end} does not match the Content-Length of the chunk"
+        )));
+    }
+    Ok(())
+}
+
+/// Receives `body` as the next chunk of open `session` and appends it; the new offset. The chunk
+/// is stored as a staging object first and appended only if the session still stands where it
+/// did (416 when another chunk got there first). A chunk broken off midway is dropped whole: the
+/// client asks where the upload stands and resends from there.
 async fn append_chunk(
     state: &AppState,
-    s: &mut Session,
+    repo: &RepoName,
+    session: &UploadSession,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(), ServerError> {
-    s.last_active = std::time::Instant::now();
-    let offset = s.offset();
-    if let Some(range) = headers.get(header::CONTENT_RANGE) {
-        let (start, end) = parse_content_range(range.to_str().unwrap_or(""))?;
-        if start != offset {
-            return Err(OciCode::RangeInvalid.err(format!(
-                "the chunk starts at byte {start} but the upload has {offset} bytes: send the \
-                 chunk that starts at {offset} (GET the upload for its state)"
-            )));
-        }
-        let announced = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n != end - start + 1) {
-            return Err(OciCode::RangeInvalid.err(format!(
-                "Content-Range {start}-{end} does not match the Content-Length of the chunk"
-            )));
-        }
-    }
+) -> Result<u64, ServerError> {
+    let offset = session.received;
+    check_chunk_range(headers, offset)?;
     let limit = state.settings.max_upload_bytes;
     let room = limit.saturating_sub(offset);
     check_content_length(headers, room).map_err(|_| ServerError::TooLarge { limit })?;
-    let writer = s.writer.take().ok_or_else(|| {
-        OciCode::BlobUploadInvalid.err("an earlier chunk of this upload failed: start it again")
-    })?;
-    // Read on the runtime, written in short blocking steps (see `crate::receive`).
-    let got = crate::receive::receive(&state.store, body, Some(writer), room).await;
-    // A chunk broken off midway leaves what arrived: the client asks where the upload stands
-    // and resumes from there.
-    s.writer = got.writer;
-    s.last_active = std::time::Instant::now();
+    let hash = ChunkHash::resume(&session.hash_state)?;
+    let name = format!("{}/{}", session.id, uuid::Uuid::new_v4());
+    let staged = state
+        .store
+        .blobs
+        .stage(&name)
+        .map_err(|e| ServerError::io("creating temp file in", &state.store.tmp_dir, e))?;
+    let chunk = ChunkWriter::new(staged, hash);
+    let got =
+        crate::receive::receive(&state.store, body, Some(Box::new(chunk.clone())), room).await;
+    drop(got.writer);
     got.result.map_err(|e| match e {
         ServerError::TooLarge { .. } => ServerError::TooLarge { limit },
         other => other,
-    })
+    })?;
+    let id = session.id.clone();
+    let unknown = unknown_upload(repo, &id);
+    let repo_name = repo.as_str().to_string();
+    let appended = state
+        .store
+        .blocking(move |s| {
+            let (size, hash) = chunk
+                .finish()
+                .map_err(|e| ServerError::io("storing a chunk of an upload in", s.blobs.describe(), e))?;
+            let c = StagedChunk { name, size };
+            let now = now();
+            if size > 0 && s.db.append_upload_chunk(&id, offset, &c, &hash.save(), now)? {
+                return Ok(offset + size);
+            }
+            if let Err(e) = s.blobs.delete_staged(&c.name) {
+                tracing::warn!(chunk = c.name, error = %e, "deleting a chunk that was not appended failed");
+            }
+            if size == 0 && let Some(at) = s.db.touch_upload(&id, &repo_name, now)? {
+                return Ok(at);
+            }
+            match s.db.upload_session(&id)? {
+                Some(now) if !now.closing => Err(OciCode::RangeInvalid.err(format!(
+                    "another chunk was appended at byte {offset} meanwhile: the upload has {} \
+                     bytes (GET the upload for its state)",
+                    now.received
+                ))),
+                _ => Err(unknown),
+            }
+        })
+        .await;
+    drop(got.reservation);
+    appended
 }
 
 /// `Content-Range: <start>-<end>` of a chunk (inclusive; `bytes ` accepted in front).

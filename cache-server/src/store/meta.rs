@@ -27,7 +27,7 @@ use layercache_shared::{CacheKey, Digest, Namespace};
 use super::sqlite;
 pub use super::sqlite::{
     BlobRow, Cursor, GraphManifest, ManifestRow, Match, NewEntry, NewImage, NewManifest, Page,
-    Referrer, RegistryGraph,
+    Referrer, RegistryGraph, StagedChunk, UploadSession,
 };
 use super::tokens::{TokenRecord, TokenSelector};
 use crate::auth::{NamespacePattern, Role};
@@ -318,6 +318,23 @@ metadata_interface! {
         -> Page<TagSummary>;
     /// Number of tags and manifests.
     fn registry_counts(&self) -> (u64, u64);
+
+    // Registry upload sessions (shared by the replicas; see `sqlite::sessions`).
+    /// Records a new, empty session `id` of `repo` with SHA-256 state `hash_state`.
+    fn open_upload(&self, id: &str, repo: &str, hash_state: &[u8], now: u64) -> ();
+    /// Session `id`, claimed or not.
+    fn upload_session(&self, id: &str) -> Option<UploadSession>;
+    /// Appends `chunk` if the open session still holds exactly `offset` bytes; false otherwise.
+    fn append_upload_chunk(&self, id: &str, offset: u64, chunk: &StagedChunk,
+        hash_state: &[u8], now: u64) -> bool;
+    /// Marks open session `id` of `repo` active; its offset, `None` when not open.
+    fn touch_upload(&self, id: &str, repo: &str, now: u64) -> Option<u64>;
+    /// Claims open session `id` of `repo` for finishing or cancelling (exactly one claim wins).
+    fn claim_upload(&self, id: &str, repo: &str, now: u64) -> Option<UploadSession>;
+    /// Deletes session `id`; false when absent.
+    fn drop_upload(&self, id: &str) -> bool;
+    /// Deletes the sessions idle since before `cutoff`; their ids (each to one caller only).
+    fn expire_uploads(&self, cutoff: u64) -> Vec<String>;
 
     // Tokens and who may see which blob.
     /// Stores a new token by its hash; fails when a live token already has `name`.

@@ -21,7 +21,7 @@
 //!   does, whatever the database's locale.
 //!
 //! Submodules mirror SQLite's: [`migrations`] (the schema), `entries`, `blobs`, `insights`,
-//! `registry`, `tokens`.
+//! `registry`, `sessions`, `tokens`.
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -40,6 +40,7 @@ mod entries;
 mod insights;
 pub mod migrations;
 mod registry;
+mod sessions;
 mod tokens;
 
 /// How long a call waits for a pooled connection (or the pool for its first one at start)

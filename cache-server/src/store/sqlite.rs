@@ -8,7 +8,7 @@
 //!
 //! Submodules, one idea each: [`migrations`] (the schema), `entries` (commit, find, manifest,
 //! listings), `blobs` (blob rows and the collector's queries), `insights` (dashboard and
-//! `/metrics`), `registry` (the `/v2/` tables), [`pool`] (the readers).
+//! `/metrics`), `registry` (the `/v2/` tables), `sessions` (registry upload sessions), [`pool`] (the readers).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,9 +29,12 @@ pub use blobs::BlobRow;
 pub use entries::{Cursor, DEFAULT_PAGE, MAX_PAGE, Match, Page};
 mod insights;
 mod registry;
+mod sessions;
 mod uses;
 pub use insights::{ActivityKind, HISTORY_WINDOWS};
 pub use registry::{GraphManifest, ManifestRow, NewManifest, Referrer, RegistryGraph};
+pub(crate) use sessions::{APPEND_SQL, SESSION_COLUMNS, decode_chunks, encode_chunk};
+pub use sessions::{StagedChunk, UploadSession};
 
 /// Counter names in the `counters` table.
 pub mod counter {

@@ -1,5 +1,6 @@
 //! [`FsBlobStore`]: blobs as files under the data dir (`blobs/sha256/<2 hex>/<64 hex>`), the
-//! default store.
+//! default store; chunks of registry upload sessions as staging files
+//! (`uploads/<session>/<chunk>`).
 //!
 //! An upload is staged in `tmp/` ([`super::spool`]), fsynced, and renamed into place only when the
 //! digest matches; the directory is fsynced after the rename. Two concurrent uploads of one blob
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use layercache_shared::Digest;
 
-use super::spool::Spool;
-use super::{BlobError, BlobRead, BlobStore, BlobWriter, Committed};
+use super::spool::{Spool, StageFile};
+use super::{BlobError, BlobRead, BlobStore, BlobWriter, Committed, StagedWrite};
 
 /// Blobs as files under a data dir.
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ pub struct FsBlobStore {
     tmp: PathBuf,
     /// `<data>/quarantine`: corrupt blobs `verify` moved aside.
     quarantine: PathBuf,
+    /// `<data>/uploads`: staging objects, `<session>/<chunk>` (same filesystem as `root`, so a
+    /// chunk becomes a blob by a rename).
+    staging: PathBuf,
 }
 
 impl FsBlobStore {
@@ -38,14 +42,12 @@ impl FsBlobStore {
                 source,
             })?;
         }
-        let quarantine = blobs_dir
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("quarantine");
+        let data = blobs_dir.parent().unwrap_or(Path::new("."));
         Ok(FsBlobStore {
             root,
             tmp: tmp_dir.to_path_buf(),
-            quarantine,
+            quarantine: data.join("quarantine"),
+            staging: data.join("uploads"),
         })
     }
 
@@ -129,6 +131,143 @@ impl BlobStore for FsBlobStore {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn stage(&self, name: &str) -> io::Result<Box<dyn StagedWrite>> {
+        Ok(Box::new(FsStagedWrite {
+            file: StageFile::new(&self.tmp)?,
+            dest: self.staging.join(name),
+        }))
+    }
+
+    fn open_staged(&self, name: &str) -> io::Result<Option<Box<dyn BlobRead>>> {
+        let Some(file) = absent_as_none(File::open(self.staging.join(name)))? else {
+            return Ok(None);
+        };
+        let len = file.metadata()?.len();
+        Ok(Some(Box::new(FsBlobRead { file, len })))
+    }
+
+    fn adopt_staged(&self, name: &str, size: u64, digest: Digest) -> Option<Box<dyn BlobWriter>> {
+        Some(Box::new(FsAdopted {
+            staged: self.staging.join(name),
+            size,
+            digest,
+            store: self.clone(),
+        }))
+    }
+
+    fn delete_staged(&self, name: &str) -> io::Result<()> {
+        absent_as_none(fs::remove_file(self.staging.join(name)))?;
+        Ok(())
+    }
+
+    fn delete_staged_session(&self, session: &str) -> io::Result<()> {
+        absent_as_none(fs::remove_dir_all(self.staging.join(session)))?;
+        Ok(())
+    }
+}
+
+/// A chunk on its way to `uploads/<session>/<chunk>`.
+struct FsStagedWrite {
+    /// The temp file in `tmp/`.
+    file: StageFile,
+    /// Where it goes at `finish`.
+    dest: PathBuf,
+}
+
+impl Write for FsStagedWrite {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl StagedWrite for FsStagedWrite {
+    /// A rename, without fsync: a chunk outlives the death of the process that wrote it (the page
+    /// cache is the kernel's), and is fsynced when it becomes a blob (see [`FsAdopted`]); a
+    /// power cut may lose it, as it loses any upload in flight.
+    fn finish(self: Box<Self>) -> io::Result<u64> {
+        let (size, temp) = self.file.finish()?;
+        if let Some(dir) = self.dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        temp.persist(&self.dest).map_err(|e| e.error)?;
+        Ok(size)
+    }
+}
+
+/// A staging object adopted as a blob: committed by renaming it into place.
+struct FsAdopted {
+    /// `uploads/<session>/<chunk>`.
+    staged: PathBuf,
+    /// Its size.
+    size: u64,
+    /// Its digest, as the session hashed it.
+    digest: Digest,
+    /// Where it goes.
+    store: FsBlobStore,
+}
+
+impl Write for FsAdopted {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other(
+            "an adopted staging object takes no writes",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for FsAdopted {
+    fn written(&self) -> u64 {
+        self.size
+    }
+
+    fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The same checks and syncs as an upload's commit, with the staging object for the temp
+    /// file. Left in place on a mismatch or when the blob is already stored (its session deletes
+    /// it).
+    fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
+        let FsAdopted {
+            staged,
+            size,
+            digest,
+            store,
+        } = *self;
+        if digest != *expected {
+            return Err(BlobError::Mismatch {
+                expected: *expected,
+                found: digest,
+                size,
+            });
+        }
+        let dest = store.path(expected);
+        if dest.exists() {
+            return Ok(Committed {
+                size,
+                newly_stored: false,
+            });
+        }
+        File::open(&staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing upload", &staged))?;
+        let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+        fs::rename(&staged, &dest).map_err(io_err("renaming upload into", &dest))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", &dir))?;
+        Ok(Committed {
+            size,
+            newly_stored: true,
+        })
     }
 }
 

@@ -10,6 +10,13 @@
 //! or sent to the bucket), so a blob is never visible under a digest it does not hash to, and any
 //! failure (or dropping the writer) deletes the temp file.
 //!
+//! Staging objects hold the chunks of registry upload sessions between requests, where every
+//! replica of a fleet reads them (`crate::registry::uploads`): `uploads/<session>/<chunk>` beside
+//! `blobs/` in the data dir, or `<PREFIX>/uploads/<session>/<chunk>` in the bucket. They are
+//! outside the `sha256/` tree that [`BlobStore::list`] walks, so the collector's orphan sweep
+//! never takes a live session's chunk for an orphan blob; the session that owns them deletes
+//! them when it finishes, is cancelled or expires.
+//!
 //! The API is blocking: callers run it on `spawn_blocking` threads. [`BlobStore::begin_write`],
 //! writes and dropping a writer only touch the local temp file, so they may also run on the
 //! runtime for a moment (a registry session is opened there).
@@ -145,6 +152,30 @@ pub trait BlobStore: Send + Sync + 'static {
         let _ = (digest, expires_in);
         Ok(None)
     }
+
+    // Staging objects: the chunks of registry upload sessions (see the module docs).
+    /// Starts writing staging object `name` (`<session>/<chunk>`); it exists, for every replica,
+    /// once [`StagedWrite::finish`] returns. Dropping the writer unfinished leaves nothing.
+    fn stage(&self, name: &str) -> io::Result<Box<dyn StagedWrite>>;
+    /// Opens staging object `name` for reading, `None` when absent.
+    fn open_staged(&self, name: &str) -> io::Result<Option<Box<dyn BlobRead>>>;
+    /// A writer that holds staging object `name` (`size` bytes, `digest` as its session hashed
+    /// it while it arrived) and whose commit moves it into place as a blob without copying it
+    /// through this process (a rename, or a server-side copy). Nothing may be written to it.
+    /// `None` when this store cannot move such an object (the caller copies it instead).
+    fn adopt_staged(&self, name: &str, size: u64, digest: Digest) -> Option<Box<dyn BlobWriter>>;
+    /// Deletes staging object `name` (absent is fine).
+    fn delete_staged(&self, name: &str) -> io::Result<()>;
+    /// Deletes every staging object of `session` (absent is fine): also a chunk whose writer
+    /// died before the session recorded it.
+    fn delete_staged_session(&self, session: &str) -> io::Result<()>;
+}
+
+/// A staging object being written (see [`BlobStore::stage`]).
+pub trait StagedWrite: Write + Send {
+    /// Makes the object readable by every replica under its name: renamed into the staging
+    /// directory, or sent to the bucket. Its size.
+    fn finish(self: Box<Self>) -> io::Result<u64>;
 }
 
 /// `--blob-store`: where a server keeps its blobs.

@@ -8,7 +8,8 @@
 //! tests (and embedders) pass the settings explicitly ([`S3Location::option`]).
 //!
 //! Keys: `<PREFIX>/sha256/<2 hex>/<64 hex>` (the data dir's layout), corrupt blobs moved by
-//! `verify` to `<PREFIX>/quarantine/<64 hex>`.
+//! `verify` to `<PREFIX>/quarantine/<64 hex>`, chunks of registry upload sessions at
+//! `<PREFIX>/uploads/<session>/<chunk>` (staging objects, see the parent module).
 //!
 //! Uploads: the content is staged in the data dir's `tmp/` and hashed on the way
 //! ([`super::spool`]), exactly as for the local store; only at the commit, once the digest checked
@@ -51,8 +52,8 @@ use object_store::{
     GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
 };
 
-use super::spool::Spool;
-use super::{BlobError, BlobRead, BlobStore, BlobWriter, Committed};
+use super::spool::{Spool, StageFile};
+use super::{BlobError, BlobRead, BlobStore, BlobWriter, Committed, StagedWrite};
 
 /// Blobs up to this size are sent in one `PUT` (read whole into memory: bounded by this).
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
@@ -67,6 +68,10 @@ const MAX_PARTS: u64 = 9_000;
 /// Parts of one upload being sent at once: enough to keep a fast link busy, and the bound on a
 /// commit's memory (`(PARTS_IN_FLIGHT + 1) × part size`).
 pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// The largest object S3 copies in one request: a larger staging object is not adopted (the
+/// session copies it through the server instead).
+pub const MAX_COPY: u64 = 5 << 30;
 
 /// A ranged read that broke is reopened this many times in a row before the chunk fails.
 const READ_RETRIES: u32 = 3;
@@ -196,6 +201,11 @@ impl Inner {
     fn key(&self, digest: &Digest) -> Path {
         let hex = digest.hex();
         self.location.path(&format!("sha256/{}/{hex}", &hex[..2]))
+    }
+
+    /// The key of staging object `name`.
+    fn staging_key(&self, name: &str) -> Path {
+        self.location.path(&format!("uploads/{name}"))
     }
 
     /// `s3://bucket/key`, for messages.
@@ -433,6 +443,156 @@ impl BlobStore for S3BlobStore {
 
     fn describe(&self) -> String {
         self.inner.location.to_string()
+    }
+
+    fn stage(&self, name: &str) -> io::Result<Box<dyn StagedWrite>> {
+        Ok(Box::new(S3StagedWrite {
+            file: StageFile::new(&self.tmp)?,
+            inner: Arc::clone(&self.inner),
+            key: self.inner.staging_key(name),
+        }))
+    }
+
+    fn open_staged(&self, name: &str) -> io::Result<Option<Box<dyn BlobRead>>> {
+        let key = self.inner.staging_key(name);
+        let Some(meta) = self.inner.head(&key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(S3BlobRead {
+            inner: Arc::clone(&self.inner),
+            key,
+            size: meta.size,
+            stream: Mutex::new(None),
+        })))
+    }
+
+    fn adopt_staged(&self, name: &str, size: u64, digest: Digest) -> Option<Box<dyn BlobWriter>> {
+        (size <= MAX_COPY).then(|| {
+            Box::new(S3Adopted {
+                inner: Arc::clone(&self.inner),
+                staged: self.inner.staging_key(name),
+                size,
+                digest,
+            }) as Box<dyn BlobWriter>
+        })
+    }
+
+    fn delete_staged(&self, name: &str) -> io::Result<()> {
+        let key = self.inner.staging_key(name);
+        match self.inner.block_on(self.inner.s3.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.inner.io_error("deleting", &key, e)),
+        }
+    }
+
+    /// Lists `uploads/<session>/` and deletes what is there.
+    fn delete_staged_session(&self, session: &str) -> io::Result<()> {
+        let dir = self.inner.staging_key(session);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .block_on(self.inner.s3.list(Some(&dir)).try_collect())
+            .map_err(|e| self.inner.io_error("listing", &dir, e))?;
+        for m in metas {
+            match self.inner.block_on(self.inner.s3.delete(&m.location)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.inner.io_error("deleting", &m.location, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A chunk on its way to `<PREFIX>/uploads/<session>/<chunk>`: staged in a local temp file
+/// (memory stays bounded whatever the chunk's size), sent at `finish`.
+struct S3StagedWrite {
+    /// The temp file.
+    file: StageFile,
+    /// The client.
+    inner: Arc<Inner>,
+    /// Where it goes.
+    key: Path,
+}
+
+impl Write for S3StagedWrite {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl StagedWrite for S3StagedWrite {
+    fn finish(self: Box<Self>) -> io::Result<u64> {
+        let S3StagedWrite { file, inner, key } = *self;
+        let (size, temp) = file.finish()?;
+        inner.upload(&key, &temp, size)?;
+        Ok(size)
+    }
+}
+
+/// A staging object adopted as a blob: committed by a server-side copy to its key.
+struct S3Adopted {
+    /// The client.
+    inner: Arc<Inner>,
+    /// `<PREFIX>/uploads/<session>/<chunk>`.
+    staged: Path,
+    /// Its size.
+    size: u64,
+    /// Its digest, as the session hashed it.
+    digest: Digest,
+}
+
+impl Write for S3Adopted {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other(
+            "an adopted staging object takes no writes",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for S3Adopted {
+    fn written(&self) -> u64 {
+        self.size
+    }
+
+    fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The digest check, then a copy unless the key already holds an object of this size. The
+    /// staging object stays (its session deletes it).
+    fn commit(self: Box<Self>, expected: &Digest) -> Result<Committed, BlobError> {
+        if self.digest != *expected {
+            return Err(BlobError::Mismatch {
+                expected: *expected,
+                found: self.digest,
+                size: self.size,
+            });
+        }
+        let inner = &self.inner;
+        let key = inner.key(expected);
+        let remote = |source| BlobError::Remote {
+            action: "storing blob at",
+            location: inner.url(&key),
+            source,
+        };
+        if inner.head(&key).map_err(remote)?.map(|m| m.size) == Some(self.size) {
+            return Ok(Committed {
+                size: self.size,
+                newly_stored: false,
+            });
+        }
+        inner
+            .block_on(inner.s3.copy(&self.staged, &key))
+            .map_err(|e| remote(inner.io_error("copying", &self.staged, e)))?;
+        Ok(Committed {
+            size: self.size,
+            newly_stored: true,
+        })
     }
 }
 

@@ -159,3 +159,47 @@ impl Write for Spool {
         }
     }
 }
+
+/// A chunk of a registry upload session on its way to the store's staging area: a temp file in
+/// `tmp/`, buffered and written back as it grows like a [`Spool`], but not hashed (the session
+/// hashes across its chunks, see `crate::registry::uploads`). Deleted on drop unless finished.
+pub(super) struct StageFile {
+    /// The buffered temp file.
+    file: BufWriter<NamedTempFile>,
+    /// Bytes written.
+    written: u64,
+    /// Bytes written when write-back was last started.
+    kicked: u64,
+}
+
+impl StageFile {
+    /// A new temp file in `tmp`.
+    pub(super) fn new(tmp: &Path) -> io::Result<StageFile> {
+        Ok(StageFile {
+            file: BufWriter::with_capacity(WRITE_BUFFER, NamedTempFile::new_in(tmp)?),
+            written: 0,
+            kicked: 0,
+        })
+    }
+
+    /// Flushes and closes the file: its size and path (deleted when the path drops).
+    pub(super) fn finish(self) -> io::Result<(u64, TempPath)> {
+        let temp = self.file.into_inner().map_err(|e| e.into_error())?;
+        Ok((self.written, temp.into_temp_path()))
+    }
+}
+
+impl Write for StageFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.kicked >= WRITE_BEHIND {
+            self.kicked = self.written;
+            start_writeback(self.file.get_ref().as_file());
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}

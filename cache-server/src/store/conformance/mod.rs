@@ -7,7 +7,7 @@
 //! [`Backend::texts`] for the few invariants no method exposes (refcounts, image rows); their
 //! SQL is written to mean the same in both dialects.
 //!
-//! Submodules by area: `entries`, `insights`, `registry`, `tokens`; `postgres_only` holds what
+//! Submodules by area: `entries`, `insights`, `registry`, `sessions`, `tokens`; `postgres_only` holds what
 //! only PostgreSQL has (concurrent migrations, reconnects).
 
 use layercache_shared::Digest;
@@ -21,6 +21,7 @@ mod entries;
 mod insights;
 mod postgres_only;
 mod registry;
+mod sessions;
 mod tokens;
 
 /// A backend under test: the interface, and raw reads for invariants it does not expose.

@@ -18,7 +18,8 @@ use super::R;
 pub const MIGRATE_LOCK: i64 = 0x6c63_6d67;
 
 /// Schema steps; never edit one that shipped, append a new one.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blobs (
     digest TEXT COLLATE "C" PRIMARY KEY,
     size BIGINT NOT NULL,
@@ -211,7 +212,22 @@ BEGIN
 END $$;
 CREATE TRIGGER blobs_totals AFTER INSERT OR DELETE OR UPDATE OF size ON blobs
     FOR EACH ROW EXECUTE FUNCTION blobs_totals();
-"#];
+"#,
+    // Issue 15: registry upload sessions shared by the replicas (SQLite's `sessions`).
+    r#"
+CREATE TABLE upload_sessions (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    received BIGINT NOT NULL,
+    chunks TEXT NOT NULL,
+    hash_state BYTEA NOT NULL,
+    created BIGINT NOT NULL,
+    last_active BIGINT NOT NULL,
+    closing BIGINT NOT NULL
+);
+CREATE INDEX upload_sessions_by_last_active ON upload_sessions (last_active);
+"#,
+];
 
 /// Applies the steps `client`'s database lacks, holding [`MIGRATE_LOCK`].
 pub(super) fn migrate(client: &mut Client) -> R<()> {

@@ -230,6 +230,20 @@ END;
     r#"
 CREATE INDEX builds_by_namespace_at ON builds (namespace, at);
 "#,
+    // Issue 15: registry upload sessions shared by the replicas on one index (`sessions`).
+    r#"
+CREATE TABLE upload_sessions (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    chunks TEXT NOT NULL,
+    hash_state BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    last_active INTEGER NOT NULL,
+    closing INTEGER NOT NULL
+);
+CREATE INDEX upload_sessions_by_last_active ON upload_sessions (last_active);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
