@@ -224,7 +224,7 @@ pub async fn finish(
     let up: BlobUpload = state
         .store
         .blocking(move |s| {
-            let pin = s.pins.pin([digest]);
+            let pin = s.pins.pin([digest])?;
             let result = ingest::finish_blob(s, writer, Some(digest), Some(pin));
             ingest::count_upload(s, &result, received)?;
             let up = result?;

@@ -19,6 +19,7 @@ pub mod bench_fill;
 pub mod blobs;
 #[cfg(test)]
 mod conformance;
+pub mod leases;
 pub mod meta;
 pub mod permissions;
 pub mod pins;
@@ -92,12 +93,13 @@ impl Store {
         let blobs = blobs.open(data_dir, &tmp_dir)?;
         let db = open_index(data_dir, database)?;
         let gc_wake: Arc<tokio::sync::Notify> = Arc::default();
+        let fleet = db.fleet();
         Ok(Store {
             db,
             blobs: Arc::from(blobs),
             tmp_dir,
-            pins: Arc::default(),
-            quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake))),
+            pins: Arc::new(Pins::new(fleet.clone())),
+            quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake), fleet)),
             gc_wake,
         })
     }
@@ -139,6 +141,37 @@ impl Store {
             self.db.uses_queued().await;
             if let Err(e) = self.blocking(|s| Ok(s.db.flush_uses()?)).await {
                 tracing::warn!(error = %e, "writing recorded hits and misses failed; they are lost");
+            }
+        }
+    }
+
+    /// Renews this replica's leases and quota reservation in the shared index, releases leases
+    /// of blobs no longer pinned, and lowers the reservation after uploads end, until the task is
+    /// aborted (see [`leases`]). Returns at once with an index one process owns.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        if self.pins.fleet().is_none() {
+            return;
+        }
+        let every = self.pins.lease_ttl() / 4;
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            let beat = tokio::select! {
+                () = tokio::time::sleep_until(next) => true,
+                () = self.quota.lowered.notified() => false,
+            };
+            let result = self
+                .blocking(move |s| {
+                    if beat {
+                        s.pins.heartbeat()?;
+                    }
+                    s.quota.sync()
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "renewing leases in the shared index failed; retrying");
+            }
+            if beat {
+                next = tokio::time::Instant::now() + every;
             }
         }
     }

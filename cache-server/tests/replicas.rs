@@ -1,0 +1,239 @@
+//! Several `layercache-server` replicas (real binaries) on one PostgreSQL database and one Garage
+//! bucket, each with its own data dir, serving one cache: tokens, pins and the collector across
+//! processes (see `store::leases`).
+
+mod common;
+mod garage;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use garage::Garage;
+use layercache_shared::Digest;
+use layercache_test_support::postgres as pg;
+use layercache_test_support::tarball::{Image, layer, noise, save};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use reqwest::StatusCode;
+
+/// A replica process, killed (and reaped) when dropped.
+struct Replica {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a replica on `database` (and the bucket of `garage` under `prefix`, when given) with
+/// its own data dir and `extra` flags.
+async fn replica(
+    database: &str,
+    garage: Option<(&Garage, &str)>,
+    extra: &[&str],
+) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let mut args = vec!["--data-dir", &data, "--database", database];
+    let store;
+    if let Some((g, prefix)) = garage {
+        store = format!("s3://{}/{prefix}", g.bucket);
+        args.extend(["--blob-store", &store]);
+    }
+    args.extend(extra);
+    let mut cmd = common::binary_command(&args);
+    if let Some((g, _)) = garage {
+        cmd.envs(g.env());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let url = common::binary_url(&mut child).await;
+    Replica {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// Runs `layercache-server <args>` to completion; returns stdout, panics on failure.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "layercache-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn status(url: &str, token: Option<&str>) -> StatusCode {
+    let mut req = reqwest::Client::new().get(format!("{url}/v1/stats"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// A token created with `token create --database` closes the gate of `--open` replicas at their
+/// next request, and one revoked through any replica's index is refused by every replica at its
+/// next request (auth reads tokens from the shared index per request, no cache).
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_created_or_revoked_anywhere_apply_on_every_replica_at_once() {
+    let db = pg::fresh_database("replica_tokens");
+    let a = replica(&db, None, &[]).await;
+    let b = replica(&db, None, &[]).await;
+    assert_eq!(status(&b.url, None).await, StatusCode::OK, "--open at first");
+    let dir = tempfile::tempdir().unwrap();
+    let made = cli(&[
+        "token",
+        "create",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--database",
+        &db,
+        "--role",
+        "admin",
+        "--namespace",
+        "*",
+        "--name",
+        "ci",
+    ]);
+    let token = made.lines().next().unwrap().trim().to_string();
+    for r in [&a, &b] {
+        assert_eq!(status(&r.url, None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&r.url, Some(&token)).await, StatusCode::OK);
+    }
+    cli(&[
+        "token",
+        "revoke",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--database",
+        &db,
+        "ci",
+    ]);
+    for r in [&b, &a] {
+        assert_eq!(status(&r.url, Some(&token)).await, StatusCode::UNAUTHORIZED);
+    }
+}
+
+async fn garage() -> Garage {
+    tokio::task::spawn_blocking(Garage::start).await.unwrap()
+}
+
+/// The object key of blob `d` under `prefix`.
+fn key_of(prefix: &str, d: &Digest) -> ObjectPath {
+    let hex = d.hex();
+    ObjectPath::from(format!("{prefix}/sha256/{}/{hex}", &hex[..2]))
+}
+
+async fn in_bucket(g: &Garage, prefix: &str, d: &Digest) -> bool {
+    g.client().head(&key_of(prefix, d)).await.is_ok()
+}
+
+/// A replica (re)started while another replica's upload is between storing its blob in the
+/// bucket and recording its row must not sweep that blob as an orphan: with a shared bucket the
+/// start sweep gives orphans the upload grace period (alone on a data dir it need not).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_replica_spares_blobs_another_replica_is_uploading() {
+    let g = garage().await;
+    let db = pg::fresh_database("replica_start_sweep");
+    let prefix = "cache";
+    let a = replica(&db, Some((&g, prefix)), &[]).await;
+    // The state of an upload on replica A between the object's write and its row's insert.
+    let content = noise(7, 4096);
+    let digest = Digest::of(&content);
+    g.client()
+        .put(&key_of(prefix, &digest), PutPayload::from(content))
+        .await
+        .unwrap();
+    let b = replica(&db, Some((&g, prefix)), &[]).await;
+    assert_eq!(status(&b.url, None).await, StatusCode::OK);
+    assert!(
+        in_bucket(&g, prefix, &digest).await,
+        "the starting replica deleted a blob in flight"
+    );
+    drop(a);
+}
+
+/// A blob a download on replica B is streaming survives replica A's collector, which deletes
+/// an entry's blobs the moment they are unreferenced; once the download ends (and B's heartbeat
+/// releases the lease) A deletes it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_streamed_by_one_replica_survives_another_replicas_collector() {
+    let g = garage().await;
+    let db = pg::fresh_database("replica_pins");
+    let prefix = "cache";
+    let fast = [
+        "--gc-interval-secs",
+        "1",
+        "--upload-grace-secs",
+        "0",
+        "--lease-ttl-secs",
+        "4",
+    ];
+    let a = replica(&db, Some((&g, prefix)), &fast).await;
+    let b = replica(&db, Some((&g, prefix)), &fast).await;
+    let client = reqwest::Client::new();
+    // A big entry (streamed by B) and a small one (the control: deleted unhindered).
+    let big_layer = layer(&[("big.bin", &noise(3, 24 << 20))]);
+    let big = Image::new(vec![big_layer], &["ADD big"]);
+    let small = Image::new(vec![layer(&[("small", b"small layer")])], &["ADD small"]);
+    for (key, img) in [("big", &big), ("small", &small)] {
+        let r = client
+            .put(format!("{}/v1/images/t/{key}", a.url))
+            .body(save(&[img]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    }
+    let big_blob = big.diff_ids()[0];
+    let small_blob = small.diff_ids()[0];
+    // B starts the restore and reads only its first bytes.
+    let r = client
+        .get(format!("{}/v1/images/t/big", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().len();
+    // Both entries go; A's collector deletes the small one's blobs at once.
+    for key in ["big", "small"] {
+        let r = client
+            .delete(format!("{}/v1/images/t/{key}", a.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_bucket(&g, prefix, &small_blob).await {
+        assert!(Instant::now() < deadline, "A's collector never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        in_bucket(&g, prefix, &big_blob).await,
+        "A deleted the blob B is streaming"
+    );
+    // The rest of the download comes through whole.
+    while let Some(chunk) = body.next().await {
+        got += chunk.expect("the download broke").len();
+    }
+    assert!(got > 24 << 20, "{got} bytes");
+    // Released by B's heartbeat, the blob goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_bucket(&g, prefix, &big_blob).await {
+        assert!(Instant::now() < deadline, "the lease was never released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
