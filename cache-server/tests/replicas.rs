@@ -237,3 +237,94 @@ async fn a_blob_streamed_by_one_replica_survives_another_replicas_collector() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Opens `PUT /v1/images/t/<key>` on `url` with a tarball of one 7 MiB layer (seeded by `seed`),
+/// sending only its first 64 KiB: the server reserves space under the quota (the declared
+/// length, or its 8 MiB growth step) and waits for the rest.
+async fn slow_upload(url: &str, key: &str, seed: u64) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let img = Image::new(
+        vec![layer(&[("blob.bin", &noise(seed, 7 << 20))])],
+        &["ADD blob"],
+    );
+    let tarball = save(&[&img]);
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/images/t/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-tar\r\n\
+         Content-Length: {}\r\n\r\n",
+        tarball.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&tarball[..64 << 10]).await.unwrap();
+    s
+}
+
+/// The status code of the answer on `s`, read as soon as it comes.
+async fn status_of(s: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.unwrap();
+    std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap()
+}
+
+/// Bytes all replicas reserve together, as the index says.
+fn reserved(db: &str) -> i64 {
+    let db = db.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT COALESCE(SUM(bytes), 0)::BIGINT FROM quota_reservations
+             WHERE expires_at > clock_timestamp()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Polls until the replicas together reserve more than `before` bytes; returns how many.
+async fn reserved_above(db: &str, before: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = reserved(db);
+        if now > before {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "reserved {now}, never more");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three replicas cannot together promise more than `--max-size` to uploads in progress: two
+/// 7 MiB uploads on two replicas leave no room under 16 MiB for a third on the third replica
+/// (507 before its body is read; alone, that replica would have had room), and room comes back
+/// when one of them ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_together_never_reserve_past_the_quota() {
+    let db = pg::fresh_database("replica_quota");
+    let quota = ["--max-size", "16MiB", "--lease-ttl-secs", "4"];
+    let a = replica(&db, None, &quota).await;
+    let b = replica(&db, None, &quota).await;
+    let c = replica(&db, None, &quota).await;
+    let on_a = slow_upload(&a.url, "a", 1).await;
+    let by_a = reserved_above(&db, 0).await;
+    let _on_b = slow_upload(&b.url, "b", 2).await;
+    let by_both = reserved_above(&db, by_a).await;
+    assert!(by_both <= 16 << 20, "{by_both}");
+    let mut on_c = slow_upload(&c.url, "c", 3).await;
+    assert_eq!(status_of(&mut on_c).await, 507, "the third upload fit");
+    assert_eq!(reserved(&db), by_both);
+    // A's upload breaks off: its reservation goes, and C's next upload fits.
+    drop(on_a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reserved(&db) == by_both {
+        assert!(Instant::now() < deadline, "A's reservation never went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = reserved(&db);
+    let _on_c = slow_upload(&c.url, "c", 3).await;
+    assert!(reserved_above(&db, left).await <= 16 << 20);
+}

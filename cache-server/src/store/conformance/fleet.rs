@@ -151,3 +151,35 @@ fn reservations_are_shared_by_replicas() {
         assert!(Instant::now() < deadline, "the lapsed reservation still counts");
     }
 }
+
+/// Pins on a replica of a shared index: the first pin of a blob writes a lease before it
+/// returns, the collector on another replica then spares the blob; pins of an already leased
+/// blob and their release touch only the process; the heartbeat releases idle leases.
+#[test]
+fn pins_take_leases_that_the_heartbeat_releases() {
+    use std::sync::Arc;
+
+    use crate::store::pins::Pins;
+
+    let (_url, a, b) = two("pins_take_leases_that_the_heartbeat_releases");
+    let fa = a.fleet().unwrap();
+    let pins = Arc::new(Pins::new(b.fleet()));
+    let (x, y) = (d("x"), d("y"));
+    for blob in [x, y] {
+        a.insert_blob(&blob, 10).unwrap();
+    }
+    let g1 = pins.pin([x]).unwrap();
+    let g2 = pins.pin([x, y]).unwrap();
+    assert_eq!(fa.leased(&[x, y]).unwrap(), [x, y].into_iter().collect());
+    assert!(a.delete_unreferenced(&[x, y]).unwrap().is_empty());
+    drop(g2);
+    // Still pinned by g1 (x) or idle but leased until the heartbeat (y).
+    pins.heartbeat().unwrap();
+    assert_eq!(fa.leased(&[x, y]).unwrap(), [x].into_iter().collect());
+    assert_eq!(a.delete_unreferenced(&[x, y]).unwrap(), vec![(y, 10)]);
+    drop(g1);
+    assert_eq!(fa.leased(&[x]).unwrap().len(), 1, "released lazily");
+    pins.heartbeat().unwrap();
+    assert!(fa.leased(&[x]).unwrap().is_empty());
+    assert_eq!(pins.pinned(), 0);
+}
