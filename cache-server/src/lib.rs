@@ -94,7 +94,8 @@ async fn serve_on(
         // Alone on the data dir nothing is in flight yet: files a crash left without a row can
         // go at once. With a shared bucket or index, other replicas' uploads are in flight: their
         // blobs are stored before their rows are, so orphans get the upload grace period.
-        let shared = database.is_some() || !matches!(blob_store, store::blobs::BlobLocation::DataDir);
+        let shared =
+            database.is_some() || !matches!(blob_store, store::blobs::BlobLocation::DataDir);
         let sweep = gc::Sweep {
             grace_secs,
             orphans: Some(if shared { grace_secs } else { 0 }),

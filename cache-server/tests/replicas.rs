@@ -33,11 +33,7 @@ impl Drop for Replica {
 
 /// Starts a replica on `database` (and the bucket of `garage` under `prefix`, when given) with
 /// its own data dir and `extra` flags.
-async fn replica(
-    database: &str,
-    garage: Option<(&Garage, &str)>,
-    extra: &[&str],
-) -> Replica {
+async fn replica(database: &str, garage: Option<(&Garage, &str)>, extra: &[&str]) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     let mut args = vec!["--data-dir", &data, "--database", database];
@@ -90,7 +86,11 @@ async fn tokens_created_or_revoked_anywhere_apply_on_every_replica_at_once() {
     let db = pg::fresh_database("replica_tokens");
     let a = replica(&db, None, &[]).await;
     let b = replica(&db, None, &[]).await;
-    assert_eq!(status(&b.url, None).await, StatusCode::OK, "--open at first");
+    assert_eq!(
+        status(&b.url, None).await,
+        StatusCode::OK,
+        "--open at first"
+    );
     let dir = tempfile::tempdir().unwrap();
     let made = cli(&[
         "token",
@@ -194,7 +194,12 @@ async fn a_blob_streamed_by_one_replica_survives_another_replicas_collector() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
     }
     let big_blob = big.diff_ids()[0];
     let small_blob = small.diff_ids()[0];
@@ -327,4 +332,241 @@ async fn replicas_together_never_reserve_past_the_quota() {
     let left = reserved(&db);
     let _on_c = slow_upload(&c.url, "c", 3).await;
     assert!(reserved_above(&db, left).await <= 16 << 20);
+}
+
+/// One integer the index answers to `sql`.
+fn pg_int(db: &str, sql: &str) -> i64 {
+    let (db, sql) = (db.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        c.query_one(&sql, &[]).unwrap().get(0)
+    })
+    .join()
+    .unwrap()
+}
+
+fn entries(db: &str) -> i64 {
+    pg_int(db, "SELECT COUNT(*) FROM entries")
+}
+
+/// Bytes of all blob rows (what counts against the quota).
+fn stored(db: &str) -> i64 {
+    pg_int(db, "SELECT value FROM totals WHERE name = 'blob_bytes'")
+}
+
+/// Whether some session holds the collector's advisory lock ("lcgc"; a bigint key below 2^32
+/// shows as `classid` 0 and `objid` the key).
+fn collector_locked(db: &str) -> bool {
+    pg_int(
+        db,
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+         AND classid = 0 AND objid = 1818453859",
+    ) > 0
+}
+
+/// Pushes `img` as `t/<key>` through `url`.
+async fn push(url: &str, key: &str, img: &Image) {
+    let r = reqwest::Client::new()
+        .put(format!("{url}/v1/images/t/{key}"))
+        .body(save(&[img]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}
+
+/// Entry `i`'s image: one layer of its own, `size` bytes of noise.
+fn image(i: u64, size: usize) -> Image {
+    Image::new(
+        vec![layer(&[("f.bin", &noise(100 + i, size))])],
+        &[&format!("RUN step {i}")],
+    )
+}
+
+/// One collector at a time, and a killed collector's work is taken over: replica A starts far
+/// over the quota and collects at start; while it holds the collector lock (PostgreSQL shows it
+/// held) and has evicted part of the entries it is killed with SIGKILL; replica B then gets the
+/// lock, finishes within the quota, and `verify` finds every recorded blob in the bucket intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_killed_mid_run_is_taken_over_by_another_replica() {
+    let g = garage().await;
+    let db = pg::fresh_database("replica_collector_kill");
+    let prefix = "cache";
+    let n = 160;
+    {
+        let filler = replica(&db, Some((&g, prefix)), &[]).await;
+        let pushes = (0..n).map(|i| {
+            let url = filler.url.clone();
+            async move { push(&url, &format!("k{i}"), &image(i, 16 << 10)).await }
+        });
+        futures::stream::iter(pushes)
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
+    }
+    assert_eq!(entries(&db), n as i64);
+    let over = ["--max-size", "256KiB", "--upload-grace-secs", "0"];
+    let store = format!("s3://{}/{prefix}", g.bucket);
+    let a_dir = tempfile::tempdir().unwrap();
+    let child = common::binary_command(&[
+        "--data-dir",
+        a_dir.path().to_str().unwrap(),
+        "--database",
+        &db,
+        "--blob-store",
+        &store,
+        over[0],
+        over[1],
+        over[2],
+        over[3],
+    ])
+    .envs(g.env())
+    .spawn()
+    .unwrap();
+    // Not waited for: A prints its address, then collects before it answers.
+    let mut a = Replica {
+        child,
+        url: String::new(),
+        _dir: a_dir,
+    };
+    // A evicts at start, one entry per transaction: kill it mid-way, holding the lock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = entries(&db);
+        if left < n as i64 && collector_locked(&db) {
+            a.child.kill().unwrap();
+            a.child.wait().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never started collecting");
+    }
+    let left = entries(&db);
+    assert!(
+        left > 20,
+        "A finished ({left} entries left) before it was killed: the test needs a slower collection"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector_locked(&db) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed replica's lock stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B collects at start (before it answers) and gets under the quota.
+    let _b = replica(&db, Some((&g, prefix)), &over).await;
+    assert!(entries(&db) < left, "B did not take over");
+    assert!(stored(&db) <= 256 << 10, "{} bytes", stored(&db));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
+        .args([
+            "verify",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--database",
+            &db,
+            "--blob-store",
+            &store,
+        ])
+        .envs(g.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The quota across replicas: three replicas ingest concurrently under one `--max-size`; hits
+/// through one replica count for the others' collectors (PostgreSQL writes them at once, with a
+/// fleet-wide use stamp). After the collectors settle, the store is within the quota and what
+/// was kept is the most recently used, fleet-wide.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_keep_the_most_recently_used_entries_fleet_wide_within_the_quota() {
+    let g = garage().await;
+    let db = pg::fresh_database("replica_lru");
+    let prefix = "cache";
+    let flags = [
+        "--max-size",
+        "6MiB",
+        "--gc-interval-secs",
+        "1",
+        "--upload-grace-secs",
+        "0",
+        "--lease-ttl-secs",
+        "4",
+    ];
+    let r = [
+        replica(&db, Some((&g, prefix)), &flags).await,
+        replica(&db, Some((&g, prefix)), &flags).await,
+        replica(&db, Some((&g, prefix)), &flags).await,
+    ];
+    let size = 900 << 10;
+    for i in 0..5u64 {
+        push(&r[i as usize % 3].url, &format!("e{i}"), &image(i, size)).await;
+    }
+    // e0 and e1 are used again, through other replicas than the ones that stored them.
+    for (i, via) in [(0, 2), (1, 0)] {
+        let body = reqwest::get(format!("{}/v1/images/t/e{i}", r[via].url))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(body.len() > size);
+    }
+    // Five more, concurrently through all three.
+    let pushes = (5..10u64).map(|i| {
+        let url = r[i as usize % 3].url.clone();
+        async move { push(&url, &format!("e{i}"), &image(i, size)).await }
+    });
+    futures::future::join_all(pushes).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&db) > 6 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "never within the quota: {}",
+            stored(&db)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept: Vec<String> = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+            c.query("SELECT key FROM entries ORDER BY key", &[])
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        })
+        .join()
+        .unwrap()
+    };
+    // Least recently used first; e5..e9 were committed after every other use.
+    let order = ["e2", "e3", "e4", "e0", "e1"];
+    let kept_old: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|k| kept.iter().any(|x| x == k))
+        .collect();
+    assert!(
+        kept_old.is_empty() || order.ends_with(&kept_old),
+        "kept {kept:?}: not the most recently used"
+    );
+    for k in ["e2", "e3", "e4"] {
+        assert!(!kept.iter().any(|x| x == k), "kept {kept:?}");
+    }
+    if !kept_old.is_empty() {
+        for i in 5..10 {
+            assert!(kept.contains(&format!("e{i}")), "kept {kept:?}");
+        }
+    }
 }

@@ -87,12 +87,7 @@ pub trait Fleet: Send + Sync {
     /// Sets this replica's reserved total to `total` if, with the other replicas' live
     /// reservations, it fits `max_size`; otherwise leaves it and returns `Err(others)`, what the
     /// other replicas hold. Lowering (or keeping) the total always succeeds.
-    fn reserve(
-        &self,
-        total: u64,
-        max_size: u64,
-        ttl: Duration,
-    ) -> MetaResult<Result<(), u64>>;
+    fn reserve(&self, total: u64, max_size: u64, ttl: Duration) -> MetaResult<Result<(), u64>>;
 
     /// Bytes every replica's live reservations hold together.
     fn reserved_total(&self) -> MetaResult<u64>;

@@ -66,7 +66,10 @@ impl std::fmt::Debug for Pins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pins")
             .field("pinned", &self.pinned())
-            .field("fleet", &self.fleet.as_ref().map(|f| f.replica().to_string()))
+            .field(
+                "fleet",
+                &self.fleet.as_ref().map(|f| f.replica().to_string()),
+            )
             .finish()
     }
 }

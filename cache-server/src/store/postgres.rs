@@ -195,7 +195,9 @@ impl PgDb {
         }
     }
 
-    pub(crate) fn client(&self) -> MetaResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    pub(crate) fn client(
+        &self,
+    ) -> MetaResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         let pool = self
             .pool
             .as_ref()

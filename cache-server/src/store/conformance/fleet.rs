@@ -45,10 +45,7 @@ fn a_leased_blob_is_not_deleted_until_its_lease_goes() {
     while !fa.leased(&[y]).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the 1 ms lease never lapsed");
     }
-    assert_eq!(
-        fa.leased(&[x, y, z]).unwrap(),
-        [x, z].into_iter().collect()
-    );
+    assert_eq!(fa.leased(&[x, y, z]).unwrap(), [x, z].into_iter().collect());
     let deleted: Vec<_> = a
         .delete_unreferenced(&[x, y, z])
         .unwrap()
@@ -108,7 +105,10 @@ fn one_collector_at_a_time() {
     let held = fa.try_lock_collector().unwrap().expect("free at first");
     assert!(fb.try_lock_collector().unwrap().is_none());
     drop(held);
-    let held = fb.try_lock_collector().unwrap().expect("free once released");
+    let held = fb
+        .try_lock_collector()
+        .unwrap()
+        .expect("free once released");
     assert!(fa.try_lock_collector().unwrap().is_none());
     drop(held);
     // A holder whose session ends (the process died) releases it.
@@ -125,10 +125,7 @@ fn one_collector_at_a_time() {
     drop(dying);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fa.try_lock_collector().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the dead session's lock stayed"
-        );
+        assert!(Instant::now() < deadline, "the dead session's lock stayed");
     }
 }
 
@@ -145,10 +142,16 @@ fn reservations_are_shared_by_replicas() {
     assert_eq!(fb.reserve(90, 100, TTL).unwrap(), Ok(()));
     assert_eq!(fb.reserved_total().unwrap(), 100);
     // A replica that stopped renewing (its row lapsed) holds nothing.
-    assert_eq!(fa.reserve(10, 100, Duration::from_millis(1)).unwrap(), Ok(()));
+    assert_eq!(
+        fa.reserve(10, 100, Duration::from_millis(1)).unwrap(),
+        Ok(())
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while fb.reserved_total().unwrap() != 90 {
-        assert!(Instant::now() < deadline, "the lapsed reservation still counts");
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed reservation still counts"
+        );
     }
 }
 

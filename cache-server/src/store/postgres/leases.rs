@@ -93,7 +93,10 @@ impl Fleet for PgFleet {
             }
             Ok(out)
         })?;
-        Ok(list.iter().map(|d| gens.get(d).copied().unwrap_or(0)).collect())
+        Ok(list
+            .iter()
+            .map(|d| gens.get(d).copied().unwrap_or(0))
+            .collect())
     }
 
     fn release(&self, leases: &[(Digest, i64)]) -> MetaResult<()> {

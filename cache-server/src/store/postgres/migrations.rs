@@ -18,7 +18,8 @@ use super::R;
 pub const MIGRATE_LOCK: i64 = 0x6c63_6d67;
 
 /// Schema steps; never edit one that shipped, append a new one.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blobs (
     digest TEXT COLLATE "C" PRIMARY KEY,
     size BIGINT NOT NULL,
@@ -211,7 +212,8 @@ BEGIN
 END $$;
 CREATE TRIGGER blobs_totals AFTER INSERT OR DELETE OR UPDATE OF size ON blobs
     FOR EACH ROW EXECUTE FUNCTION blobs_totals();
-"#, r#"
+"#,
+    r#"
 -- Replicas (see store::leases): leases on blobs in use, and each replica's quota reservations.
 CREATE SEQUENCE blob_lease_gen;
 CREATE TABLE blob_leases (
@@ -227,7 +229,8 @@ CREATE TABLE quota_reservations (
     bytes BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL
 );
-"#];
+"#,
+];
 
 /// Applies the steps `client`'s database lacks, holding [`MIGRATE_LOCK`].
 pub(super) fn migrate(client: &mut Client) -> R<()> {
