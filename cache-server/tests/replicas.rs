@@ -399,7 +399,8 @@ async fn a_collector_killed_mid_run_is_taken_over_by_another_replica() {
     let prefix = "cache";
     let n = 160;
     {
-        let filler = replica(&db, Some((&g, prefix)), &[]).await;
+        // Its uploads' leases lapse 4 s after it is killed.
+        let filler = replica(&db, Some((&g, prefix)), &["--lease-ttl-secs", "4"]).await;
         let pushes = (0..n).map(|i| {
             let url = filler.url.clone();
             async move { push(&url, &format!("k{i}"), &image(i, 16 << 10)).await }
@@ -458,10 +459,16 @@ async fn a_collector_killed_mid_run_is_taken_over_by_another_replica() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // B collects at start (before it answers) and gets under the quota.
-    let _b = replica(&db, Some((&g, prefix)), &over).await;
+    // B collects at start (before it answers), and every second, until within the quota (the
+    // blobs the filler's uploads leased go once those leases lapse).
+    let b_flags = [over.as_slice(), &["--gc-interval-secs", "1"]].concat();
+    let _b = replica(&db, Some((&g, prefix)), &b_flags).await;
     assert!(entries(&db) < left, "B did not take over");
-    assert!(stored(&db) <= 256 << 10, "{} bytes", stored(&db));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&db) > 256 << 10 {
+        assert!(Instant::now() < deadline, "{} bytes", stored(&db));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_layercache-server"))
         .args([
