@@ -38,6 +38,11 @@ use meta::Metadata;
 use pins::Pins;
 use sqlite::Db;
 
+/// How long the heartbeat task waits after a leased blob's last pin ended before it releases
+/// idle leases: a burst of transfers ending costs one round trip, and a blob pinned again within
+/// it keeps its lease.
+const IDLE_RELEASE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The blob store and the index, shared by all requests.
 pub struct Store {
     /// The index: SQLite in the data dir, or PostgreSQL (`--database`).
@@ -155,14 +160,21 @@ impl Store {
         let every = self.pins.lease_ttl() / 4;
         let mut next = tokio::time::Instant::now() + every;
         loop {
-            let beat = tokio::select! {
-                () = tokio::time::sleep_until(next) => true,
-                () = self.quota.lowered.notified() => false,
+            let (beat, idle) = tokio::select! {
+                () = tokio::time::sleep_until(next) => (true, false),
+                () = self.quota.lowered.notified() => (false, false),
+                () = self.pins.idle.notified() => (false, true),
             };
+            if idle {
+                // Transfers end in bursts: one release for all of them.
+                tokio::time::sleep(IDLE_RELEASE_DELAY).await;
+            }
             let result = self
                 .blocking(move |s| {
                     if beat {
                         s.pins.heartbeat()?;
+                    } else if idle {
+                        s.pins.release_idle()?;
                     }
                     s.quota.sync()
                 })
@@ -184,7 +196,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        crate::bulk::spawn(move || f(&store)).await?
+        crate::bulk::spawn(move || pins::may_block(|| f(&store))).await?
     }
 
     /// Runs blocking storage work off the async runtime.
@@ -194,7 +206,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        tokio::task::spawn_blocking(move || pins::may_block(|| f(&store))).await?
     }
 }
 

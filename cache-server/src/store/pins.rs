@@ -14,11 +14,15 @@
 //!
 //! Replicas sharing a PostgreSQL index (a [`Fleet`]): the counts stay in-process, and a blob's
 //! first pin also takes a lease row in the index before [`Pins::pin`] returns, so the rule holds
-//! across processes ([`super::leases`] says how). A lease outlives its last pin until the next
-//! [`Pins::heartbeat`] releases it: a blob pinned again meanwhile (a popular layer) costs no round
-//! trip, and releasing never blocks the async runtime (a [`PinGuard`] drops there). With SQLite
-//! there is no fleet, and a pin is what it always was: a map update under a mutex.
+//! across processes ([`super::leases`] says how). When the last pin of a blob ends on a thread
+//! that may block (inside [`super::Store::blocking`] or `bulk`: uploads, commits), its lease is
+//! deleted there and then. When it ends on the async runtime (a download's body dropped), the
+//! lease outlives it until the server's heartbeat task releases it ([`Pins::release_idle`], woken
+//! through [`Pins::idle`] about half a second later): the runtime never waits for the database,
+//! and a blob pinned again meanwhile (a popular layer) costs no round trip. With SQLite there is
+//! no fleet, and a pin is what it always was: a map update under a mutex.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -28,6 +32,20 @@ use layercache_shared::Digest;
 
 use super::leases::{DEFAULT_LEASE_TTL, Fleet};
 use crate::error::ServerError;
+
+thread_local! {
+    /// Whether this thread may wait for the database (set by [`may_block`]).
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` marked as allowed to block, so pins it drops release their leases at once. For the
+/// store's blocking pools only, never the async runtime's workers.
+pub fn may_block<T>(f: impl FnOnce() -> T) -> T {
+    let before = MAY_BLOCK.with(|m| m.replace(true));
+    let out = f();
+    MAY_BLOCK.with(|m| m.set(before));
+    out
+}
 
 /// Pin counts by blob, and this replica's leases when it shares its index.
 pub struct Pins {
@@ -41,6 +59,8 @@ pub struct Pins {
     fleet: Option<Arc<dyn Fleet>>,
     /// Lease time-to-live in milliseconds (`--lease-ttl-secs`).
     ttl_ms: AtomicU64,
+    /// Woken when a leased blob's last pin ends, so the heartbeat task releases its lease.
+    pub idle: tokio::sync::Notify,
 }
 
 /// One blob's entry in the table.
@@ -107,6 +127,7 @@ impl Pins {
             settled: Condvar::new(),
             fleet,
             ttl_ms: AtomicU64::new(DEFAULT_LEASE_TTL.as_millis() as u64),
+            idle: tokio::sync::Notify::new(),
         }
     }
 
@@ -225,32 +246,38 @@ impl Pins {
         self.table().values().filter(|s| s.count > 0).count()
     }
 
-    /// Renews the leases of blobs still pinned and releases those of blobs no longer pinned
-    /// (nothing without a fleet). Blocking: the server runs it every quarter of the lease
-    /// time-to-live on a blocking thread.
+    /// Releases the leases of blobs no longer pinned (nothing without a fleet). Blocking.
+    pub fn release_idle(&self) -> Result<(), ServerError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let mut idle = Vec::new();
+        self.table().retain(|d, slot| match slot.lease {
+            Lease::Held { generation, .. } if slot.count == 0 => {
+                idle.push((*d, generation));
+                false
+            }
+            _ => true,
+        });
+        // A blob released here and pinned again meanwhile got a new generation: its row stays.
+        fleet.release(&idle)?;
+        Ok(())
+    }
+
+    /// Releases idle leases and renews those of blobs still pinned (nothing without a fleet).
+    /// Blocking: the server runs it every quarter of the lease time-to-live.
     pub fn heartbeat(&self) -> Result<(), ServerError> {
         let Some(fleet) = &self.fleet else {
             return Ok(());
         };
+        self.release_idle()?;
         let ttl = self.lease_ttl();
-        let mut idle = Vec::new();
-        let mut keep = Vec::new();
-        {
-            let mut table = self.table();
-            table.retain(|d, slot| match slot.lease {
-                Lease::Held { generation, .. } if slot.count == 0 => {
-                    idle.push((*d, generation));
-                    false
-                }
-                Lease::Held { .. } => {
-                    keep.push(*d);
-                    true
-                }
-                _ => true,
-            });
-        }
-        // A blob released here and pinned again meanwhile got a new generation: its row stays.
-        fleet.release(&idle)?;
+        let keep: Vec<Digest> = self
+            .table()
+            .iter()
+            .filter(|(_, slot)| matches!(slot.lease, Lease::Held { .. }))
+            .map(|(d, _)| *d)
+            .collect();
         if keep.is_empty() {
             return Ok(());
         }
@@ -286,14 +313,37 @@ impl Drop for PinGuard {
         if self.digests.is_empty() {
             return;
         }
+        let now = MAY_BLOCK.with(|m| m.get()) && self.pins.fleet.is_some();
         let mut table = self.pins.table();
+        let mut leased_idle = false;
+        let mut release = Vec::new();
         for d in &self.digests {
             if let Some(slot) = table.get_mut(d) {
                 slot.count = slot.count.saturating_sub(1);
-                // A held lease stays until the heartbeat; nothing else needs an idle slot.
-                if slot.count == 0 && slot.lease == Lease::None {
-                    table.remove(d);
+                if slot.count == 0 {
+                    match slot.lease {
+                        Lease::None => {
+                            table.remove(d);
+                        }
+                        Lease::Held { generation, .. } if now => {
+                            release.push((*d, generation));
+                            table.remove(d);
+                        }
+                        // Left for the heartbeat task.
+                        _ => leased_idle = true,
+                    }
                 }
+            }
+        }
+        drop(table);
+        if leased_idle {
+            self.pins.idle.notify_one();
+        }
+        if let (false, Some(fleet)) = (release.is_empty(), &self.pins.fleet) {
+            // Pinned again meanwhile, a blob has a lease of a new generation, which stays. On
+            // failure the lease lapses after its time-to-live.
+            if let Err(e) = fleet.release(&release) {
+                tracing::warn!(error = %e, "releasing leases failed; they lapse on their own");
             }
         }
     }

@@ -186,3 +186,24 @@ fn pins_take_leases_that_the_heartbeat_releases() {
     assert!(fa.leased(&[x]).unwrap().is_empty());
     assert_eq!(pins.pinned(), 0);
 }
+
+/// A pin ending on a thread that may block (an upload's or a commit's) releases its lease at
+/// once: a collector elsewhere may delete the blob right after.
+#[test]
+fn pins_ending_where_blocking_is_allowed_release_their_leases_at_once() {
+    use std::sync::Arc;
+
+    use crate::store::pins::{Pins, may_block};
+
+    let (_url, a, b) = two("pins_ending_where_blocking_is_allowed_release_at_once");
+    let fa = a.fleet().unwrap();
+    let pins = Arc::new(Pins::new(b.fleet()));
+    let x = d("x");
+    may_block(|| {
+        let g = pins.pin([x]).unwrap();
+        assert_eq!(fa.leased(&[x]).unwrap().len(), 1);
+        drop(g);
+    });
+    assert!(fa.leased(&[x]).unwrap().is_empty());
+    assert_eq!(pins.pinned(), 0);
+}
