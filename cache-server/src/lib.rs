@@ -91,11 +91,11 @@ async fn serve_on(
         let store = Store::open_with_index(&data_dir, &blob_store, database.as_deref())?;
         store.pins.set_lease_ttl(lease_ttl);
         store.quota.set_lease_ttl(lease_ttl);
-        // Alone on the data dir nothing is in flight yet: files a crash left without a row can
-        // go at once. With a shared bucket or index, other replicas' uploads are in flight: their
-        // blobs are stored before their rows are, so orphans get the upload grace period.
-        let shared =
-            database.is_some() || !matches!(blob_store, store::blobs::BlobLocation::DataDir);
+        // Alone on its index nothing is in flight yet: files a crash left without a row can go
+        // at once. On a shared index (replicas, which share a bucket too), other replicas'
+        // uploads are in flight: their blobs are stored before their rows are, so orphans get the
+        // upload grace period. (A bucket with a SQLite index belongs to that one server.)
+        let shared = database.is_some();
         let sweep = gc::Sweep {
             grace_secs,
             orphans: Some(if shared { grace_secs } else { 0 }),
