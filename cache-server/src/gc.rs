@@ -16,6 +16,11 @@
 //!
 //! Crash safety: every step is a committed transaction followed by unlinks of files no row names,
 //! so a crash at any point leaves at worst orphan files, which the next start removes.
+//!
+//! Replicas sharing a PostgreSQL index ([`crate::store::leases`]): one collection runs at a time
+//! fleet-wide (a replica that cannot take the collector lock skips its run, reported as
+//! [`GcReport::skipped`]); blob deletions also hold the fleet's deletion lock and spare blobs any
+//! replica holds a live lease on; the quota counts every replica's reservations.
 
 use std::collections::HashSet;
 use std::fs;
@@ -65,6 +70,8 @@ pub struct GcReport {
     pub orphan_files: u64,
     /// Bytes counted against the quota afterwards.
     pub bytes_after: u64,
+    /// Another replica sharing the index was collecting: this run did nothing.
+    pub skipped: bool,
 }
 
 impl GcReport {
@@ -95,6 +102,18 @@ pub fn collect(
     now: u64,
 ) -> Result<GcReport, ServerError> {
     let mut report = GcReport::default();
+    // Held for the whole run: one collector at a time fleet-wide.
+    let _collector = match store.pins.fleet() {
+        Some(fleet) => match fleet.try_lock_collector()? {
+            Some(lock) => Some(lock),
+            None => {
+                tracing::debug!("another replica is collecting; skipping this run");
+                report.skipped = true;
+                return Ok(report);
+            }
+        },
+        None => None,
+    };
     let fresh = |created: u64| now.saturating_sub(created) < sweep.grace_secs;
 
     // 1. Plan and evict, only when there is something to evict: over the quota (the maintained
@@ -102,7 +121,7 @@ pub fn collect(
     // past the time-to-live (an indexed probe). Otherwise the run reads no entry or blob rows.
     let over_quota = match policy.max_size {
         // Space reserved by uploads in progress counts too: room is made before they land.
-        Some(max) => store.db.stored_bytes()? + store.quota.reserved() > max,
+        Some(max) => store.db.stored_bytes()? + store.quota.reserved_fleetwide()? > max,
         None => false,
     };
     let expired = match policy.ttl_secs {
@@ -134,6 +153,9 @@ pub fn collect(
         store.db.unreferenced_blobs(now - sweep.grace_secs)?
     };
     for batch in candidates.chunks(DELETE_BATCH) {
+        // Replicas: no lease can be written from here until the unlinks are done (the fleet's
+        // side of the pin rule; `delete_unreferenced` spares leased blobs).
+        let fleet_lock = store.pins.fleet().map(|f| f.lock_deletions()).transpose()?;
         let pins = store.pins.lock();
         let unpinned: Vec<Digest> = batch
             .iter()
@@ -150,6 +172,7 @@ pub fn collect(
             report.bytes_freed += size;
         }
         drop(pins);
+        drop(fleet_lock);
     }
 
     // 4. Orphans.
@@ -190,7 +213,7 @@ fn evict(
         .filter(|r| r.refcount == 0 && fresh(r.created) && !held.contains(&r.digest))
         .map(|r| r.size)
         .sum::<u64>()
-        + store.quota.reserved();
+        + store.quota.reserved_fleetwide()?;
     let plan = lru::plan(&entries, &sizes, kept_bytes, policy, now);
     for (holder, last_used, reason) in &plan.evict {
         let evicted = match holder {
@@ -237,9 +260,16 @@ fn remove_orphans(store: &Store, grace_secs: u64, now: u64) -> Result<u64, Serve
             continue;
         }
         // Under the pin lock: an upload that pinned the digest may be between storing the blob
-        // and inserting its row (and so missing from `recorded`).
+        // and inserting its row (and so missing from `recorded`); on another replica, when it
+        // holds a lease.
+        let fleet_lock = store.pins.fleet().map(|f| f.lock_deletions()).transpose()?;
         let pins = store.pins.lock();
         if pins.is_pinned(&digest) || store.db.blob_size(&digest)?.is_some() {
+            continue;
+        }
+        if let Some(fleet) = store.pins.fleet()
+            && !fleet.leased(&[digest])?.is_empty()
+        {
             continue;
         }
         if blobs
@@ -249,6 +279,7 @@ fn remove_orphans(store: &Store, grace_secs: u64, now: u64) -> Result<u64, Serve
             removed += 1;
         }
         drop(pins);
+        drop(fleet_lock);
     }
     let tmp = &store.tmp_dir;
     if let Ok(list) = fs::read_dir(tmp) {
@@ -450,7 +481,7 @@ mod tests {
         s.db.insert_blob(&free, 5).unwrap();
         let (pinned, _) = put(&s, b"pinned");
         s.db.insert_blob(&pinned, 6).unwrap();
-        let guard = s.pins.pin([pinned]);
+        let guard = s.pins.pin([pinned]).unwrap();
         let policy = Policy::default();
         // Both loose blobs were uploaded "now": the grace period spares them.
         let sweep = Sweep {
@@ -517,7 +548,7 @@ mod tests {
             ttl_secs: None,
         };
         // A restore of "old" is streaming: its blobs stay pinned while "old" is evicted.
-        let guard = s.pins.pin(old_blobs.clone());
+        let guard = s.pins.pin(old_blobs.clone()).unwrap();
         let r = collect(&s, &policy, no_grace(), now()).unwrap();
         assert_eq!(r.entries_evicted, 1);
         assert!(s.db.manifest(old).is_err());

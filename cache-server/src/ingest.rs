@@ -335,7 +335,11 @@ pub async fn upload_blob(
 ) -> Result<BlobUpload, ServerError> {
     // Held from before the file is found or renamed until its row is (re)inserted. An upload
     // without a digest pins once its content is hashed, still before the rename.
-    let pin = expected.map(|d| store.pins.pin([d]));
+    // Taken on a blocking thread: with replicas, a pin writes a lease to the shared index.
+    let pin = match expected {
+        Some(d) => Some(store.blocking(move |s| s.pins.pin([d])).await?),
+        None => None,
+    };
     // The body is read on the runtime; only the writes take a blocking thread, and the temp file
     // is opened with the first (see `receive`).
     let got = crate::receive::receive(&store, body, None, limit).await;
@@ -404,7 +408,10 @@ pub fn finish_blob(
     pin: Option<PinGuard>,
 ) -> Result<BlobUpload, ServerError> {
     let digest = expected.unwrap_or_else(|| w.digest());
-    let pin = pin.unwrap_or_else(|| store.pins.pin([digest]));
+    let pin = match pin {
+        Some(pin) => pin,
+        None => store.pins.pin([digest])?,
+    };
     let c = w.commit(&digest)?;
     let row_new = store.db.insert_blob(&digest, c.size)?;
     drop(pin);
@@ -477,7 +484,7 @@ pub fn commit_blocking(
     let images = parents_first(request.images)?;
     let config_ids: Vec<Digest> = images.iter().map(|i| i.id).collect();
     // Pins before the rows are looked up: a blob found here stays until the entry references it.
-    let mut pins = store.pins.pin(config_ids.iter().copied());
+    let mut pins = store.pins.pin(config_ids.iter().copied())?;
     let visible = access.visible_blobs(&store.db, &config_ids)?;
     let mut config_sizes = store.db.blob_sizes(&config_ids)?;
     config_sizes.retain(|d, _| visible.contains(d));
@@ -499,7 +506,7 @@ pub fn commit_blocking(
             all_layers.push(*d);
         }
     }
-    pins.extend(all_layers.iter().copied());
+    pins.extend(all_layers.iter().copied())?;
     let visible = access.visible_blobs(&store.db, &all_layers)?;
     let mut layer_sizes = store.db.blob_sizes(&all_layers)?;
     layer_sizes.retain(|d, _| visible.contains(d));

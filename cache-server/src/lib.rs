@@ -94,12 +94,19 @@ async fn serve_on(
     let policy = gc::policy_of(&settings);
     let grace_secs = settings.upload_grace.as_secs();
     let database = settings.database.clone();
+    let lease_ttl = settings.lease_ttl;
     let (store, live_tokens) = tokio::task::spawn_blocking(move || {
         let store = Store::open_with_index(&data_dir, &blob_store, database.as_deref())?;
-        // Nothing is in flight yet: files a crash left without a row can go at once.
+        store.pins.set_lease_ttl(lease_ttl);
+        store.quota.set_lease_ttl(lease_ttl);
+        // Alone on its index nothing is in flight yet: files a crash left without a row can go
+        // at once. On a shared index (replicas, which share a bucket too), other replicas'
+        // uploads are in flight: their blobs are stored before their rows are, so orphans get the
+        // upload grace period. (A bucket with a SQLite index belongs to that one server.)
+        let shared = database.is_some();
         let sweep = gc::Sweep {
             grace_secs,
-            orphans: Some(0),
+            orphans: Some(if shared { grace_secs } else { 0 }),
         };
         gc::collect(&store, &policy, sweep, store::sqlite::now())?;
         // Here, not on the runtime: PostgreSQL's client blocks.
@@ -121,6 +128,7 @@ async fn serve_on(
         Arc::clone(&state.settings),
     ));
     let uses = tokio::spawn(Arc::clone(&state.store).run_use_flusher());
+    let heartbeat = tokio::spawn(Arc::clone(&state.store).run_heartbeat());
     let store = Arc::clone(&state.store);
     let expiry = tokio::spawn(registry::uploads::run_expiry(
         Arc::clone(&state.store),
@@ -138,6 +146,7 @@ async fn serve_on(
         .await
         .map_err(|e| ServerError::io("serving on", format!("{addr:?}"), e));
     collector.abort();
+    heartbeat.abort();
     expiry.abort();
     uses.abort();
     // The hits and misses of the last requests.

@@ -36,6 +36,9 @@ pub struct Settings {
     pub upload_grace: std::time::Duration,
     /// A registry blob upload session idle this long is dropped with what it received.
     pub upload_timeout: std::time::Duration,
+    /// Replicas on one PostgreSQL index: how long this replica's leases on blobs in use and its
+    /// quota reservations outlive it (see [`crate::store::leases`]).
+    pub lease_ttl: std::time::Duration,
     /// `--open`: serve without tokens while the data dir holds none (see [`crate::auth_gate`]).
     /// Off by default: a server without tokens refuses every request until one is created.
     pub open: bool,
@@ -108,6 +111,7 @@ impl Settings {
             gc_interval: DEFAULT_GC_INTERVAL,
             upload_grace: DEFAULT_UPLOAD_GRACE,
             upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
+            lease_ttl: crate::store::leases::DEFAULT_LEASE_TTL,
             open: false,
             max_uploads: DEFAULT_MAX_UPLOADS,
             max_tarball_uploads: DEFAULT_MAX_TARBALL_UPLOADS,

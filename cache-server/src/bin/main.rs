@@ -116,6 +116,10 @@ struct ServeArgs {
     /// Seconds a registry blob upload session may sit idle between chunks before it is dropped.
     #[arg(long, env = "LAYERCACHE_UPLOAD_TIMEOUT_SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT.as_secs())]
     upload_timeout_secs: u64,
+    /// With replicas on one --database: seconds a replica's leases on blobs in use and its quota
+    /// reservations outlive it when it dies (renewed every quarter of this while it runs).
+    #[arg(long, env = "LAYERCACHE_LEASE_TTL_SECS", default_value_t = layercache_server::store::leases::DEFAULT_LEASE_TTL.as_secs())]
+    lease_ttl_secs: u64,
     #[command(flatten)]
     limits: LimitArgs,
     /// Log line format.
@@ -353,6 +357,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gc_interval: std::time::Duration::from_secs(args.gc_interval_secs.max(1)),
         upload_grace: std::time::Duration::from_secs(args.policy.upload_grace_secs),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
+        lease_ttl: std::time::Duration::from_secs(args.lease_ttl_secs.max(1)),
         open: args.open,
         max_uploads: args.limits.max_uploads,
         max_tarball_uploads: args.limits.max_tarball_uploads,

@@ -170,7 +170,7 @@ pub(crate) async fn blob_response(
     let (len, pin) = state
         .store
         .blocking(move |s| {
-            let pin = s.pins.pin([digest]);
+            let pin = s.pins.pin([digest])?;
             // Only blobs with a row are served: a file without one is an upload in flight or an
             // orphan.
             let not_found = || ServerError::not_found(format!("blob {digest}"));

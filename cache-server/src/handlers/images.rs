@@ -78,7 +78,7 @@ pub async fn get_image(
                     .iter()
                     .flat_map(|i| std::iter::once(i.id).chain(i.layers.iter().map(|l| l.diff_id)))
                     .collect();
-                let pins = s.pins.pin(blobs.iter().copied());
+                let pins = s.pins.pin(blobs.iter().copied())?;
                 if s.db.blob_sizes(&blobs)?.len() < pins_len(&blobs) {
                     return Err(entry_not_found(&ns, &key));
                 }

@@ -330,7 +330,7 @@ async fn store_blob(
     state
         .store
         .blocking(move |s| {
-            let pin = s.pins.pin([digest]);
+            let pin = s.pins.pin([digest])?;
             let result = ingest::finish_blob(s, writer, Some(digest), Some(pin));
             ingest::count_upload(s, &result, received)?;
             let up = result?;

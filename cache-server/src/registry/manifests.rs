@@ -107,7 +107,7 @@ fn store_manifest(
     let referenced = m.refs.iter().map(|r| match r {
         Reference::Blob(d) | Reference::Manifest(d) => *d,
     });
-    let pins = store.pins.pin(referenced.chain([m.digest]));
+    let pins = store.pins.pin(referenced.chain([m.digest]))?;
     let mut w = store
         .blobs
         .begin_write()

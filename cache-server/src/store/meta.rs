@@ -121,6 +121,13 @@ macro_rules! metadata_interface {
             fn as_sqlite(&self) -> Option<&sqlite::Db> {
                 None
             }
+
+            /// How replicas sharing this index coordinate pins, the collector and the quota
+            /// ([`super::leases`]); `None` for an index one process owns (SQLite), where the
+            /// in-process tables suffice.
+            fn fleet(&self) -> Option<std::sync::Arc<dyn super::leases::Fleet>> {
+                None
+            }
         }
 
         impl Metadata for sqlite::Db {
@@ -157,6 +164,10 @@ macro_rules! metadata_interface {
             fn backend(&self) -> &'static str {
                 "postgres"
             }
+
+            fn fleet(&self) -> Option<std::sync::Arc<dyn super::leases::Fleet>> {
+                super::postgres::PgDb::fleet(self)
+            }
         }
 
         /// So `&store.db` (a `Box<dyn Metadata>`) passes where `&dyn Metadata` is asked.
@@ -177,6 +188,10 @@ macro_rules! metadata_interface {
 
             fn as_sqlite(&self) -> Option<&sqlite::Db> {
                 (**self).as_sqlite()
+            }
+
+            fn fleet(&self) -> Option<std::sync::Arc<dyn super::leases::Fleet>> {
+                (**self).fleet()
             }
         }
     };

@@ -19,6 +19,7 @@ pub mod bench_fill;
 pub mod blobs;
 #[cfg(test)]
 mod conformance;
+pub mod leases;
 pub mod meta;
 pub mod permissions;
 pub mod pins;
@@ -36,6 +37,11 @@ use blobs::{BlobLocation, BlobStore};
 use meta::Metadata;
 use pins::Pins;
 use sqlite::Db;
+
+/// How long the heartbeat task waits after a leased blob's last pin ended before it releases
+/// idle leases: a burst of transfers ending costs one round trip, and a blob pinned again within
+/// it keeps its lease.
+const IDLE_RELEASE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The blob store and the index, shared by all requests.
 pub struct Store {
@@ -92,12 +98,13 @@ impl Store {
         let blobs = blobs.open(data_dir, &tmp_dir)?;
         let db = open_index(data_dir, database)?;
         let gc_wake: Arc<tokio::sync::Notify> = Arc::default();
+        let fleet = db.fleet();
         Ok(Store {
             db,
             blobs: Arc::from(blobs),
             tmp_dir,
-            pins: Arc::default(),
-            quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake))),
+            pins: Arc::new(Pins::new(fleet.clone())),
+            quota: Arc::new(quota::Quota::new(Arc::clone(&gc_wake), fleet)),
             gc_wake,
         })
     }
@@ -143,6 +150,44 @@ impl Store {
         }
     }
 
+    /// Renews this replica's leases and quota reservation in the shared index, releases leases
+    /// of blobs no longer pinned, and lowers the reservation after uploads end, until the task is
+    /// aborted (see [`leases`]). Returns at once with an index one process owns.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        if self.pins.fleet().is_none() {
+            return;
+        }
+        let every = self.pins.lease_ttl() / 4;
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            let (beat, idle) = tokio::select! {
+                () = tokio::time::sleep_until(next) => (true, false),
+                () = self.quota.lowered.notified() => (false, false),
+                () = self.pins.idle.notified() => (false, true),
+            };
+            if idle {
+                // Transfers end in bursts: one release for all of them.
+                tokio::time::sleep(IDLE_RELEASE_DELAY).await;
+            }
+            let result = self
+                .blocking(move |s| {
+                    if beat {
+                        s.pins.heartbeat()?;
+                    } else if idle {
+                        s.pins.release_idle()?;
+                    }
+                    s.quota.sync()
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "renewing leases in the shared index failed; retrying");
+            }
+            if beat {
+                next = tokio::time::Instant::now() + every;
+            }
+        }
+    }
+
     /// Runs bulk storage work (hashing, writing and reading blob bytes, tarball ingest) on the
     /// low-priority pool of [`crate::bulk`], so it never delays a lookup.
     pub async fn bulk<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
@@ -151,7 +196,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        crate::bulk::spawn(move || f(&store)).await?
+        crate::bulk::spawn(move || pins::may_block(|| f(&store))).await?
     }
 
     /// Runs blocking storage work off the async runtime.
@@ -161,7 +206,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        tokio::task::spawn_blocking(move || pins::may_block(|| f(&store))).await?
     }
 }
 

@@ -38,6 +38,7 @@ use super::meta::{MetaError, MetaResult};
 mod blobs;
 mod entries;
 mod insights;
+pub mod leases;
 pub mod migrations;
 mod registry;
 mod sessions;
@@ -61,6 +62,8 @@ pub struct PgDb {
     pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
     /// The database URL without its password, for errors and logs.
     url: String,
+    /// The replicas' coordination over the same pool (`None` in the fleet's own handle).
+    fleet: Option<std::sync::Arc<leases::PgFleet>>,
 }
 
 /// Why a statement sequence failed, before it becomes a [`MetaError`] (which needs the URL).
@@ -152,12 +155,25 @@ impl PgDb {
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
+        let fleet = leases::PgFleet::new(PgDb {
+            pool: Some(pool.clone()),
+            url: shown.clone(),
+            fleet: None,
+        });
         let db = PgDb {
             pool: Some(pool),
             url: shown,
+            fleet: Some(std::sync::Arc::new(fleet)),
         };
         db.run(migrations::migrate)?;
         Ok(db)
+    }
+
+    /// The replicas' coordination through this index (see [`crate::store::leases`]).
+    pub fn fleet(&self) -> Option<std::sync::Arc<dyn crate::store::leases::Fleet>> {
+        self.fleet
+            .clone()
+            .map(|f| f as std::sync::Arc<dyn crate::store::leases::Fleet>)
     }
 
     /// The URL as shown in errors (no password).
@@ -165,7 +181,7 @@ impl PgDb {
         &self.url
     }
 
-    fn meta_err(&self, f: Fail) -> MetaError {
+    pub(crate) fn meta_err(&self, f: Fail) -> MetaError {
         match f {
             Fail::Pg(e) if broken(&e) => MetaError::Unavailable {
                 url: self.url.clone(),
@@ -180,7 +196,9 @@ impl PgDb {
         }
     }
 
-    fn client(&self) -> MetaResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    pub(crate) fn client(
+        &self,
+    ) -> MetaResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         let pool = self
             .pool
             .as_ref()

@@ -5,30 +5,59 @@
 //! its reservation as bytes arrive past it (chunked bodies); a reservation that cannot fit is a
 //! 507. The collector counts reserved bytes like blobs about to be committed, so it evicts least
 //! recently used entries to make room while the upload is written, not after.
+//!
+//! Replicas sharing a PostgreSQL index (a [`Fleet`]): a reservation that grows this replica's
+//! total also writes the total to the index, checked against the other replicas' live totals in
+//! the same transaction ([`Fleet::reserve`]), so replicas together never promise more than the
+//! quota. Releases lower the row lazily: the server's heartbeat writes the lower total (woken
+//! through [`Quota::lowered`]); until then the others see too much reserved, never too little.
+//! The growing write runs under `tokio::task::block_in_place` when called on the multi-threaded
+//! runtime (an upload's body stream is read there), so the runtime's other tasks move to other
+//! workers meanwhile. With SQLite nothing leaves the process.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::error::ServerError;
 use crate::lru::Reservations;
+use crate::store::leases::{DEFAULT_LEASE_TTL, Fleet};
 
 /// Bytes a growing reservation takes at a time: a lock per body chunk would be wasted work.
 const GROW_STEP: u64 = 8 << 20;
 
 /// The quota and what is reserved under it.
-#[derive(Debug, Default)]
 pub struct Quota {
     /// `--max-size` and the reservations, under one lock: a check and its reservation are atomic.
     state: Mutex<(Option<u64>, Reservations)>,
     /// Woken when space is reserved, so the collector makes room while the upload is written.
     wake: Arc<tokio::sync::Notify>,
+    /// The shared index's coordination; `None` with SQLite.
+    fleet: Option<Arc<dyn Fleet>>,
+    /// How long this replica's reservation row lives without renewal, in milliseconds.
+    ttl_ms: AtomicU64,
+    /// Woken when a reservation is released, so the heartbeat lowers this replica's row.
+    pub lowered: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quota")
+            .field("reserved", &self.reserved())
+            .finish()
+    }
 }
 
 impl Quota {
-    /// A quota that wakes the collector through `wake`; no `--max-size` until set.
-    pub fn new(wake: Arc<tokio::sync::Notify>) -> Self {
+    /// A quota that wakes the collector through `wake`; no `--max-size` until set. With
+    /// `fleet`, reservations are shared with the other replicas.
+    pub fn new(wake: Arc<tokio::sync::Notify>, fleet: Option<Arc<dyn Fleet>>) -> Self {
         Quota {
             state: Mutex::default(),
             wake,
+            fleet,
+            ttl_ms: AtomicU64::new(DEFAULT_LEASE_TTL.as_millis() as u64),
+            lowered: tokio::sync::Notify::new(),
         }
     }
 
@@ -37,9 +66,42 @@ impl Quota {
         self.lock().0 = max_size;
     }
 
-    /// Bytes reserved by uploads in progress.
+    /// Sets how long this replica's reservation row lives without renewal.
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        self.ttl_ms
+            .store(ttl.as_millis().max(1000) as u64, Ordering::Relaxed);
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Bytes reserved by uploads in progress in this process.
     pub fn reserved(&self) -> u64 {
         self.lock().1.reserved()
+    }
+
+    /// Bytes reserved by uploads in progress on every replica (this one's own count when the
+    /// index is not shared). Blocking with a fleet.
+    pub fn reserved_fleetwide(&self) -> Result<u64, ServerError> {
+        let mine = self.reserved();
+        match &self.fleet {
+            Some(fleet) if self.lock().0.is_some() => Ok(fleet.reserved_total()?.max(mine)),
+            _ => Ok(mine),
+        }
+    }
+
+    /// Writes this replica's current total to the index (renewing it): the heartbeat's part.
+    pub fn sync(&self) -> Result<(), ServerError> {
+        let (max, total) = {
+            let state = self.lock();
+            (state.0, state.1.reserved())
+        };
+        if let (Some(fleet), Some(max)) = (&self.fleet, max) {
+            // Lowering or keeping the total always fits.
+            let _ = fleet.reserve(total, max, self.ttl())?;
+        }
+        Ok(())
     }
 
     /// Reserves `bytes`, or refuses with [`ServerError::QuotaFull`] (507) when they cannot fit.
@@ -54,6 +116,25 @@ impl Quota {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<u64>, Reservations)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the grown `total` to the index, checked against the other replicas; `Err(others)`
+    /// when it does not fit. Off the async runtime's worker (see the module docs).
+    fn reserve_shared(
+        &self,
+        fleet: &Arc<dyn Fleet>,
+        total: u64,
+        max: u64,
+    ) -> Result<Result<(), u64>, ServerError> {
+        let ttl = self.ttl();
+        let call = || fleet.reserve(total, max, ttl);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        Ok(if multi_thread {
+            tokio::task::block_in_place(call)?
+        } else {
+            call()?
+        })
     }
 }
 
@@ -84,19 +165,36 @@ impl Reservation {
     fn add(&mut self, bytes: u64) -> Result<(), ServerError> {
         let mut state = self.quota.lock();
         let (max, book) = &mut *state;
-        book.try_reserve(*max, bytes)
+        let max = *max;
+        book.try_reserve(max, bytes)
             .map_err(|no| ServerError::QuotaFull {
                 requested: self.bytes + no.requested,
                 reserved: no.reserved - self.bytes.min(no.reserved),
                 max_size: no.max_size,
             })?;
-        let quota = state.0.is_some();
+        let total = book.reserved();
         drop(state);
-        if quota {
-            self.bytes += bytes;
-            if bytes > 0 {
-                self.quota.wake.notify_one();
+        let Some(max) = max else {
+            return Ok(());
+        };
+        if let (Some(fleet), true) = (&self.quota.fleet, bytes > 0) {
+            let shared = self.quota.reserve_shared(fleet, total, max);
+            if !matches!(shared, Ok(Ok(()))) {
+                self.quota.lock().1.release(bytes);
+                return Err(match shared {
+                    Ok(Err(others)) => ServerError::QuotaFull {
+                        requested: self.bytes + bytes,
+                        reserved: others + total - self.bytes - bytes,
+                        max_size: max,
+                    },
+                    Err(e) => e,
+                    Ok(Ok(())) => unreachable!("matched above"),
+                });
             }
+        }
+        self.bytes += bytes;
+        if bytes > 0 {
+            self.quota.wake.notify_one();
         }
         Ok(())
     }
@@ -106,6 +204,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
             self.quota.lock().1.release(self.bytes);
+            if self.quota.fleet.is_some() {
+                self.quota.lowered.notify_one();
+            }
         }
     }
 }
@@ -116,7 +217,7 @@ mod tests {
 
     #[test]
     fn reservations_release_on_drop_and_refuse_past_the_quota() {
-        let q = Arc::new(Quota::default());
+        let q = Arc::new(Quota::new(Arc::default(), None));
         q.set_max_size(Some(100 << 20));
         let a = q.reserve(60 << 20).unwrap();
         assert_eq!(q.reserved(), 60 << 20);
@@ -133,7 +234,7 @@ mod tests {
 
     #[test]
     fn without_a_quota_nothing_is_held() {
-        let q = Arc::new(Quota::default());
+        let q = Arc::new(Quota::new(Arc::default(), None));
         let r = q.reserve(u64::MAX).unwrap();
         assert_eq!(r.bytes(), 0);
         assert_eq!(q.reserved(), 0);

@@ -18,6 +18,7 @@ use super::postgres::PgDb;
 use super::sqlite::{self, NewEntry, NewImage};
 
 mod entries;
+mod fleet;
 mod insights;
 mod postgres_only;
 mod registry;

@@ -111,6 +111,8 @@ impl PgDb {
                 "DELETE FROM blobs WHERE digest = $1 AND refcount = 0
                  AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = $1)
                  AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE digest = $1)
+                 AND NOT EXISTS (SELECT 1 FROM blob_leases
+                                 WHERE digest = $1 AND expires_at > clock_timestamp())
                  RETURNING size",
             )?;
             let mut deleted = Vec::new();

@@ -227,6 +227,23 @@ CREATE TABLE upload_sessions (
 );
 CREATE INDEX upload_sessions_by_last_active ON upload_sessions (last_active);
 "#,
+    r#"
+-- Replicas (see store::leases): leases on blobs in use, and each replica's quota reservations.
+CREATE SEQUENCE blob_lease_gen;
+CREATE TABLE blob_leases (
+    digest TEXT COLLATE "C" NOT NULL,
+    replica TEXT COLLATE "C" NOT NULL,
+    gen BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (digest, replica)
+);
+CREATE INDEX blob_leases_by_expiry ON blob_leases (expires_at);
+CREATE TABLE quota_reservations (
+    replica TEXT COLLATE "C" PRIMARY KEY,
+    bytes BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
 
 /// Applies the steps `client`'s database lacks, holding [`MIGRATE_LOCK`].
