@@ -77,7 +77,7 @@ fn opening_removes_images_left_by_earlier_versions() {
             "INSERT INTO images (id, parent, config_size) VALUES ('{0}', NULL, 10);
              INSERT INTO image_layers (image_id, idx, diff_id) VALUES ('{0}', 0, '{1}');
              DROP TABLE tags; DROP TABLE manifest_refs; DROP TABLE manifests;
-             DROP TABLE repo_blobs; DROP TABLE blob_uploads;
+             DROP TABLE repo_blobs; DROP TABLE blob_uploads; DROP TABLE upload_sessions;
              DROP TRIGGER entries_total_insert; DROP TRIGGER entries_total_delete;
              DROP TRIGGER blobs_total_insert; DROP TRIGGER blobs_total_delete;
              DROP TRIGGER blobs_total_resize; DROP TABLE totals; DROP TABLE namespace_totals;
