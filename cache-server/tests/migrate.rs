@@ -16,7 +16,7 @@ use layercache_server::auth::{NamespacePattern, Role, create_token};
 use layercache_server::store::meta::Metadata;
 use layercache_server::store::open_index;
 use layercache_shared::Digest;
-use layercache_test_support::tarball::{Image, layer, noise, save};
+use layercache_test_support::tarball::{Image, layer, noise};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -100,19 +100,7 @@ async fn fill() -> Filled {
     .tagged("app:1")
     .child_of(&a);
     for (key, images) in [("k1", vec![&a, &b]), ("k2", vec![&a])] {
-        let r = s
-            .client
-            .put(format!("{}/v1/images/acme%2Fweb/{key}", s.url))
-            .body(save(&images))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::CREATED,
-            "{}",
-            r.text().await.unwrap()
-        );
+        common::push_tarball(&s.client, &s.url, &format!("acme%2Fweb/{key}"), &images).await;
     }
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;

@@ -188,18 +188,7 @@ async fn a_blob_streamed_by_one_replica_survives_another_replicas_collector() {
     let big = Image::new(vec![big_layer], &["ADD big"]);
     let small = Image::new(vec![layer(&[("small", b"small layer")])], &["ADD small"]);
     for (key, img) in [("big", &big), ("small", &small)] {
-        let r = client
-            .put(format!("{}/v1/images/t/{key}", a.url))
-            .body(save(&[img]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::CREATED,
-            "{}",
-            r.text().await.unwrap()
-        );
+        common::push_tarball(&client, &a.url, &format!("t/{key}"), &[img]).await;
     }
     let big_blob = big.diff_ids()[0];
     let small_blob = small.diff_ids()[0];
@@ -366,18 +355,7 @@ fn collector_locked(db: &str) -> bool {
 
 /// Pushes `img` as `t/<key>` through `url`.
 async fn push(url: &str, key: &str, img: &Image) {
-    let r = reqwest::Client::new()
-        .put(format!("{url}/v1/images/t/{key}"))
-        .body(save(&[img]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    common::push_tarball(&reqwest::Client::new(), url, &format!("t/{key}"), &[img]).await;
 }
 
 /// Entry `i`'s image: one layer of its own, `size` bytes of noise.

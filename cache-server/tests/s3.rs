@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use garage::Garage;
 use layercache_shared::Digest;
 use layercache_shared::archive::{BlobSink, Limits, read_archive};
-use layercache_test_support::tarball::{Image, layer, noise, save};
+use layercache_test_support::tarball::{Image, layer, noise};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use reqwest::{Method, StatusCode};
@@ -82,22 +82,6 @@ fn chain() -> (Image, Image) {
     (a, b)
 }
 
-/// Pushes `images` as `ns/key` through `PUT /v1/images`.
-async fn push_tarball(client: &reqwest::Client, url: &str, ns_key: &str, images: &[&Image]) {
-    let r = client
-        .put(format!("{url}/v1/images/{ns_key}"))
-        .body(save(images))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-}
-
 /// Restores `ns/key` and checks every layer of `image` came back intact.
 async fn restore_and_check(client: &reqwest::Client, url: &str, ns_key: &str, image: &Image) {
     let r = client
@@ -123,7 +107,7 @@ async fn v1_push_lookup_restore_and_ranged_gets_on_s3() {
     let store = g.blob_store("v1");
     let s = common::start(move |st| st.blob_store = store).await;
     let (a, b) = chain();
-    push_tarball(&s.client, &s.url, "acme%2Fweb/k1", &[&a, &b]).await;
+    common::push_tarball(&s.client, &s.url, "acme%2Fweb/k1", &[&a, &b]).await;
 
     let stored = keys(&g, "v1").await;
     for d in b.diff_ids().iter().chain([&a.id(), &b.id()]) {
@@ -323,8 +307,8 @@ async fn the_collector_deletes_blobs_from_the_bucket() {
     })
     .await;
     let (a, b) = chain();
-    push_tarball(&s.client, &s.url, "ns/keep", &[&a]).await;
-    push_tarball(&s.client, &s.url, "ns/drop", &[&a, &b]).await;
+    common::push_tarball(&s.client, &s.url, "ns/keep", &[&a]).await;
+    common::push_tarball(&s.client, &s.url, "ns/drop", &[&a, &b]).await;
     let big = key_of("gc", &b.diff_ids()[1]);
     let shared = key_of("gc", &a.diff_ids()[0]);
     assert!(keys(&g, "gc").await.contains(&big));
@@ -449,7 +433,7 @@ async fn a_restart_keeps_everything_and_verify_checks_the_bucket() {
     let url = common::binary_url(&mut child).await;
     let client = reqwest::Client::new();
     let (a, b) = chain();
-    push_tarball(&client, &url, "ns/k", &[&a, &b]).await;
+    common::push_tarball(&client, &url, "ns/k", &[&a, &b]).await;
     // SIGTERM, as a service manager stops it.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
@@ -553,10 +537,10 @@ async fn one_node_of_three_down_keeps_push_and_restore_working() {
     let store = g.blob_store("rf3");
     let s = common::start(move |st| st.blob_store = store).await;
     let (a, b) = chain();
-    push_tarball(&s.client, &s.url, "ns/before", &[&a, &b]).await;
+    common::push_tarball(&s.client, &s.url, "ns/before", &[&a, &b]).await;
     g.kill_node(2);
     restore_and_check(&s.client, &s.url, "ns/before", &b).await;
     let c = Image::new(vec![layer(&[("c", &noise(3, 2 << 20))])], &["ADD c"]);
-    push_tarball(&s.client, &s.url, "ns/after", &[&c]).await;
+    common::push_tarball(&s.client, &s.url, "ns/after", &[&c]).await;
     restore_and_check(&s.client, &s.url, "ns/after", &c).await;
 }

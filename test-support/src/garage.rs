@@ -145,8 +145,13 @@ api_bind_addr = "127.0.0.1:{admin}"
                     .to_string(),
             );
         }
+        // A node just started may not accept the connection yet (seen under load): retried
+        // until it does or the deadline passes.
         for peer in &ids[1..] {
-            g.cli(&["node", "connect", peer]).expect("node connect");
+            g.wait_until(
+                |g| g.cli(&["node", "connect", peer]).is_ok(),
+                "connects to its peers",
+            );
         }
         for (n, id) in ids.iter().enumerate() {
             let id = id.split('@').next().unwrap().to_string();

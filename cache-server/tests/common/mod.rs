@@ -169,3 +169,25 @@ pub async fn binary_url(child: &mut std::process::Child) -> String {
     }
     url
 }
+
+/// Pushes `images` as `ns_key` (`namespace/key`, the namespace's slashes escaped or not) through
+/// `PUT /v1/images` and asserts the server stored it (201), showing its error otherwise.
+pub async fn push_tarball(
+    client: &reqwest::Client,
+    url: &str,
+    ns_key: &str,
+    images: &[&layercache_test_support::tarball::Image],
+) {
+    let r = client
+        .put(format!("{url}/v1/images/{ns_key}"))
+        .body(layercache_test_support::tarball::save(images))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}

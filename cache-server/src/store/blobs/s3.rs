@@ -297,6 +297,19 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl S3BlobStore {
+    /// A reader of object `key` (a blob or a staging object), `None` when absent.
+    fn open_key(&self, key: Path) -> io::Result<Option<Box<dyn BlobRead>>> {
+        let Some(meta) = self.inner.head(&key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(S3BlobRead {
+            inner: Arc::clone(&self.inner),
+            key,
+            size: meta.size,
+            stream: Mutex::new(None),
+        })))
+    }
+
     /// Connects to the bucket of `location` with its settings, staging uploads in `tmp_dir`. Lists the prefix once, so a missing bucket, a wrong endpoint or credentials the
     /// store refuses stop the server at start with the store's own answer, not at the first push.
     pub fn open(location: &S3Location, tmp_dir: &FsPath) -> Result<S3BlobStore, BlobError> {
@@ -370,16 +383,7 @@ impl BlobStore for S3BlobStore {
     }
 
     fn open(&self, digest: &Digest) -> io::Result<Option<Box<dyn BlobRead>>> {
-        let key = self.inner.key(digest);
-        let Some(meta) = self.inner.head(&key)? else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(S3BlobRead {
-            inner: Arc::clone(&self.inner),
-            key,
-            size: meta.size,
-            stream: Mutex::new(None),
-        })))
+        self.open_key(self.inner.key(digest))
     }
 
     fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
@@ -454,16 +458,7 @@ impl BlobStore for S3BlobStore {
     }
 
     fn open_staged(&self, name: &str) -> io::Result<Option<Box<dyn BlobRead>>> {
-        let key = self.inner.staging_key(name);
-        let Some(meta) = self.inner.head(&key)? else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(S3BlobRead {
-            inner: Arc::clone(&self.inner),
-            key,
-            size: meta.size,
-            stream: Mutex::new(None),
-        })))
+        self.open_key(self.inner.staging_key(name))
     }
 
     fn adopt_staged(&self, name: &str, size: u64, digest: Digest) -> Option<Box<dyn BlobWriter>> {
