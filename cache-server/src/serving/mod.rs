@@ -17,6 +17,7 @@
 
 pub mod conns;
 pub mod fdlimit;
+pub mod sized;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -201,7 +202,14 @@ async fn serve_io<IO>(
         let info = Arc::clone(&info);
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let mark = info.begin();
-            let req = req.map(|b| Body::new(TimeoutBody::new(timeouts.body, b)));
+            let req = req.map(|b| {
+                // The timeout wrapper hides the declared length; `Sized` keeps it.
+                let hint = hyper::body::Body::size_hint(&b);
+                Body::new(sized::Sized::new(
+                    Body::new(TimeoutBody::new(timeouts.body, b)),
+                    &hint,
+                ))
+            });
             let app = app.clone();
             async move {
                 let Ok(resp) = app.oneshot(req).await;
