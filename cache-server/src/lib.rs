@@ -94,6 +94,12 @@ async fn serve_on(
     let policy = gc::policy_of(&settings);
     let grace_secs = settings.upload_grace.as_secs();
     let database = settings.database.clone();
+    // Before the first bulk task (the start-up collection below may read blobs).
+    bulk::set_threads(
+        settings
+            .bulk_threads
+            .unwrap_or_else(|| bulk::default_threads(settings.blob_store.is_remote())),
+    );
     let lease_ttl = settings.lease_ttl;
     let (store, live_tokens) = tokio::task::spawn_blocking(move || {
         let store = Store::open_with_index(&data_dir, &blob_store, database.as_deref())?;

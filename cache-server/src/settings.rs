@@ -39,6 +39,9 @@ pub struct Settings {
     /// Replicas on one PostgreSQL index: how long this replica's leases on blobs in use and its
     /// quota reservations outlive it (see [`crate::store::leases`]).
     pub lease_ttl: std::time::Duration,
+    /// `--bulk-threads`: the cap of the low-priority pool for blob bytes (see [`crate::bulk`]);
+    /// `None`: [`crate::bulk::default_threads`] for the blob store.
+    pub bulk_threads: Option<usize>,
     /// `--open`: serve without tokens while the data dir holds none (see [`crate::auth_gate`]).
     /// Off by default: a server without tokens refuses every request until one is created.
     pub open: bool,
@@ -112,6 +115,7 @@ impl Settings {
             upload_grace: DEFAULT_UPLOAD_GRACE,
             upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
             lease_ttl: crate::store::leases::DEFAULT_LEASE_TTL,
+            bulk_threads: None,
             open: false,
             max_uploads: DEFAULT_MAX_UPLOADS,
             max_tarball_uploads: DEFAULT_MAX_TARBALL_UPLOADS,

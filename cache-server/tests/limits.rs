@@ -504,9 +504,7 @@ async fn uploads_reserve_quota_space_before_they_are_written() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tx.send(Ok(Bytes::copy_from_slice(&first)))
-        .await
-        .unwrap();
+    tx.send(Ok(Bytes::copy_from_slice(&first))).await.unwrap();
     drop(tx);
     let r = pending.await.unwrap().unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);

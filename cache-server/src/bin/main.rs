@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage access tokens. Auth is on as soon as the data dir holds one live token.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -120,6 +120,11 @@ struct ServeArgs {
     /// reservations outlive it when it dies (renewed every quarter of this while it runs).
     #[arg(long, env = "LAYERCACHE_LEASE_TTL_SECS", default_value_t = layercache_server::store::leases::DEFAULT_LEASE_TTL.as_secs())]
     lease_ttl_secs: u64,
+    /// Threads for blob bytes (hashing and writing uploads, reading blobs for downloads), run at
+    /// a lower priority than requests. Default: twice the cores with blobs on local disk, 64 with
+    /// --blob-store s3://… (those threads also wait on the network).
+    #[arg(long, env = "LAYERCACHE_BULK_THREADS", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    bulk_threads: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
     /// Log line format.
@@ -358,6 +363,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upload_grace: std::time::Duration::from_secs(args.policy.upload_grace_secs),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
         lease_ttl: std::time::Duration::from_secs(args.lease_ttl_secs.max(1)),
+        bulk_threads: args.bulk_threads.map(|n| n as usize),
         open: args.open,
         max_uploads: args.limits.max_uploads,
         max_tarball_uploads: args.limits.max_tarball_uploads,
@@ -614,7 +620,7 @@ fn main() -> ExitCode {
                 .and_then(|s| layercache_server::store::bench_fill::fill(&s, from, to))
                 .with_context(|| format!("filling `{}`", data_dir.display()))
         }
-        Some(Command::Serve(args)) => serve_main(args),
+        Some(Command::Serve(args)) => serve_main(*args),
         None => serve_main(cli.serve),
     };
     match result {
