@@ -31,6 +31,50 @@ pub struct FsBlobStore {
 }
 
 impl FsBlobStore {
+    /// Makes the finished upload at `staged` (`size` bytes that hashed to `found`) blob
+    /// `expected`: refused on a mismatch; nothing to do when the blob is already stored (the
+    /// caller's `rename` is not called, so the file stays where it is); else synced, moved into
+    /// place by `rename` and its directory synced, so a crash never loses a blob a row is about to
+    /// name.
+    fn place(
+        &self,
+        expected: &Digest,
+        found: Digest,
+        size: u64,
+        staged: &Path,
+        rename: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<Committed, BlobError> {
+        if found != *expected {
+            return Err(BlobError::Mismatch {
+                expected: *expected,
+                found,
+                size,
+            });
+        }
+        let dest = self.path(expected);
+        if dest.exists() {
+            return Ok(Committed {
+                size,
+                newly_stored: false,
+            });
+        }
+        // Opened again by path: a parked writer holds no fd. fsync through a read-only fd flushes
+        // the file's pages all the same.
+        File::open(staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing upload", staged))?;
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+        rename(&dest).map_err(io_err("renaming upload into", &dest))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", &dir))?;
+        Ok(Committed {
+            size,
+            newly_stored: true,
+        })
+    }
+
     /// Uses `blobs_dir` for blobs and `tmp_dir` for uploads in progress; creates both. Corrupt
     /// blobs go to `quarantine/` beside `blobs_dir`.
     pub fn new(blobs_dir: &Path, tmp_dir: &Path) -> Result<Self, BlobError> {
@@ -241,32 +285,8 @@ impl BlobWriter for FsAdopted {
             digest,
             store,
         } = *self;
-        if digest != *expected {
-            return Err(BlobError::Mismatch {
-                expected: *expected,
-                found: digest,
-                size,
-            });
-        }
-        let dest = store.path(expected);
-        if dest.exists() {
-            return Ok(Committed {
-                size,
-                newly_stored: false,
-            });
-        }
-        File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("syncing upload", &staged))?;
-        let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
-        fs::rename(&staged, &dest).map_err(io_err("renaming upload into", &dest))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("syncing directory", &dir))?;
-        Ok(Committed {
-            size,
-            newly_stored: true,
+        store.place(expected, digest, size, &staged, |dest| {
+            fs::rename(&staged, dest)
         })
     }
 }
@@ -355,39 +375,10 @@ impl BlobWriter for FsBlobWriter {
         let (found, size, temp) = spool
             .finish()
             .map_err(io_err("writing upload to", &store.tmp))?;
-        if found != *expected {
-            return Err(BlobError::Mismatch {
-                expected: *expected,
-                found,
-                size,
-            });
-        }
-        let dest = store.path(expected);
-        if dest.exists() {
-            // Already stored: the temp file goes when `temp` drops.
-            return Ok(Committed {
-                size,
-                newly_stored: false,
-            });
-        }
-        // Opened again by path: a parked writer holds no fd. fsync through a read-only fd flushes
-        // the file's pages all the same.
-        File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("syncing upload", &temp))?;
-        let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
-        temp.persist(&dest)
-            .map_err(|e| e.error)
-            .map_err(io_err("renaming upload into", &dest))?;
-        // The rename is durable only once the directory entry is: a crash must not lose a blob
-        // the database is about to reference.
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("syncing directory", &dir))?;
-        Ok(Committed {
-            size,
-            newly_stored: true,
+        let path = temp.to_path_buf();
+        // Already stored: the temp file goes when `temp` drops with the unused closure.
+        store.place(expected, found, size, &path, |dest| {
+            temp.persist(dest).map_err(|e| e.error)
         })
     }
 }
