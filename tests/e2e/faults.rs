@@ -22,7 +22,7 @@ use crate::util::{TestEngine, TestServer, bin, load_from};
 
 /// A generated image: a shared base layer plus one layer of `kib` KiB unique to `seed`, tagged
 /// `gen<seed>:latest`.
-fn gen_image(seed: u64, kib: usize) -> Image {
+pub fn gen_image(seed: u64, kib: usize) -> Image {
     let layers = vec![
         layer(&[("base/shared.bin", &noise(1, 256 << 10))]),
         layer(&[(&format!("app/{seed}.bin"), &noise(seed + 1000, kib << 10))]),
@@ -31,7 +31,7 @@ fn gen_image(seed: u64, kib: usize) -> Image {
 }
 
 /// Layer digests only (the reader itself checks content against the config's diff_ids).
-struct DigestSink;
+pub struct DigestSink;
 impl BlobSink for DigestSink {
     type Handle = Digest;
     fn store(&mut self, content: &mut dyn Read) -> std::io::Result<Digest> {

@@ -11,18 +11,17 @@
 //! `layercache-server verify` on the shared store finds nothing wrong.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use layercache_shared::Digest;
-use layercache_shared::archive::{BlobSink, Limits, read_archive};
+use layercache_shared::archive::{Limits, read_archive};
 use layercache_test_support::garage::Garage;
 use layercache_test_support::haproxy::Haproxy;
 use layercache_test_support::postgres::{self, PgServer};
-use layercache_test_support::tarball::{Image, layer, noise, save};
+use layercache_test_support::tarball::{Image, save};
 use serde_json::{Value, json};
 
+use crate::faults::{DigestSink, gen_image};
 use crate::util::{Context, MULTI_STEP_DOCKERFILE, TestEngine, bin, run_logged};
 
 /// One `layercache-server` process of the cluster, with its own data dir (upload temp files) and
@@ -274,27 +273,6 @@ fn three_replicas_behind_haproxy_serve_runner_builds_and_docker_push_pull() {
     assert_eq!(engine.image_id(&image), id, "pulled through haproxy");
 }
 
-/// A generated image: a shared base and a `mib` MiB layer of its own, tagged `gen<seed>:latest`.
-fn gen_image(seed: u64, mib: usize) -> Image {
-    let layers = vec![
-        layer(&[("base/shared.bin", &noise(1, 256 << 10))]),
-        layer(&[(&format!("app/{seed}.bin"), &noise(seed + 1000, mib << 20))]),
-    ];
-    Image::new(layers, &["base", &format!("app {seed}")]).tagged(&format!("gen{seed}:latest"))
-}
-
-/// Layer digests only (the reader checks content against the config's diff_ids itself).
-struct DigestSink;
-
-impl BlobSink for DigestSink {
-    type Handle = Digest;
-    fn store(&mut self, content: &mut dyn Read) -> std::io::Result<Digest> {
-        let mut v = Vec::new();
-        content.read_to_end(&mut v)?;
-        Ok(Digest::of(&v))
-    }
-}
-
 /// Pushes through haproxy while a fault happens: eight `layercache save`s of eight images at once,
 /// from one engine, each under its own Dockerfile's key.
 struct Pushes {
@@ -314,7 +292,7 @@ impl Pushes {
     fn new() -> Pushes {
         let engine = TestEngine::start();
         let images: Vec<Image> = (0..RUNNERS as u64)
-            .map(|i| gen_image(i, LAYER_MIB))
+            .map(|i| gen_image(i, LAYER_MIB << 10))
             .collect();
         let contexts = (0..RUNNERS)
             .map(|i| Context::new(&format!("FROM scratch\nCOPY busybox /bin/busybox-{i}\n")))
