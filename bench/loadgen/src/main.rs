@@ -7,7 +7,9 @@
 //!
 //! Compiled, with the restored layers hashed on blocking threads, so the client's own cost (the
 //! Python generator `bench/load.py` held the GIL while parsing tarballs) does not hide the
-//! server's latency. With `--baseline` it runs a second server binary on the same workload, runs
+//! server's latency. The clients stand in for runners on machines of their own, so they yield the
+//! CPU to the server (`sched`) and lookups are timed on a thread of their own (`lookups`);
+//! `--clients-compete` and `--shared-lookups` measure as earlier versions did. With `--baseline` it runs a second server binary on the same workload, runs
 //! alternating, and prints both with ratios. With `--url` it runs against a server (or a load
 //! balancer in front of replicas) that is already running, as `bench/replicas.py` does; `--json`
 //! prints each run's figures as a line of JSON.
@@ -18,7 +20,9 @@
 //!     --baseline /path/to/older/layercache-server
 //! ```
 
+mod lookups;
 mod report;
+mod sched;
 mod server;
 
 use std::collections::HashMap;
@@ -32,6 +36,7 @@ use clap::Parser;
 use layercache_shared::Digest;
 use layercache_test_support::tarball::{Image, layer, noise, save};
 
+use lookups::Lookups;
 use report::{Run, Stats};
 
 #[derive(Parser, Debug)]
@@ -67,6 +72,15 @@ struct Args {
     /// bench/replicas.py).
     #[arg(long)]
     json: bool,
+    /// Send and time lookups on the runtime that also drives every client's restores and pushes
+    /// (the way of earlier versions), instead of on a thread of their own: a lookup's time then
+    /// includes its wait behind other clients' work in this process.
+    #[arg(long)]
+    shared_lookups: bool,
+    /// Run the clients at the normal scheduling policy, competing with the server for the CPU,
+    /// instead of at `SCHED_IDLE` (see `sched`: they stand in for other machines).
+    #[arg(long)]
+    clients_compete: bool,
 }
 
 /// One generated image: what a client pushes and what a restore must give back.
@@ -140,18 +154,38 @@ async fn client(
     images: Arc<Vec<Generated>>,
     deadline: Instant,
     stats: Arc<Mutex<Stats>>,
+    lookups: Arc<Lookups>,
 ) {
     // One connection per client, as a runner has.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("an HTTP client");
+    let client = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("an HTTP client")
+    };
+    // With a lookup thread, the lookups' connection is driven by it (see `lookups`).
+    let http = client();
+    let lookup_http = if lookups.own_thread() {
+        client()
+    } else {
+        http.clone()
+    };
     let mut rng = fastrand::Rng::with_seed(idx as u64);
     let mut round = 0u64;
     while Instant::now() < deadline {
         let img = &images[rng.usize(..images.len())];
-        if let Err(e) = one_round(&http, &base, &ns, img, round, &stats).await {
+        let round_trip = one_round(
+            &http,
+            &lookup_http,
+            &lookups,
+            &base,
+            &ns,
+            img,
+            round,
+            &stats,
+        );
+        if let Err(e) = round_trip.await {
             stats
                 .lock()
                 .unwrap()
@@ -162,23 +196,29 @@ async fn client(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn one_round(
     http: &reqwest::Client,
+    lookup_http: &reqwest::Client,
+    lookups: &Lookups,
     base: &str,
     ns: &str,
     img: &Generated,
     round: u64,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let r = http
+    let request = lookup_http
         .post(format!("{base}/v1/lookup"))
-        .json(&serde_json::json!({ "namespaces": [ns], "key": img.key }))
-        .send()
+        .json(&serde_json::json!({ "namespaces": [ns], "key": img.key }));
+    let (status, took) = lookups
+        .timed(async move {
+            let r = request.send().await?;
+            let status = r.status().as_u16();
+            r.bytes().await?;
+            Ok(status)
+        })
         .await?;
-    let status = r.status().as_u16();
-    r.bytes().await?;
-    stats.lock().unwrap().lookup(t0.elapsed());
+    stats.lock().unwrap().lookup(took);
     if status != 200 && status != 404 {
         bail!("lookup {}: {status}", img.key);
     }
@@ -251,6 +291,11 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
         (None, None) => unreachable!("a server was started"),
     };
     let stats = Arc::new(Mutex::new(Stats::default()));
+    let lookups = Arc::new(if args.shared_lookups {
+        Lookups::shared()
+    } else {
+        Lookups::start_thread()?
+    });
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let ns = format!(
@@ -266,6 +311,7 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
                 Arc::clone(images),
                 deadline,
                 Arc::clone(&stats),
+                Arc::clone(&lookups),
             ))
         })
         .collect();
@@ -286,9 +332,19 @@ async fn run_once(args: &Args, binary: &str, images: &Arc<Vec<Generated>>) -> an
     Ok(Run::of(binary, stats, elapsed, rss_peak_kib))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let idle = !args.clients_compete;
+    // The main thread keeps the normal policy: the server and the lookup thread are started from
+    // it (and reset to the normal policy themselves, whatever thread starts them).
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || sched::set_idle(idle))
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut binaries = vec![args.url.clone().unwrap_or_else(|| args.server.clone())];
     binaries.extend(args.baseline.clone());
     for b in binaries.iter().filter(|_| args.url.is_none()) {

@@ -1,6 +1,7 @@
 //! The server under test: the real binary on a free loopback port with a fresh data dir, killed
 //! (and its dir removed) on drop; and a sampler of its resident memory.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +23,10 @@ impl Server {
             .local_addr()?
             .port();
         let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(binary)
+        // The server runs at the normal policy even when started from a client thread at
+        // SCHED_IDLE (see `crate::sched`).
+        let mut child = Command::new(binary);
+        child
             .args([
                 "--open",
                 "--listen",
@@ -31,7 +35,19 @@ impl Server {
             ])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // sched_setscheduler, which is async-signal-safe.
+        unsafe {
+            child.pre_exec(|| {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = child
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
         let server = Server {
