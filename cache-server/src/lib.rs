@@ -95,6 +95,7 @@ async fn serve_on(
     let grace_secs = settings.upload_grace.as_secs();
     let database = settings.database.clone();
     // Before the first bulk task (the start-up collection below may read blobs).
+    bulk::set_priority(settings.bulk_priority);
     bulk::set_threads(
         settings
             .bulk_threads

@@ -42,6 +42,9 @@ pub struct Settings {
     /// `--bulk-threads`: the cap of the low-priority pool for blob bytes (see [`crate::bulk`]);
     /// `None`: [`crate::bulk::default_threads`] for the blob store.
     pub bulk_threads: Option<usize>,
+    /// `--bulk-priority`: how the pool's threads are put below request threads (see
+    /// [`crate::bulk::Priority`]).
+    pub bulk_priority: crate::bulk::Priority,
     /// `--open`: serve without tokens while the data dir holds none (see [`crate::auth_gate`]).
     /// Off by default: a server without tokens refuses every request until one is created.
     pub open: bool,
@@ -90,6 +93,15 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default for [`Settings::shutdown_timeout`].
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Async worker threads by default: twice the cores. Request threads mostly wait on sockets, so
+/// extra ones cost little; but when the CPUs are busy the kernel preempts a worker with woken
+/// requests queued on it, and those wait until it runs again unless another worker is free to
+/// take new wake-ups. Under 32 busy runners on 2 cores, 4 workers instead of 2 took lookups'
+/// p99 from 18 to 12–14 ms (`layercache-loadgen`, the load generator yielding the CPU).
+pub fn default_worker_threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Default for [`Settings::gc_interval`].
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// Default for [`Settings::upload_grace`].
@@ -116,6 +128,7 @@ impl Settings {
             upload_timeout: crate::registry::uploads::DEFAULT_UPLOAD_TIMEOUT,
             lease_ttl: crate::store::leases::DEFAULT_LEASE_TTL,
             bulk_threads: None,
+            bulk_priority: crate::bulk::Priority::default(),
             open: false,
             max_uploads: DEFAULT_MAX_UPLOADS,
             max_tarball_uploads: DEFAULT_MAX_TARBALL_UPLOADS,

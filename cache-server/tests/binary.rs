@@ -1,6 +1,7 @@
 //! The real binary, as a process: it keeps its data dir to its own user (files 0600, dirs 0700, a
 //! warning when the operator's data dir is open to others), and its 500s tell the client a request
-//! id, never a path or a database message, while its log carries both.
+//! id, never a path or a database message, while its log carries both; its bulk threads run at the
+//! priority `--bulk-priority` names.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +13,13 @@ mod common;
 /// Starts the binary on `data_dir` and waits until it serves (it prints its address first, then
 /// opens the store).
 async fn start(data_dir: &Path) -> (Child, String) {
-    let mut child = common::binary_command(&["--data-dir"])
+    start_with(data_dir, &[]).await
+}
+
+/// [`start`] with more flags.
+async fn start_with(data_dir: &Path, flags: &[&str]) -> (Child, String) {
+    let mut child = common::binary_command(flags)
+        .arg("--data-dir")
         .arg(data_dir)
         .stderr(Stdio::piped())
         .spawn()
@@ -142,4 +149,62 @@ async fn a_500_names_a_request_id_the_log_explains_and_no_internals() {
         .find(|l| l.contains(&id) && l.contains("request failed"))
         .unwrap_or_else(|| panic!("no log line with request id {id}:\n{log}"));
     assert!(line.contains("8192"), "the log keeps the details: {line}");
+}
+
+/// The scheduling policy and nice value of each of `pid`'s threads named `name`, from
+/// `/proc/PID/task/TID/stat` (fields 41 and 19; the name, field 2, may hold spaces, so fields are
+/// counted after its closing parenthesis).
+fn threads_policy_and_nice(pid: u32, name: &str) -> Vec<(u32, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        if head.split_once('(').unwrap().1 != name {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3.
+        found.push((
+            fields[41 - 3].parse().unwrap(),
+            fields[19 - 3].parse().unwrap(),
+        ));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_threads_run_at_sched_idle_or_niced_as_asked() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    for (flags, want) in [
+        (&[][..], (SCHED_IDLE, 0)),
+        (&["--bulk-priority", "nice"][..], (SCHED_OTHER, 10)),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (child, url) = start_with(&tmp.path().join("data"), flags).await;
+        // An upload is hashed and written on a bulk thread, which then idles in the pool.
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/blobs"))
+            .body(vec![7u8; 4096])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let bulk = threads_policy_and_nice(child.id(), "layercache-bulk");
+        let workers = threads_policy_and_nice(child.id(), "tokio-rt-worker");
+        stop(child);
+        assert!(!bulk.is_empty(), "no bulk thread with {flags:?}");
+        assert!(bulk.iter().all(|t| *t == want), "{flags:?}: {bulk:?}");
+        assert!(!workers.is_empty());
+        assert!(
+            workers.iter().all(|t| *t == (SCHED_OTHER, 0)),
+            "request threads keep the normal policy: {workers:?}"
+        );
+    }
+    let refused = common::binary_command(&["--bulk-priority", "realtime"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values: idle, nice"));
 }

@@ -125,6 +125,14 @@ struct ServeArgs {
     /// --blob-store s3://… (those threads also wait on the network).
     #[arg(long, env = "LAYERCACHE_BULK_THREADS", value_parser = clap::value_parser!(u64).range(1..=4096))]
     bulk_threads: Option<u64>,
+    /// How bulk threads yield to request threads: `idle` (SCHED_IDLE: they run only when no
+    /// request thread wants the CPU, for the lowest lookup latency) or `nice` (nice +10: they keep
+    /// a share of a CPU that other busy programs on the host also want).
+    #[arg(long, env = "LAYERCACHE_BULK_PRIORITY", value_enum, default_value_t = layercache_server::bulk::Priority::Idle)]
+    bulk_priority: layercache_server::bulk::Priority,
+    /// Threads serving requests (async workers). Default: twice the cores.
+    #[arg(long, env = "LAYERCACHE_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    worker_threads: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
     /// Log line format.
@@ -364,6 +372,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout_secs.max(1)),
         lease_ttl: std::time::Duration::from_secs(args.lease_ttl_secs.max(1)),
         bulk_threads: args.bulk_threads.map(|n| n as usize),
+        bulk_priority: args.bulk_priority,
         open: args.open,
         max_uploads: args.limits.max_uploads,
         max_tarball_uploads: args.limits.max_tarball_uploads,
@@ -643,7 +652,17 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         Ok((before, _)) => tracing::info!("open-file limit {before}"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
-    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    let workers = args
+        .worker_threads
+        .map_or_else(layercache_server::settings::default_worker_threads, |n| {
+            n as usize
+        });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    tracing::info!(workers, "request threads");
     let result = runtime.block_on(run(args));
     // The shutdown deadline has passed or everything finished: do not wait for blocking work
     // still tied to a stalled client.
