@@ -42,6 +42,17 @@ fn stop(mut child: Child) -> String {
     log
 }
 
+/// Uploads a 4 KiB blob and asserts it was stored.
+async fn upload_a_blob(url: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/blobs"))
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -52,13 +63,7 @@ async fn files_are_private_and_an_open_data_dir_is_warned_about() {
     let dir = tmp.path().join("data");
     let (child, url) = start(&dir).await;
     // A blob upload creates the blob fan-out dirs and a temp file on the way.
-    let r = reqwest::Client::new()
-        .post(format!("{url}/v1/blobs"))
-        .body(vec![7u8; 4096])
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    upload_a_blob(&url).await;
     let log = stop(child);
     assert!(
         !log.contains("chmod 700"),
@@ -183,13 +188,7 @@ async fn bulk_threads_run_at_sched_idle_or_niced_as_asked() {
         let tmp = tempfile::tempdir().unwrap();
         let (child, url) = start_with(&tmp.path().join("data"), flags).await;
         // An upload is hashed and written on a bulk thread, which then idles in the pool.
-        let r = reqwest::Client::new()
-            .post(format!("{url}/v1/blobs"))
-            .body(vec![7u8; 4096])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        upload_a_blob(&url).await;
         let bulk = threads_policy_and_nice(child.id(), "layercache-bulk");
         let workers = threads_policy_and_nice(child.id(), "tokio-rt-worker");
         stop(child);
