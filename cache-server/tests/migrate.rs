@@ -476,3 +476,59 @@ async fn migrate_refuses_a_wrong_source_a_running_one_and_another_cache() {
     assert!(o.status.success(), "{}", text(&o));
     check_target(&f, &f.dir, "dir", &db, &[]).await;
 }
+
+/// The data dir's largest blob file (the 2 MiB layer of `fill`).
+fn largest_blob_file(dir: &Path) -> PathBuf {
+    let mut files = Vec::new();
+    for fan in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        for file in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            files.push((std::fs::metadata(&path).unwrap().len(), path));
+        }
+    }
+    files.into_iter().max().expect("the data dir holds blobs").1
+}
+
+/// A source blob whose bytes no longer hash to its digest (same size, one byte flipped) is
+/// refused, naming the blob, whether it is copied to Garage or re-hashed in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_source_blob_is_refused_when_copied_or_rehashed() {
+    let f = fill().await;
+    let file = largest_blob_file(&f.dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let hex = file.file_name().unwrap().to_str().unwrap().to_string();
+
+    let g = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let store = format!("s3://{}/moved", g.bucket);
+    let copied = (
+        migrate_args(
+            &f.dir,
+            &store,
+            &layercache_test_support::postgres::fresh_database("migrate_corrupt_copy"),
+            &[],
+        ),
+        g.env(),
+    );
+    let rehashed = (
+        migrate_args(
+            &f.dir,
+            "dir",
+            &layercache_test_support::postgres::fresh_database("migrate_corrupt_dir"),
+            &[],
+        ),
+        vec![],
+    );
+    for (args, env) in [copied, rehashed] {
+        let o = run(args, env).await;
+        assert!(!o.status.success(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&hex), "the blob is named: {}", text(&o));
+        assert!(
+            err.contains("its content hashes to sha256:"),
+            "{}",
+            text(&o)
+        );
+    }
+}

@@ -16,7 +16,7 @@ use layercache_shared::digest::Hasher;
 use super::progress::Progress;
 use super::source::Source;
 use super::{MigrateError, Summary, abort_point};
-use crate::store::blobs::{BlobError, BlobLocation, BlobStore, FsBlobStore};
+use crate::store::blobs::{BlobError, BlobLocation, BlobRead, BlobStore, FsBlobStore};
 
 /// Bytes read from the source per step.
 const CHUNK: usize = 1 << 20;
@@ -111,31 +111,22 @@ fn copy_one(
         }
         None => {}
     }
-    let corrupt = |reason: String| MigrateError::CorruptSource {
-        digest: digest.to_string(),
-        reason,
-        data_dir: src.dir().to_path_buf(),
-    };
-    let reader = open_source(from, digest, size, &corrupt)?;
+    let reader = open_source(src, from, digest, size)?;
     let mut writer = to
         .begin_write()
         .map_err(|e| MigrateError::io("starting a blob write in", &src.dir().join("tmp"), e))?;
-    let mut offset = 0;
-    while offset < size {
-        let len = CHUNK.min((size - offset) as usize);
-        let bytes = reader
-            .chunk(offset, len)
-            .map_err(|e| corrupt(format!("reading it failed: {e}")))?;
+    for_each_chunk(src, &*reader, digest, size, |bytes| {
         writer
-            .write_all(&bytes)
-            .map_err(|e| MigrateError::io("staging a blob in", &src.dir().join("tmp"), e))?;
-        offset += len as u64;
-    }
+            .write_all(bytes)
+            .map_err(|e| MigrateError::io("staging a blob in", &src.dir().join("tmp"), e))
+    })?;
     match writer.commit(digest) {
         Ok(_) => Ok(true),
-        Err(BlobError::Mismatch { found, .. }) => {
-            Err(corrupt(format!("its content hashes to {found}")))
-        }
+        Err(BlobError::Mismatch { found, .. }) => Err(corrupt(
+            src,
+            digest,
+            format!("its content hashes to {found}"),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -147,45 +138,73 @@ fn rehash(
     digest: &Digest,
     size: u64,
 ) -> Result<(), MigrateError> {
-    let corrupt = |reason: String| MigrateError::CorruptSource {
-        digest: digest.to_string(),
-        reason,
-        data_dir: src.dir().to_path_buf(),
-    };
-    let reader = open_source(from, digest, size, &corrupt)?;
+    let reader = open_source(src, from, digest, size)?;
     let mut hasher = Hasher::new();
+    for_each_chunk(src, &*reader, digest, size, |bytes| {
+        hasher.update(bytes);
+        Ok(())
+    })?;
+    let (found, _) = hasher.finish();
+    if found != *digest {
+        return Err(corrupt(
+            src,
+            digest,
+            format!("its content hashes to {found}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `reader` (the source's blob `digest`, opened by [`open_source`]) in [`CHUNK`]s, handing
+/// each to `f`; a failed read is a corrupt source.
+fn for_each_chunk(
+    src: &Source,
+    reader: &dyn BlobRead,
+    digest: &Digest,
+    size: u64,
+    mut f: impl FnMut(&[u8]) -> Result<(), MigrateError>,
+) -> Result<(), MigrateError> {
     let mut offset = 0;
     while offset < size {
         let len = CHUNK.min((size - offset) as usize);
         let bytes = reader
             .chunk(offset, len)
-            .map_err(|e| corrupt(format!("reading it failed: {e}")))?;
-        hasher.update(&bytes);
+            .map_err(|e| corrupt(src, digest, format!("reading it failed: {e}")))?;
+        f(&bytes)?;
         offset += len as u64;
-    }
-    let (found, _) = hasher.finish();
-    if found != *digest {
-        return Err(corrupt(format!("its content hashes to {found}")));
     }
     Ok(())
 }
 
+/// The error for a source blob that cannot be migrated as recorded.
+fn corrupt(src: &Source, digest: &Digest, reason: String) -> MigrateError {
+    MigrateError::CorruptSource {
+        digest: digest.to_string(),
+        reason,
+        data_dir: src.dir().to_path_buf(),
+    }
+}
+
 /// The source's file of `digest`, checked to have the recorded `size`.
 fn open_source(
+    src: &Source,
     from: &FsBlobStore,
     digest: &Digest,
     size: u64,
-    corrupt: &dyn Fn(String) -> MigrateError,
-) -> Result<Box<dyn crate::store::blobs::BlobRead>, MigrateError> {
+) -> Result<Box<dyn BlobRead>, MigrateError> {
     let reader = from
         .open(digest)
-        .map_err(|e| corrupt(format!("opening it failed: {e}")))?
-        .ok_or_else(|| corrupt("its file is missing".into()))?;
+        .map_err(|e| corrupt(src, digest, format!("opening it failed: {e}")))?
+        .ok_or_else(|| corrupt(src, digest, "its file is missing".into()))?;
     if reader.size() != size {
-        return Err(corrupt(format!(
-            "its file has {} bytes, the index records {size}",
-            reader.size()
-        )));
+        return Err(corrupt(
+            src,
+            digest,
+            format!(
+                "its file has {} bytes, the index records {size}",
+                reader.size()
+            ),
+        ));
     }
     Ok(reader)
 }
