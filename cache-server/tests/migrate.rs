@@ -102,40 +102,9 @@ async fn fill() -> Filled {
     for (key, images) in [("k1", vec![&a, &b]), ("k2", vec![&a])] {
         common::push_tarball(&s.client, &s.url, &format!("acme%2Fweb/{key}"), &images).await;
     }
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let reg_layer = noise(9, 300_000);
-    for blob in [&config[..], &reg_layer[..]] {
-        let r = s
-            .client
-            .post(format!(
-                "{}/v2/acme/app/blobs/uploads/?digest={}",
-                s.url,
-                Digest::of(blob)
-            ))
-            .body(blob.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-    }
-    let desc = |b: &[u8], mt: &str| json!({"mediaType": mt, "digest": Digest::of(b).to_string(), "size": b.len()});
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": desc(config, "application/vnd.oci.image.config.v1+json"),
-        "layers": [desc(&reg_layer, "application/vnd.oci.image.layer.v1.tar")],
-    }))
-    .unwrap();
-    let r = s
-        .client
-        .put(format!("{}/v2/acme/app/manifests/v1", s.url))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let manifest =
+        common::push_registry_image(&s.client, &s.url, "acme/app", "v1", &reg_layer, None).await;
     lookup(&s.client, &s.url, None, "k1").await;
     let mut restores = Vec::new();
     for key in ["acme%2Fweb/k1", "acme%2Fweb/k2"] {

@@ -13,7 +13,6 @@ use layercache_shared::Digest;
 use layercache_test_support::tarball::{Image, layer, noise, save};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
-use serde_json::json;
 
 /// The flag needs an object store: a server with local blobs refuses to start, saying why.
 #[tokio::test(flavor = "multi_thread")]
@@ -111,42 +110,16 @@ async fn blob_gets_redirect_to_presigned_urls_that_serve_the_bytes() {
     assert!(r.bytes().await.unwrap().as_ref() == &layer_bytes[1048570..2097161]);
 
     // The registry: a pushed image pulled by reqwest and by skopeo.
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let blob = noise(8, 1 << 20);
-    for b in [&config[..], &blob[..]] {
-        let r = s
-            .client
-            .post(format!(
-                "{}/v2/acme/app/blobs/uploads/?digest={}",
-                s.url,
-                Digest::of(b)
-            ))
-            .basic_auth("ci", Some(&token))
-            .body(b.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-    }
-    let desc = |b: &[u8], mt: &str| json!({"mediaType": mt, "digest": Digest::of(b).to_string(), "size": b.len()});
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": desc(config, "application/vnd.oci.image.config.v1+json"),
-        "layers": [desc(&blob, "application/vnd.oci.image.layer.v1.tar")],
-    }))
-    .unwrap();
-    let r = s
-        .client
-        .put(format!("{}/v2/acme/app/manifests/v1", s.url))
-        .basic_auth("ci", Some(&token))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    common::push_registry_image(
+        &s.client,
+        &s.url,
+        "acme/app",
+        "v1",
+        &blob,
+        Some(("ci", &token)),
+    )
+    .await;
     let reg_url = format!("{}/v2/acme/app/blobs/{}", s.url, Digest::of(&blob));
     let r = manual
         .get(&reg_url)

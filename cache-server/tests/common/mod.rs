@@ -191,3 +191,47 @@ pub async fn push_tarball(
         r.text().await.unwrap()
     );
 }
+
+/// Pushes a one-layer OCI image (a minimal config and `layer`) as `repo:tag` through the registry
+/// API (monolithic blob uploads, then the manifest), with basic auth when `auth` is given, and
+/// asserts each step was stored (201). Returns the manifest's bytes.
+pub async fn push_registry_image(
+    client: &reqwest::Client,
+    url: &str,
+    repo: &str,
+    tag: &str,
+    layer: &[u8],
+    auth: Option<(&str, &str)>,
+) -> Vec<u8> {
+    use layercache_shared::Digest;
+    use serde_json::json;
+    let authed = |r: reqwest::RequestBuilder| match auth {
+        Some((user, password)) => r.basic_auth(user, Some(password)),
+        None => r,
+    };
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    for blob in [&config[..], layer] {
+        let upload = format!("{url}/v2/{repo}/blobs/uploads/?digest={}", Digest::of(blob));
+        let r = authed(client.post(upload).body(blob.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    }
+    let desc = |b: &[u8], mt: &str| json!({"mediaType": mt, "digest": Digest::of(b).to_string(), "size": b.len()});
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc(config, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc(layer, "application/vnd.oci.image.layer.v1.tar")],
+    }))
+    .unwrap();
+    let put = client
+        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone());
+    let r = authed(put).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    manifest
+}
