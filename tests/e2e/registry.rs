@@ -311,11 +311,26 @@ fn build_steps(output: &str) -> (Vec<String>, Vec<String>) {
         let rest = rest.trim();
         if is_dockerfile_step(rest) && !steps.iter().any(|s| s == id) {
             steps.push(id.to_string());
-        } else if rest == "CACHED" {
+        } else if (rest == "CACHED" || is_blob_pull(rest)) && !cached.iter().any(|s| s == id) {
             cached.push(id.to_string());
         }
     }
     (steps, cached)
+}
+
+/// Whether a progress line is a layer blob being fetched (`sha256:<hex> 3.50kB / 3.50kB 0.0s
+/// done`). When the image is unpacked into the containerd store, BuildKit fetches a cache hit's
+/// layers from the cache registry under the step's own number, and the step then shows those
+/// transfers and `DONE` instead of `CACHED` (seen for the last step, racing the exporter). A step
+/// that ran fetches nothing: a COPY prints no line, a RUN its command's output.
+fn is_blob_pull(text: &str) -> bool {
+    text.strip_prefix("sha256:")
+        .and_then(|t| t.split_once(' '))
+        .is_some_and(|(hex, rest)| {
+            hex.len() == 64
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                && rest.trim_end().ends_with(" done")
+        })
 }
 
 /// Whether a progress line names a Dockerfile step, `[3/6] RUN …` or `[stage-1 2/4] COPY …`, and
@@ -531,8 +546,15 @@ fn plain_progress_parser_tells_cached_steps_from_run_ones() {
 #6 [stage-1 2/6] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
 #6 DONE 0.3s
 #7 importing cache manifest from 127.0.0.1:5000/acme/cache:main
+#10 [stage-1 3/6] COPY app.txt /app.txt
+#10 sha256:54d9c75ad821c591d5c1f7d522a982a6be28b10c5fd4e5fed79acf5a5f19c5e8 3.50kB / 3.50kB 0.0s done
+#10 sha256:900c334e9aa990fab54643d9e73d358eb7c9a990f999f1d786d55983c5bee8ea 262.37kB / 262.37kB 0.0s done
+#10 DONE 0.1s
+#11 [stage-1 4/6] COPY other.txt /other.txt
+#11 sha256:54d9c75ad821c591d5c1f7d522a982a6be28b10c5fd4e5fed79acf5a5f19c5e8 1.2kB / 3.50kB 0.0s
+#11 DONE 0.1s
 ";
     let (steps, cached) = build_steps(log);
-    assert_eq!(steps, ["#5", "#6"]);
-    assert_eq!(cached, ["#5"]);
+    assert_eq!(steps, ["#5", "#6", "#10", "#11"]);
+    assert_eq!(cached, ["#5", "#10"]);
 }
