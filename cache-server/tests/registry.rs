@@ -84,22 +84,7 @@ fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
 }
 
 fn files_in(dir: &Path) -> usize {
-    walk(dir).len()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    common::files_under(dir).len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -483,7 +468,7 @@ async fn bad_input_gets_the_spec_error_and_stores_nothing() {
     s.req(M::DELETE, &loc, None).send().await.unwrap();
     // Nothing was stored by any of them (the one manifest blob of the refused commit aside,
     // which is unreferenced and goes with the grace period).
-    let stored: Vec<PathBuf> = walk(&s.data_dir.join("blobs"));
+    let stored: Vec<PathBuf> = common::files_under(&s.data_dir.join("blobs"));
     assert!(stored.len() <= 1, "{stored:?}");
     let counts = common::with_index(&s.data_dir, |db| db.registry_counts().unwrap());
     assert_eq!(counts, (0, 0));

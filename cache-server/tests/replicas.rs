@@ -31,6 +31,17 @@ impl Drop for Replica {
     }
 }
 
+/// A collector that runs every second, deletes orphans at once and lets a dead replica's leases
+/// lapse in 4 s, so the tests see collection without waiting minutes.
+const FAST_COLLECTOR: [&str; 6] = [
+    "--gc-interval-secs",
+    "1",
+    "--upload-grace-secs",
+    "0",
+    "--lease-ttl-secs",
+    "4",
+];
+
 /// Starts a replica on `database` (and the bucket of `garage` under `prefix`, when given) with
 /// its own data dir and `extra` flags.
 async fn replica(database: &str, garage: Option<(&Garage, &str)>, extra: &[&str]) -> Replica {
@@ -172,16 +183,8 @@ async fn a_blob_streamed_by_one_replica_survives_another_replicas_collector() {
     let g = garage().await;
     let db = pg::fresh_database("replica_pins");
     let prefix = "cache";
-    let fast = [
-        "--gc-interval-secs",
-        "1",
-        "--upload-grace-secs",
-        "0",
-        "--lease-ttl-secs",
-        "4",
-    ];
-    let a = replica(&db, Some((&g, prefix)), &fast).await;
-    let b = replica(&db, Some((&g, prefix)), &fast).await;
+    let a = replica(&db, Some((&g, prefix)), &FAST_COLLECTOR).await;
+    let b = replica(&db, Some((&g, prefix)), &FAST_COLLECTOR).await;
     let client = reqwest::Client::new();
     // A big entry (streamed by B) and a small one (the control: deleted unhindered).
     let big_layer = layer(&[("big.bin", &noise(3, 24 << 20))]);
@@ -478,16 +481,7 @@ async fn replicas_keep_the_most_recently_used_entries_fleet_wide_within_the_quot
     let g = garage().await;
     let db = pg::fresh_database("replica_lru");
     let prefix = "cache";
-    let flags = [
-        "--max-size",
-        "6MiB",
-        "--gc-interval-secs",
-        "1",
-        "--upload-grace-secs",
-        "0",
-        "--lease-ttl-secs",
-        "4",
-    ];
+    let flags = [&["--max-size", "6MiB"][..], &FAST_COLLECTOR].concat();
     let r = [
         replica(&db, Some((&g, prefix)), &flags).await,
         replica(&db, Some((&g, prefix)), &flags).await,

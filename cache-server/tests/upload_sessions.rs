@@ -10,7 +10,7 @@ mod common;
 mod garage;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -139,7 +139,10 @@ impl Fleet {
     /// `<PREFIX>/uploads/`).
     async fn staging_objects(&self) -> Vec<String> {
         match &self.blobs {
-            Blobs::SharedDir => walk(&self.data_dir(0).join("uploads")),
+            Blobs::SharedDir => common::files_under(&self.data_dir(0).join("uploads"))
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             Blobs::S3(g) => {
                 let prefix = ObjectPath::from(format!("{PREFIX}/uploads"));
                 g.client()
@@ -259,22 +262,6 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// Body bytes `n` long, not all alike.
