@@ -22,7 +22,7 @@
 //! Niceness and `SCHED_IDLE` weigh each thread, not the pool: ten runnable bulk threads at nice
 //! 10 together weigh about as much as one request thread, so a pool free to grow to hundreds of
 //! threads (one per transfer in flight) took the CPU from request threads all the same (lookups
-//! at 32 ms p50 under 32 busy runners). The pool is capped ([`set_threads`], `--bulk-threads`):
+//! at 32 ms p50 under 32 busy runners). The pool is capped ([`configure`], `--bulk-threads`):
 //! with blobs on local disk the work is CPU-bound and twice the cores are enough; with an object
 //! store the threads also wait on the network, so the cap is higher.
 //!
@@ -31,7 +31,6 @@
 //! priority.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// How much nicer bulk threads are than the process with [`Priority::Nice`] (request threads
 /// keep its value).
@@ -47,15 +46,8 @@ pub enum Priority {
     Nice,
 }
 
-/// The priority set by [`set_priority`], as `Priority as u8`.
-static PRIORITY: AtomicU8 = AtomicU8::new(Priority::Idle as u8);
-
 /// Bulk threads with an object store: each may wait on a ranged GET or a part upload.
 const REMOTE_THREADS: usize = 64;
-
-/// The cap set by [`set_threads`]; 0 until then (the pool then takes [`default_threads`] for
-/// local blobs).
-static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// The default cap: twice the cores with blobs on local disk (the work is CPU-bound), more with
 /// blobs in an object store (`remote_blobs`), where threads wait on the network.
@@ -67,34 +59,22 @@ pub fn default_threads(remote_blobs: bool) -> usize {
     (2 * cores).max(2)
 }
 
-/// Caps the pool at `threads` (at least 1). Takes effect only before the first bulk task (the
-/// server calls it at start); later calls are ignored, with a warning.
-pub fn set_threads(threads: usize) {
-    THREADS.store(threads.max(1), Ordering::Relaxed);
-    if POOL.get().is_some() {
+/// Starts the pool with at most `threads` threads (at least 1), each lowered to `priority`.
+/// Takes effect only before the first bulk task, which otherwise starts the pool with the local
+/// defaults (the server calls this at start); a later call is ignored, with a warning.
+pub fn configure(threads: usize, priority: Priority) {
+    // Built only if none runs yet: a runtime built here and dropped would panic in async code.
+    let mut started = false;
+    POOL.get_or_init(|| {
+        started = true;
+        build(threads.max(1), priority)
+    });
+    if !started {
         tracing::warn!(
             threads,
-            "the bulk pool is already running: its thread cap stays"
-        );
-    }
-}
-
-/// Sets how bulk threads are lowered; like [`set_threads`], only before the first bulk task.
-pub fn set_priority(priority: Priority) {
-    PRIORITY.store(priority as u8, Ordering::Relaxed);
-    if POOL.get().is_some() {
-        tracing::warn!(
             ?priority,
-            "the bulk pool is already running: its priority stays"
+            "the bulk pool is already running: its thread cap and priority stay"
         );
-    }
-}
-
-fn priority() -> Priority {
-    if PRIORITY.load(Ordering::Relaxed) == Priority::Nice as u8 {
-        Priority::Nice
-    } else {
-        Priority::Idle
     }
 }
 
@@ -103,13 +83,7 @@ static POOL: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 /// The bulk pool: a runtime used only for its blocking threads.
 fn pool() -> &'static tokio::runtime::Runtime {
-    POOL.get_or_init(|| {
-        let threads = match THREADS.load(Ordering::Relaxed) {
-            0 => default_threads(false),
-            n => n,
-        };
-        build(threads, priority())
-    })
+    POOL.get_or_init(|| build(default_threads(false), Priority::default()))
 }
 
 /// A runtime of at most `threads` blocking threads, each lowered to `priority` as it starts.

@@ -95,11 +95,11 @@ async fn serve_on(
     let grace_secs = settings.upload_grace.as_secs();
     let database = settings.database.clone();
     // Before the first bulk task (the start-up collection below may read blobs).
-    bulk::set_priority(settings.bulk_priority);
-    bulk::set_threads(
+    bulk::configure(
         settings
             .bulk_threads
             .unwrap_or_else(|| bulk::default_threads(settings.blob_store.is_remote())),
+        settings.bulk_priority,
     );
     let lease_ttl = settings.lease_ttl;
     let (store, live_tokens) = tokio::task::spawn_blocking(move || {

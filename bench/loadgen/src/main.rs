@@ -9,10 +9,11 @@
 //! Python generator `bench/load.py` held the GIL while parsing tarballs) does not hide the
 //! server's latency. The clients stand in for runners on machines of their own, so they yield the
 //! CPU to the server (`sched`) and lookups are timed on a thread of their own (`lookups`);
-//! `--clients-compete` and `--shared-lookups` measure as earlier versions did. With `--baseline` it runs a second server binary on the same workload, runs
-//! alternating, and prints both with ratios. With `--url` it runs against a server (or a load
-//! balancer in front of replicas) that is already running, as `bench/replicas.py` does; `--json`
-//! prints each run's figures as a line of JSON.
+//! `--clients-compete` and `--shared-lookups` measure as earlier versions did. With `--baseline`
+//! it runs a second server binary on the same workload, runs alternating, and prints both with
+//! ratios. With `--url` it runs against a server (or a load balancer in front of replicas) that
+//! is already running, as `bench/replicas.py` does; `--json` prints each run's figures as a line
+//! of JSON.
 //!
 //! ```sh
 //! cargo build --release -p layercache-server -p layercache-loadgen
